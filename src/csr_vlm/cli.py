@@ -1,0 +1,122 @@
+"""The `csr` command: one dispatcher over the stages and tools.
+
+    csr <command> [--config FILE] [key=value ...]
+
+Stage commands (generate, train, eval, loop) build a RunConfig from the defaults, the optional
+YAML file and `section.key=value` overrides, then call the stage's `run(cfg, round) -> Path`.
+Tool commands (score, report, toyworld, demo, models) take their own flags. Heavy imports
+(torch, transformers, trl) happen inside the commands, so `csr --help` answers at once.
+Tests call `main([...])` directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from .config import ConfigError, describe, load_config
+from .data import InputError
+
+# name -> (module, kind, one-line help). kind "stage": module.run(cfg, round); kind "tool": module.cli(argv).
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "generate": ("csr_vlm.generate", "stage", "sentence-level calibrated search -> candidates.jsonl, pairs.jsonl"),
+    "train": ("csr_vlm.train", "stage", "DPO + LoRA on the pairs -> merged checkpoint"),
+    "eval": ("csr_vlm.evaluate", "stage", "generate with a model and score CHAIR / POPE"),
+    "loop": ("csr_vlm.loop", "stage", "rounds of generate -> train -> eval, resumable"),
+    "score": ("csr_vlm.score", "tool", "score existing outputs: chair, pope, pairs (no model needed)"),
+    "report": ("csr_vlm.report", "tool", "report.md and plots for a run directory"),
+    "toyworld": ("csr_vlm.toyworld", "tool", "build the synthetic world and its tiny CLIP + LLaVA"),
+    "demo": ("csr_vlm.demo", "tool", "toy world + CSR loop + lam=0 ablation + report, on a CPU"),
+    "models": ("csr_vlm.cli", "tool", "build-tiny: random-weight tiny policy + CLIP for tests"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: csr <command> [--config FILE] [key=value ...]", "", "commands:"]
+    lines += [f"  {name:<10} {help_}" for name, (_, _, help_) in COMMANDS.items()]
+    lines += ["", "csr <command> --help lists the command's options (stage commands: every config key)."]
+    return "\n".join(lines)
+
+
+def _stage_parser(name: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=f"csr {name}", description=COMMANDS[name][2],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="config keys (override with key=value):\n" + "\n".join(describe()),
+    )
+    parser.add_argument("--config", help="YAML config file (defaults + overrides make the config without it)")
+    parser.add_argument("--model", help="shorthand for model.path=DIR")
+    parser.add_argument("--round", type=int, default=1, help="round number (seeds and labels); default 1")
+    if name == "loop":
+        parser.add_argument("--from-round", type=int, default=None, help="redo rounds from K on")
+    parser.add_argument("overrides", nargs="*", help="section.key=value")
+    return parser
+
+
+def _run_stage(name: str, argv: list[str]) -> int:
+    args = _stage_parser(name).parse_args(argv)
+    overrides = list(args.overrides)
+    if args.model:
+        overrides.append(f"model.path={args.model}")
+    cfg = load_config(args.config, overrides)
+    module = importlib.import_module(COMMANDS[name][0])
+    if name == "loop":
+        module.run(cfg, from_round=args.from_round)
+    else:
+        module.run(cfg, args.round)
+    return 0
+
+
+def models_cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="csr models", description=COMMANDS["models"][2])
+    sub = parser.add_subparsers(dest="action", required=True)
+    build = sub.add_parser("build-tiny", help="write DIR/policy and DIR/clip with random weights")
+    build.add_argument("--out", required=True, help="output directory")
+    build.add_argument("--family", default="llava", help="llava (LLaVA-1.5 layout) or gemma3")
+    build.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    from .tiny import FAMILIES, build_tiny
+
+    if args.family not in FAMILIES:
+        raise InputError(f"--family: unknown family {args.family!r}; choose from {', '.join(FAMILIES)}")
+    out = build_tiny(args.out, family=args.family, seed=args.seed)
+    print(f"wrote {out}/policy and {out}/clip ({args.family})")
+    return 0
+
+
+cli = models_cli
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        import difflib
+
+        guess = difflib.get_close_matches(name, COMMANDS, n=1)
+        print(f"csr: error: unknown command {name!r}" + (f"; did you mean {guess[0]!r}?" if guess else ""),
+              file=sys.stderr)
+        print(_usage(), file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    try:
+        if COMMANDS[name][1] == "stage":
+            return _run_stage(name, rest)
+        module = importlib.import_module(COMMANDS[name][0])
+        return int(module.cli(rest) or 0)
+    except (ConfigError, InputError) as exc:
+        print(f"csr {name}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"csr {name}: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""Turn `model.path` / `reward.clip_path` into loaded models, the same way for every HF family.
+
+The policy is whatever `AutoModelForImageTextToText` + `AutoProcessor` load (LLaVA-1.5, Qwen2-VL,
+...); prompts are built with the processor's own chat template and the sentence-delimiter token
+ids are looked up in the tokenizer, so no conversation template or token id is hard-coded. The
+scorer is whatever `AutoModel` loads with `get_image_features` / `get_text_features` (CLIP,
+SigLIP). Works offline from local directories exactly as with hub ids.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from .config import ModelConfig
+from .data import InputError
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(device: str = "auto") -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def resolve_dtype(dtype: str, device: str):
+    import torch
+
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    except KeyError:
+        raise InputError(f"model.dtype: unknown dtype {dtype!r} (use auto, float32, bfloat16, float16)") from None
+
+
+def check_model_path(path: str, key: str) -> None:
+    """Refuse an empty path, or a local-looking path that does not exist, with a one-line error."""
+    if not path:
+        raise InputError(f"{key} is not set")
+    p = Path(path)
+    looks_local = path.startswith((".", "/", "~")) or p.exists() or path.count("/") != 1
+    if looks_local and not p.expanduser().is_dir():
+        raise InputError(f"{key}: no model directory at {path}")
+    if p.is_dir() and not (p / "config.json").is_file():
+        raise InputError(f"{key}: {path} has no config.json (not a Hugging Face checkpoint)")
+
+
+@dataclass
+class Policy:
+    """A loaded vision-language model with its processor, and the few things CSR asks of it."""
+
+    model: Any
+    processor: Any
+    path: str
+
+    @property
+    def tokenizer(self):
+        return self.processor.tokenizer
+
+    @property
+    def device(self):
+        return self.model.device
+
+    def prompt_text(self, question: str, answer: str | None = None) -> str:
+        """The chat-template text for one image + question (and, optionally, an answer so far)."""
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+        text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return text + answer if answer else text
+
+    def encode(self, images: list, questions: list[str]):
+        """Batch image + question prompts, left-padded, on the model's device."""
+        tok = self.tokenizer
+        tok.padding_side = "left"
+        texts = [self.prompt_text(q) for q in questions]
+        batch = self.processor(images=[[im] for im in images], text=texts, return_tensors="pt", padding=True)
+        return batch.to(self.device)
+
+    @cached_property
+    def eos_ids(self) -> list[int]:
+        ids = {self.tokenizer.eos_token_id}
+        gen_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        if isinstance(gen_eos, int):
+            ids.add(gen_eos)
+        elif gen_eos:
+            ids.update(gen_eos)
+        return sorted(i for i in ids if i is not None)
+
+    def delimiter_ids(self, delimiters: list[str]) -> list[int]:
+        """Token ids whose text ends a sentence: a delimiter with only whitespace after it."""
+        return sentence_end_ids(self.tokenizer, delimiters)
+
+    def suppressed_ids(self) -> list[int]:
+        """Special tokens a sampled answer must never contain (image, pad, bos, ...), EOS excluded."""
+        tok = self.tokenizer
+        eos = set(self.eos_ids)
+        return sorted(i for i in tok.all_special_ids if i not in eos)
+
+    def generate_answers(self, images: list, questions: list[str], max_new_tokens: int) -> list[str]:
+        """Greedy answers for a batch of image + question prompts."""
+        import torch
+
+        batch = self.encode(images, questions)
+        with torch.inference_mode():
+            out = self.model.generate(
+                **batch,
+                do_sample=False,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_id=self.eos_ids,
+                suppress_tokens=self.suppressed_ids() or None,
+            )
+        new = out[:, batch["input_ids"].shape[1] :]
+        return [t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
+
+
+def sentence_end_ids(tokenizer, delimiters: list[str]) -> list[int]:
+    """Scan the vocabulary for tokens that end a sentence under the given delimiter characters."""
+    special = set(tokenizer.all_special_ids)
+    ids = []
+    for i in range(len(tokenizer)):
+        if i in special:
+            continue
+        text = tokenizer.decode([i])
+        cut = max((text.rfind(d) + len(d) for d in delimiters if d and d in text), default=-1)
+        if cut > 0 and not text[cut:].strip():
+            ids.append(i)
+    return ids
+
+
+def load_policy(cfg: ModelConfig, path: str | None = None) -> Policy:
+    """Load the policy named by cfg.path (or `path`) with AutoModelForImageTextToText + AutoProcessor."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    path = path or cfg.path
+    check_model_path(path, "model.path")
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": cfg.trust_remote_code}
+    if cfg.attn_implementation:
+        kwargs["attn_implementation"] = cfg.attn_implementation
+    try:
+        processor = AutoProcessor.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+        model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"model.path: cannot load {path} ({str(exc).splitlines()[0]})") from None
+    if getattr(processor, "tokenizer", None) is None or not getattr(processor, "chat_template", None):
+        raise InputError(f"model.path: {path} has no processor with a tokenizer and a chat template")
+    if processor.tokenizer.pad_token_id is None:
+        processor.tokenizer.pad_token = processor.tokenizer.eos_token
+    model.to(device).eval()
+    return Policy(model=model, processor=processor, path=str(path))
+
+
+def load_clip(path: str, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False):
+    """Load an image-text scorer (CLIP or SigLIP) and its processor: returns (model, processor)."""
+    from transformers import AutoModel, AutoProcessor
+
+    check_model_path(path, "reward.clip_path")
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    try:
+        processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModel.from_pretrained(path, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"reward.clip_path: cannot load {path} ({str(exc).splitlines()[0]})") from None
+    if not (hasattr(model, "get_image_features") and hasattr(model, "get_text_features")):
+        raise InputError(f"reward.clip_path: {path} is a {type(model).__name__}, not an image-text model")
+    model.to(device).eval()
+    return model, processor

@@ -1,0 +1,49 @@
+"""Shared fixtures: tiny random-weight models built from configs (nothing downloaded), seed reset.
+
+    .venv/bin/python -m pytest tests/
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(autouse=True)
+def _reset_seed():
+    random.seed(0)
+    try:
+        import torch
+
+        torch.manual_seed(0)
+    except ImportError:
+        pass
+    yield
+
+
+@pytest.fixture(scope="session")
+def tiny_llava(tmp_path_factory):
+    """Directory with policy/ (LLaVA-1.5 layout) and clip/ (matching geometry)."""
+    from csr_vlm.tiny import build_tiny
+
+    return build_tiny(tmp_path_factory.mktemp("tiny_llava"), family="llava", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma3(tmp_path_factory):
+    """Directory with policy/ (Gemma3 layout) and clip/."""
+    from csr_vlm.tiny import build_tiny
+
+    return build_tiny(tmp_path_factory.mktemp("tiny_gemma3"), family="gemma3", seed=0)
+
+
+@pytest.fixture(params=["llava", "gemma3"])
+def tiny_family(request, tiny_llava, tiny_gemma3):
+    """Both tiny families, one after the other: the code path must be the same for each."""
+    return {"llava": tiny_llava, "gemma3": tiny_gemma3}[request.param]
