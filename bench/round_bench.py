@@ -1,0 +1,99 @@
+"""One whole CSR round (csr_vlm.loop, loop.rounds=1): wall time and peak memory of each stage, from manifest.json.
+
+Default: the --quick toy world (csr_vlm.toyworld.build, reused from --world when already built) with
+configs/toy-quick.yaml: round_0 eval + dev_eval (the base model), then round_1 generate -> train -> eval ->
+dev_eval. --quick: random-weight tiny llava (csr_vlm.tiny.build_tiny), 2 prompts, generate -> train only
+(no evaluation data), to exercise the script in seconds.
+
+Peak memory is the manifest's `peak_rss_mb`: ru_maxrss of the loop process *so far*, so a stage's value is
+max(itself, every earlier stage); a stage that does not raise it used no more than the stages before it.
+
+    .venv/bin/python bench/round_bench.py [--world /tmp/csr-bench-world]
+    .venv/bin/python bench/round_bench.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from search_bench import env_info, torch, write_result  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+QUICK_OVERRIDES = ["loop.rounds=1", "loop.evaluate=false", "loop.select_on=", "data.max_prompts=2",
+                   "search.num_candidates=2", "search.max_sentences=2", "search.max_new_tokens=8",
+                   "train.lora_r=4", "train.lora_alpha=8", "model.device=cpu", "reward.clip_batch_size=8"]
+
+
+def toy_config(world: Path, out: Path):
+    """configs/toy-quick.yaml with its world paths pointed at `world`, one round, output in `out`."""
+    from csr_vlm.config import load_config
+
+    text = (REPO / "configs" / "toy-quick.yaml").read_text().replace("worlds/toy-seed0-quick", str(world))
+    path = out.parent / "toy-quick-bench.yaml"
+    path.write_text(text)
+    return load_config(path, ["loop.rounds=1", f"out={out}"])
+
+
+def quick_config(root: Path, out: Path):
+    from csr_vlm.config import load_config
+    from csr_vlm.tiny import build_tiny
+
+    build_tiny(root, family="llava", seed=0)
+    return load_config(None, [f"model.path={root / 'policy'}", f"reward.clip_path={root / 'clip'}",
+                              f"data.prompts={root / 'prompts.jsonl'}", f"data.image_root={root}", f"out={out}",
+                              *QUICK_OVERRIDES])
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="random tiny llava, 2 prompts, generate + train only")
+    ap.add_argument("--world", type=Path, default=Path(tempfile.gettempdir()) / "csr-bench-toy-quick-world",
+                    help="toy world directory (built with --quick settings if absent; reused if built)")
+    ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    ap.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/round_bench.json)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    world_s = None
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "loop"
+        if args.quick:
+            cfg = quick_config(Path(tmp) / "tiny", out)
+        else:
+            from csr_vlm.toyworld import build
+
+            t0 = time.perf_counter()
+            build(args.world, seed=0, quick=True)
+            world_s = time.perf_counter() - t0
+            cfg = toy_config(args.world, out)
+        from csr_vlm import loop
+
+        t0 = time.perf_counter()
+        loop.run(cfg)
+        total = time.perf_counter() - t0
+        manifest = json.loads((out / "manifest.json").read_text())
+    stages = {name: {k: e.get(k) for k in ("status", "seconds", "peak_rss_mb", "peak_cuda_mb") if k in e}
+              for name, e in manifest["stages"].items()}
+    result = {"mode": "quick (random tiny llava)" if args.quick else "toy world --quick, configs/toy-quick.yaml",
+              "world_build_s": world_s, "loop_wall_s": total, "stages": stages,
+              "round_1_s": sum(e.get("seconds") or 0 for n, e in stages.items() if n.startswith("round_1/")),
+              "versions": manifest.get("versions"), "env": env_info(),
+              "command": "python bench/round_bench.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+    print(f"round bench ({result['mode']}): loop {total:.1f} s"
+          + (f", world build/reuse {world_s:.1f} s" if world_s is not None else ""))
+    print(f"| {'stage':<18} | {'status':<7} | {'wall s':>8} | {'peak RSS MiB (so far)':>22} |")
+    print(f"|{'-' * 20}|{'-' * 9}|{'-' * 10}|{'-' * 24}|")
+    for name, e in stages.items():
+        print(f"| {name:<18} | {e.get('status', ''):<7} | {e.get('seconds') or 0:>8.2f} | {e.get('peak_rss_mb') or 0:>22.0f} |")
+    write_result("round_bench", result, args.out)
+    return result
+
+
+if __name__ == "__main__":
+    main()

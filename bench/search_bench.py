@@ -1,0 +1,325 @@
+"""Our sentence search (csr_vlm.search.search_prompt) against the official CSR code's cost structure, same tree.
+
+Baseline (written here, reference-trl-and-official-code.md "Step 1"/"Step 2"): one `model.generate` call per
+tree node on the freshly re-encoded image + prompt + all previous sentences, batch 1, sampling with
+num_return_sequences=K; the non-final children of a depth are pruned to keep_top best + keep_bottom worst by
+cumulative self-score (mean raw token log-prob); afterwards CLIP scores every sentence once with its image
+(CLIPProcessor(text, image) -> CLIPModel -> logits_per_image, i.e. the image is re-encoded per sentence).
+Ours: search.mode=paper with the same K, keep_top/keep_bottom, max_sentences and max_new_tokens.
+
+Same work on random weights: EOS and every sentence-delimiter token are suppressed on both sides (and the
+baseline also gets min_new_tokens=max_new_tokens), so every sentence is exactly max_new_tokens tokens and
+both build the same tree: 1 + keep*(max_sentences-1) expansions of K sentences. Filters and the repeat rule
+are off so all K*... candidates are scored.
+
+Memory: peak RSS (resource.getrusage ru_maxrss) of a fresh subprocess that loads the models and runs one
+search of one kind; a subprocess that only loads the models gives the baseline RSS to subtract.
+
+    .venv/bin/python bench/search_bench.py            # LLaVA-1.5 geometry (576 image tokens), 5 paired runs
+    .venv/bin/python bench/search_bench.py --quick    # tiny geometry, a few seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+import torch  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+FULL = dict(image_size=336, patch_size=14, text_hidden=256, text_layers=4)  # LLaVA-1.5 geometry: 576 image tokens
+QUICK = dict(image_size=64, patch_size=8, text_hidden=64, text_layers=2)  # 64 image tokens
+PROMPT = "Describe this image in detail."
+
+
+def env_info() -> dict:
+    import transformers
+
+    info = {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "python": platform.python_version(),
+            "machine": platform.machine()}
+    try:
+        import trl
+
+        info["trl"] = trl.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def write_result(name: str, data: dict, out: Path | None = None) -> Path:
+    path = out or RESULTS / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def build_models(root: Path, geometry: dict) -> Path:
+    """Random-weight llava (policy/) and CLIP of the same image geometry (clip/) under root."""
+    from csr_vlm.tiny import build_clip, build_llava
+
+    torch.manual_seed(0)
+    model, proc = build_llava(**geometry)
+    clip, clip_proc = build_clip(image_size=geometry["image_size"], patch_size=geometry["patch_size"])
+    for name, m, p in (("policy", model, proc), ("clip", clip, clip_proc)):
+        m.save_pretrained(root / name)
+        p.save_pretrained(root / name)
+    return root
+
+
+def load_models(root: Path):
+    from csr_vlm.config import ModelConfig
+    from csr_vlm.models import load_policy
+    from csr_vlm.reward import ClipScorer
+
+    policy = load_policy(ModelConfig(path=str(root / "policy"), device="cpu", dtype="float32"))
+    scorer = ClipScorer(str(root / "clip"), device="cpu", dtype="float32")
+    # Same work on both sides: no sentence may stop before max_new_tokens (see module docstring).
+    from csr_vlm.models import sentence_end_ids
+
+    forced = sorted(set(type(policy).suppressed_ids(policy)) | set(policy.eos_ids)
+                    | set(sentence_end_ids(policy.tokenizer, [".", "!", "?", "\n"])))
+    policy.suppressed_ids = lambda: forced  # instance attribute: the search asks the policy what to suppress
+    return policy, scorer
+
+
+def make_image(size: int, seed: int = 0):
+    from PIL import Image
+
+    torch.manual_seed(seed)
+    arr = (torch.rand(size, size, 3) * 255).to(torch.uint8).numpy()
+    return Image.fromarray(arr, "RGB")
+
+
+def make_cfg(k: int = 5, keep_top: int = 1, keep_bottom: int = 2, sentences: int = 6, tokens: int = 20):
+    from csr_vlm.config import RunConfig
+
+    cfg = RunConfig()
+    s = cfg.search
+    s.mode, s.sampler, s.num_candidates, s.keep_top, s.keep_bottom = "paper", "sample", k, keep_top, keep_bottom
+    s.max_sentences, s.max_new_tokens, s.filters = sentences, tokens, []
+    cfg.reward.repeat_neutral = False
+    return cfg
+
+
+# ---------------------------------------------------------------------------- the two searches
+
+
+def run_ours(policy, scorer, image, cfg, seed: int) -> dict:
+    from csr_vlm.search import search_prompt
+
+    t0 = time.perf_counter()
+    result = search_prompt(policy, scorer, image, PROMPT, cfg, seed)
+    wall = time.perf_counter() - t0
+    st = result.stats
+    sentences = st["events"].get("candidates", 0)
+    return {"wall_s": wall, "tokens_forwarded": st["tokens_forwarded"], "tokens_minimal": st["tokens_minimal"],
+            "tokens_generated": st["tokens_generated"], "sentences": sentences, "clip_s": st["time"].get("score", 0.0),
+            "answers": len(result.answers), "phase_s": st["time"]}
+
+
+def run_baseline(policy, clip, clip_proc, image, cfg, seed: int) -> dict:
+    """The official code's cost structure: one generate per node on the re-encoded prefix, CLIP per sentence."""
+    s = cfg.search
+    tok = policy.tokenizer
+    gen_kwargs = dict(do_sample=True, temperature=s.temperature, top_p=s.top_p, num_return_sequences=s.num_candidates,
+                      max_new_tokens=s.max_new_tokens, min_new_tokens=s.max_new_tokens,
+                      eos_token_id=policy.eos_ids + policy.delimiter_ids(s.delimiters),
+                      suppress_tokens=policy.suppressed_ids(), pad_token_id=tok.pad_token_id,
+                      output_logits=True, return_dict_in_generate=True)
+    torch.manual_seed(seed)
+    t0 = time.perf_counter()
+    nodes = [("", 0.0)]  # (answer text so far, cumulative self-score)
+    all_sentences, forwarded, generated, calls = [], 0, 0, 0
+    for depth in range(s.max_sentences):
+        children = []
+        for text, cum in nodes:
+            batch = policy.processor(images=[[image]], text=[policy.prompt_text(PROMPT, text)], return_tensors="pt")
+            with torch.inference_mode():
+                out = policy.model.generate(**batch, **gen_kwargs)
+            calls += 1
+            prefix = batch["input_ids"].shape[1]
+            new = out.sequences[:, prefix:]
+            forwarded += new.shape[0] * (prefix + new.shape[1] - 1)  # prefix expanded K times, last token not fed
+            generated += new.numel()
+            logp = torch.stack(out.logits, 1).float().log_softmax(-1).gather(-1, new[..., None])[..., 0]
+            for row in range(new.shape[0]):
+                sent = tok.decode(new[row], skip_special_tokens=True)
+                all_sentences.append(sent)
+                children.append((text + sent, cum + float(logp[row].mean())))
+        if depth == s.max_sentences - 1:
+            break
+        children.sort(key=lambda c: -c[1])
+        if len(children) >= s.num_candidates:
+            children = children[:s.keep_top] + children[len(children) - s.keep_bottom:]
+        nodes = children
+    gen_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    for sent in all_sentences:  # official score.py: processor(text, image) -> logits_per_image, one at a time
+        inputs = clip_proc(text=[sent.strip() or " "], images=[image], return_tensors="pt", padding=True,
+                           truncation=True)
+        with torch.inference_mode():
+            clip(**inputs).logits_per_image
+    clip_s = time.perf_counter() - t1
+    return {"wall_s": time.perf_counter() - t0, "generate_s": gen_s, "clip_s": clip_s, "calls": calls,
+            "tokens_forwarded": forwarded, "tokens_generated": generated, "sentences": len(all_sentences)}
+
+
+# ---------------------------------------------------------------------------- memory (subprocess)
+
+
+def measure_memory(root: Path, quick: bool, threads: int) -> dict:
+    """Peak RSS (MiB) of a fresh process: models loaded only, + one search of ours, + one baseline search."""
+    out = {}
+    for kind in ("load", "ours", "baseline"):
+        cmd = [sys.executable, __file__, "--_memory", kind, "--_root", str(root), "--threads", str(threads)]
+        if quick:
+            cmd.append("--quick")
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        out[kind] = json.loads(proc.stdout.strip().splitlines()[-1])["peak_rss_mb"]
+    return {"method": "resource.getrusage(RUSAGE_SELF).ru_maxrss of a fresh subprocess per kind",
+            "peak_rss_mb": out, "search_rss_mb": {k: round(out[k] - out["load"], 1) for k in ("ours", "baseline")}}
+
+
+def memory_child(kind: str, root: Path, quick: bool) -> None:
+    policy, scorer = load_models(root)
+    image = make_image(QUICK["image_size"] if quick else FULL["image_size"])
+    cfg = make_cfg()
+    if kind == "ours":
+        run_ours(policy, scorer, image, cfg, seed=0)
+    elif kind == "baseline":
+        run_baseline(policy, scorer.model, scorer.processor, image, cfg, seed=0)
+    print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+# ---------------------------------------------------------------------------- profile
+
+
+def profile_ours(policy, scorer, image, cfg, top: int = 12) -> list[dict]:
+    """torch.profiler top ops (self CPU time) of one search of ours."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run_ours(policy, scorer, image, cfg, seed=99)
+    rows = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:top]
+    return [{"op": e.key, "self_cpu_ms": round(e.self_cpu_time_total / 1000, 1), "calls": e.count} for e in rows]
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="tiny geometry, 2 paired runs (a few seconds)")
+    ap.add_argument("--repeats", type=int, default=None, help="paired runs (default 5, quick 2)")
+    ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    ap.add_argument("--memory", action=argparse.BooleanOptionalAction, default=None,
+                    help="peak-memory subprocesses (default: on, off with --quick)")
+    ap.add_argument("--profile", action="store_true", help="add torch.profiler top ops of our search")
+    ap.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/search_bench.json)")
+    ap.add_argument("--_memory", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--_root", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args._memory:
+        memory_child(args._memory, Path(args._root), args.quick)
+        return {}
+    geometry = QUICK if args.quick else FULL
+    repeats = args.repeats or (2 if args.quick else 5)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = build_models(Path(tmp), geometry)
+        policy, scorer = load_models(root)
+        image = make_image(geometry["image_size"])
+        cfg = make_cfg()
+        run_ours(policy, scorer, image, cfg, seed=1000)  # warm-up (first-call allocations, lazy imports)
+        pairs = []
+        for i in range(repeats):
+            pairs.append((run_ours(policy, scorer, image, cfg, seed=i),
+                          run_baseline(policy, scorer.model, scorer.processor, image, cfg, seed=i)))
+        want_memory = args.memory if args.memory is not None else not args.quick
+        memory = measure_memory(root, args.quick, args.threads) if want_memory else None
+        prof = profile_ours(policy, scorer, image, cfg) if args.profile else None
+    result = summarize(pairs, geometry, cfg, memory, prof)
+    result["env"] = env_info()
+    result["command"] = "python bench/search_bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    print_table(result)
+    write_result("search_bench", result, args.out)
+    return result
+
+
+def summarize(pairs, geometry, cfg, memory, prof) -> dict:
+    med = statistics.median
+    ours = [p[0] for p in pairs]
+    base = [p[1] for p in pairs]
+    clip_rate_ours = [o["sentences"] / o["clip_s"] for o in ours]
+    clip_rate_base = [b["sentences"] / b["clip_s"] for b in base]
+    s = cfg.search
+    return {
+        "geometry": {**geometry, "image_tokens": (geometry["image_size"] // geometry["patch_size"]) ** 2},
+        "tree": {"candidates": s.num_candidates, "keep": s.keep_top + s.keep_bottom, "sentences": s.max_sentences,
+                 "tokens_per_sentence": s.max_new_tokens},
+        "repeats": len(pairs),
+        "wall_s": {"ours": med(o["wall_s"] for o in ours), "baseline": med(b["wall_s"] for b in base)},
+        "wall_ratio": med(b["wall_s"] / o["wall_s"] for o, b in pairs),
+        "baseline_generate_s": med(b["generate_s"] for b in base), "baseline_calls": base[0]["calls"],
+        "tokens": {"ours_forwarded": ours[0]["tokens_forwarded"], "minimal": ours[0]["tokens_minimal"],
+                   "ours_generated": ours[0]["tokens_generated"], "baseline_forwarded": base[0]["tokens_forwarded"],
+                   "baseline_generated": base[0]["tokens_generated"],
+                   "ours_forwarded_over_minimal": ours[0]["tokens_forwarded"] / ours[0]["tokens_minimal"],
+                   "baseline_forwarded_over_minimal": base[0]["tokens_forwarded"] / ours[0]["tokens_minimal"]},
+        "sentences": {"ours": ours[0]["sentences"], "baseline": base[0]["sentences"]},
+        "clip_sentences_per_s": {"ours": med(clip_rate_ours), "baseline": med(clip_rate_base)},
+        "clip_ratio": med(o / b for o, b in zip(clip_rate_ours, clip_rate_base)),
+        "ours_phase_s": ours[len(ours) // 2]["phase_s"],
+        "memory": memory,
+        "profile_ours": prof,
+        "targets": {"wall_ratio": 10.0, "forwarded_over_minimal_max": 1.1, "clip_ratio": 20.0},
+        "runs": [{"ours": o, "baseline": b} for o, b in pairs],
+    }
+
+
+def print_table(r: dict) -> None:
+    t = r["tokens"]
+    print(f"search bench: {r['geometry']['image_tokens']} image tokens, LM {r['geometry']['text_layers']}x"
+          f"{r['geometry']['text_hidden']}, tree {r['tree']}, median of {r['repeats']} paired runs, "
+          f"{r['env']['torch_threads']} thread(s)")
+    rows = [("wall time / search (s)", f"{r['wall_s']['ours']:.3f}", f"{r['wall_s']['baseline']:.3f}",
+             f"{r['wall_ratio']:.1f}x (target >= 10x)"),
+            ("LM tokens forwarded", t["ours_forwarded"], t["baseline_forwarded"],
+             f"ours/minimal {t['ours_forwarded_over_minimal']:.3f} (target <= 1.1)"),
+            ("tokens generated", t["ours_generated"], t["baseline_generated"], f"minimal {t['minimal']}"),
+            ("CLIP sentences/s", f"{r['clip_sentences_per_s']['ours']:.0f}",
+             f"{r['clip_sentences_per_s']['baseline']:.0f}", f"{r['clip_ratio']:.1f}x (target >= 20x)")]
+    if r["memory"]:
+        m = r["memory"]
+        rows.append(("peak RSS MiB (search only)", f"{m['peak_rss_mb']['ours']:.0f} ({m['search_rss_mb']['ours']:+.0f})",
+                     f"{m['peak_rss_mb']['baseline']:.0f} ({m['search_rss_mb']['baseline']:+.0f})",
+                     f"models only {m['peak_rss_mb']['load']:.0f}"))
+    print(f"| {'measure':<28} | {'ours':>14} | {'baseline':>14} | {'ratio / note':<40} |")
+    print(f"|{'-' * 30}|{'-' * 16}|{'-' * 16}|{'-' * 42}|")
+    for name, a, b, note in rows:
+        print(f"| {name:<28} | {a!s:>14} | {b!s:>14} | {note:<40} |")
+    if r.get("profile_ours"):
+        print("torch.profiler, our search, top self-CPU ops:")
+        for e in r["profile_ours"]:
+            print(f"  {e['self_cpu_ms']:>9.1f} ms  {e['calls']:>6}  {e['op']}")
+
+
+if __name__ == "__main__":
+    main()

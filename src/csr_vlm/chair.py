@@ -1,0 +1,324 @@
+"""CHAIR (Rohrbach et al., EMNLP'18): how many objects a caption names that are not in the image.
+
+This follows the `utils/chair.py` / Python 3 port version of the metric (LisaAnne/Hallucination,
+Maxlinn's CHAIR-metric-standalone): every mention counts, duplicates included.
+
+- Ground truth per image = the objects of its instance annotations (category ids looked up in the
+  file's own `categories`) + the objects found in its reference captions.
+- `caption_to_words`: sentence split, word tokenise, lower case, singularise, merge two-word names
+  ("hot dog" is no dog, "teddy bear" no bear, "baby elephant" an elephant, "toilet seat" a toilet),
+  drop "seat" when "toilet" is present, keep words of the synonym table, map them to canonical names.
+- CHAIR_s = captions with >= 1 hallucinated mention / captions; CHAIR_i = hallucinated mentions /
+  mentions; recall = sum |GT & mentioned| / sum |GT|; dup_rate = repeated mentions of an object the
+  same caption already named / mentions.
+
+Differences from the original (nltk `word_tokenize` + `pattern.en.singularize`), all offline:
+- Tokeniser: a regex splitting words (hyphenated words stay whole, as in nltk), punctuation and the
+  clitics 's / n't / 're ... (as nltk's Treebank rules do). Sentences split at . ! ? before tokenising.
+- Singulariser: rules (men->man, ies->y, ves->f for a known list, (ss|us|x|ch|sh|z)es->drop es,
+  other s->drop s) plus irregulars (mice, geese, people, ...). A token that is already a word of the
+  synonym table is kept as is ("skis", "scissors", "people"), and words ending in ss/us/is stay
+  ("glass", "bus"). Unlike pattern.en it does not turn "glass" into "glas"; the `wine glas` rule is
+  kept anyway for text that already has it.
+- Every multi-word entry of the synonym table is matched as a phrase too (longest match first; the
+  fixed double-word table wins on ties), so other tables (e.g. the toy world's) work. On the COCO
+  table this changes only "stove top oven" (one oven instead of two mentions).
+- Table entries are stripped and lower-cased (the original keeps " motor bike" with its leading space
+  and "iPhone", which therefore never match).
+- Captions of images absent from the ground truth are counted and reported, not scored (the port
+  scores them against an empty set; the old script crashes).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .data import InputError, read_jsonl
+
+log = logging.getLogger(__name__)
+
+# ---------------------------------------------------------------------------- tokenising, singularising
+
+_IRREGULAR = {
+    "men": "man", "women": "woman", "children": "child", "people": "person", "mice": "mouse", "geese": "goose",
+    "teeth": "tooth", "feet": "foot", "oxen": "ox", "dice": "die", "lice": "louse", "is": "is", "was": "was",
+}
+_UNINFLECTED = {"sheep", "deer", "fish", "bison", "moose", "series", "species", "news", "aircraft", "scissors",
+                "pants", "jeans", "shorts", "trousers", "clothes", "this", "has", "does", "its"}
+_F_PLURALS = {"knives": "knife", "wives": "wife", "lives": "life", "calves": "calf", "halves": "half",
+              "loaves": "loaf", "shelves": "shelf", "wolves": "wolf", "scarves": "scarf", "leaves": "leaf",
+              "thieves": "thief", "selves": "self", "elves": "elf", "hooves": "hoof"}
+_IE_NOUNS = {"cookie", "movie", "brownie", "zombie", "hippie", "rookie", "selfie", "hoodie", "goalie", "collie",
+             "doggie", "birdie", "veggie", "smoothie", "pie", "tie", "lie", "die", "bootie", "beanie", "prairie"}
+_O_ES = {"tomato", "potato", "hero", "buffalo", "volcano", "mango", "echo", "torpedo", "mosquito", "domino",
+         "cargo", "tornado", "flamingo"}
+_SES_KEEP_E = ("ouse", "ase", "ose", "urse", "ise", "ense", "apse", "eese", "ulse", "anse", "ease", "orse", "oise")
+_CHE_WORDS = {"headaches", "mustaches", "moustaches", "niches", "caches", "avalanches", "quiches", "cliches"}
+
+_CLITIC = re.compile(r"(?<=\w)(n't|'s|'re|'ve|'ll|'d|'m)\b")
+_TOKEN = re.compile(r"n't|'[a-z]+|[a-z0-9]+(?:[-'][a-z0-9]+)*|[^\sa-z0-9]")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def split_sentences(text: str) -> list[str]:
+    return [s for s in _SENTENCE_END.split(text.strip()) if s.strip()]
+
+
+def tokenize(text: str) -> list[str]:
+    """Lower-cased word tokens in reading order, punctuation as separate tokens, sentence by sentence."""
+    tokens: list[str] = []
+    for sentence in split_sentences(text.lower()):
+        tokens.extend(_TOKEN.findall(_CLITIC.sub(r" \1", sentence)))
+    return tokens
+
+
+def singularize(word: str) -> str:
+    """Rule-based English singular of a lower-case noun (see the module docstring)."""
+    if word in _IRREGULAR:
+        return _IRREGULAR[word]
+    if word.endswith("men") and len(word) > 4 and word not in ("abdomen", "specimen", "stamen"):
+        return word[:-3] + "man"
+    if len(word) <= 3 or word in _UNINFLECTED or not word.endswith("s") or not word[-2].isalpha():
+        return word
+    if word.endswith(("ss", "us", "is")):
+        return word
+    if word in _F_PLURALS:
+        return _F_PLURALS[word]
+    if word.endswith("ies"):
+        return word[:-1] if word[:-1] in _IE_NOUNS or len(word) <= 4 else word[:-3] + "y"
+    if word.endswith("oes"):
+        return word[:-2] if word[:-2] in _O_ES else word[:-1]
+    if word.endswith("ses"):
+        return word[:-1] if word[:-1].endswith(_SES_KEEP_E) else word[:-2]
+    if word.endswith(("xes", "shes", "zzes")):
+        return word[:-2] if not word.endswith("zzes") else word[:-3]
+    if word.endswith("ches"):
+        return word[:-1] if word in _CHE_WORDS else word[:-2]
+    return word[:-1]
+
+
+# ---------------------------------------------------------------------------- vocabulary
+
+COCO_DOUBLE_WORDS = [
+    "motor bike", "motor cycle", "air plane", "traffic light", "street light", "traffic signal", "stop light",
+    "fire hydrant", "stop sign", "parking meter", "suit case", "sports ball", "baseball bat", "baseball glove",
+    "tennis racket", "wine glass", "hot dog", "cell phone", "mobile phone", "teddy bear", "hair drier",
+    "potted plant", "bow tie", "laptop computer", "stove top oven", "home plate", "train track",
+]
+ANIMAL_WORDS = ["bird", "cat", "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "animal", "cub"]
+
+
+def double_word_dict() -> dict[str, str]:
+    """The original's two-word merge table (input pair -> word emitted)."""
+    table = {w: w for w in COCO_DOUBLE_WORDS}
+    for animal in ANIMAL_WORDS:
+        table[f"baby {animal}"] = animal
+        table[f"adult {animal}"] = animal
+    for vehicle in ("jet", "train"):
+        table[f"passenger {vehicle}"] = vehicle
+    table["bow tie"] = "tie"
+    table["toilet seat"] = "toilet"
+    table["wine glas"] = "wine glass"
+    return table
+
+
+@dataclass
+class Vocabulary:
+    """The synonym table: surface word -> canonical object, and the phrases merged into one token."""
+
+    canonical: dict[str, str]
+    phrases: dict[tuple[str, ...], str] = field(default_factory=dict)
+    max_phrase: int = 2
+
+    def canonical_of(self, name: str) -> str:
+        name = name.strip().lower()
+        if name in self.canonical:
+            return self.canonical[name]
+        merged = merge_phrases([singularize(w) for w in name.split()], self)
+        return self.canonical.get(merged[0], name) if len(merged) == 1 else name
+
+
+def default_synonyms_path() -> Path:
+    return Path(str(resources.files("csr_vlm").joinpath("data/coco_synonyms.txt")))
+
+
+def load_vocabulary(path: str | Path | None = None) -> Vocabulary:
+    """Read a synonym table (`canonical, synonym, ...` per line); None or "" = the shipped COCO table."""
+    path = Path(path) if path else default_synonyms_path()
+    if not path.is_file():
+        raise InputError(f"synonym table not found: {path}")
+    canonical: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        entries = [e.strip().lower() for e in line.split(",") if e.strip()]
+        for entry in entries:
+            canonical[entry] = entries[0]  # later lines win, as in the original
+    if not canonical:
+        raise InputError(f"synonym table is empty: {path}")
+    phrases: dict[tuple[str, ...], str] = {}
+    for entry in canonical:
+        if " " in entry:
+            phrases[tuple(singularize(w) for w in entry.split())] = entry
+    for pair, mapped in double_word_dict().items():  # the fixed table wins over table phrases
+        phrases[tuple(pair.split())] = mapped
+        phrases[tuple(singularize(w) for w in pair.split())] = mapped
+    return Vocabulary(canonical, phrases, max(len(k) for k in phrases))
+
+
+def merge_phrases(words: list[str], vocab: Vocabulary) -> list[str]:
+    """Left-to-right longest-match merge of multi-word names into one token each."""
+    out: list[str] = []
+    i = 0
+    while i < len(words):
+        for n in range(min(vocab.max_phrase, len(words) - i), 1, -1):
+            mapped = vocab.phrases.get(tuple(words[i : i + n]))
+            if mapped is not None:
+                out.append(mapped)
+                i += n
+                break
+        else:
+            out.append(words[i])
+            i += 1
+    return out
+
+
+def caption_to_words(caption: str, vocab: Vocabulary) -> tuple[list[str], list[str]]:
+    """(surface object words, canonical object words) of a caption, in order, duplicates kept."""
+    tokens = [t if t in vocab.canonical else singularize(t) for t in tokenize(caption or "")]
+    words = merge_phrases(tokens, vocab)
+    if "toilet" in words and "seat" in words:
+        words = [w for w in words if w != "seat"]
+    words = [w for w in words if w in vocab.canonical]
+    return words, [vocab.canonical[w] for w in words]
+
+
+def count_words(caption: str) -> int:
+    return sum(1 for t in tokenize(caption or "") if t[0].isalnum())
+
+
+# ---------------------------------------------------------------------------- ground truth
+
+
+def norm_image_id(value: Any) -> Any:
+    """COCO ids as ints: 42, "42" and "COCO_val2014_000000000042.jpg" are the same image."""
+    if isinstance(value, int):
+        return value
+    text = str(value)
+    if text.isdigit():
+        return int(text)
+    digits = re.findall(r"\d+", Path(text).stem)
+    return int(digits[-1]) if digits and Path(text).stem.endswith(digits[-1]) else text
+
+
+def read_json(path: str | Path, what: str) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what} not found: {path}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+
+
+def load_instances(path: str | Path) -> dict:
+    data = read_json(path, "annotations file")
+    if not isinstance(data, dict) or not {"annotations", "categories"} <= set(data):
+        raise InputError(f"{path}: not a COCO instances file (needs 'annotations' and 'categories')")
+    return data
+
+
+def ground_truth(instances: dict, vocab: Vocabulary, gt_captions: dict | None = None) -> dict[Any, set[str]]:
+    """Canonical objects per image id: instance categories + objects named in the reference captions."""
+    names = {c["id"]: c["name"] for c in instances.get("categories", [])}
+    gt: dict[Any, set[str]] = {norm_image_id(im["id"]): set() for im in instances.get("images", [])}
+    for ann in instances.get("annotations", []):
+        cat = ann.get("category_id")
+        if cat not in names:
+            log.warning("annotation %s: category id %s is not in 'categories'; ignored", ann.get("id"), cat)
+            continue
+        gt.setdefault(norm_image_id(ann["image_id"]), set()).add(vocab.canonical_of(names[cat]))
+    for ann in (gt_captions or {}).get("annotations", []):
+        _, nodes = caption_to_words(ann.get("caption", ""), vocab)
+        gt.setdefault(norm_image_id(ann["image_id"]), set()).update(nodes)
+    return gt
+
+
+# ---------------------------------------------------------------------------- metrics
+
+
+def read_captions(path: str | Path) -> list[dict]:
+    """Generated captions: JSONL {image_id, caption}, a JSON list of them, or the original {"imgToEval": {...}}."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"captions file not found: {path}")
+    text = path.read_text().lstrip()
+    if text.startswith("{") and '"imgToEval"' in text[:2000]:
+        records = list(read_json(path, "captions file")["imgToEval"].values())
+    elif text.startswith("["):
+        records = read_json(path, "captions file")
+    else:
+        records = list(read_jsonl(path))
+    out = []
+    for i, rec in enumerate(records, 1):
+        if not isinstance(rec, dict) or "image_id" not in rec or "caption" not in rec:
+            log.warning("%s: record %d has no image_id/caption; skipped", path, i)
+            continue
+        out.append({"image_id": norm_image_id(rec["image_id"]), "caption": rec["caption"] or ""})
+    return out
+
+
+def compute_chair(captions: list[dict], gt: dict[Any, set[str]], vocab: Vocabulary) -> dict:
+    """CHAIR over [{image_id, caption}]: totals plus per-caption mentioned and hallucinated objects."""
+    n_caps = n_halluc_caps = mentions = halluc = dups = words = gt_total = gt_hit = 0
+    per_caption, unknown = [], []
+    for rec in captions:
+        image_id = norm_image_id(rec["image_id"])
+        if image_id not in gt:
+            unknown.append(image_id)
+            continue
+        objects = gt[image_id]
+        surface, nodes = caption_to_words(rec["caption"], vocab)
+        hallucinated = [n for n in nodes if n not in objects]
+        n_caps += 1
+        n_halluc_caps += bool(hallucinated)
+        mentions += len(nodes)
+        halluc += len(hallucinated)
+        dups += len(nodes) - len(set(nodes))
+        words += count_words(rec["caption"])
+        gt_total += len(objects)
+        gt_hit += len(objects & set(nodes))
+        per_caption.append({"image_id": image_id, "caption": rec["caption"], "words": surface, "mentioned": nodes,
+                            "hallucinated": hallucinated, "gt": sorted(objects)})
+    if unknown:
+        log.warning("%d caption(s) name images absent from the ground truth (e.g. %s); not scored",
+                    len(unknown), unknown[:3])
+    return {
+        "chair_s": _ratio(n_halluc_caps, n_caps),
+        "chair_i": _ratio(halluc, mentions),
+        "recall": _ratio(gt_hit, gt_total),
+        "dup_rate": _ratio(dups, mentions),
+        "mentions_per_caption": _ratio(mentions, n_caps),
+        "words_per_caption": _ratio(words, n_caps),
+        "n_captions": n_caps,
+        "n_mentions": mentions,
+        "n_hallucinated": halluc,
+        "n_unknown_images": len(unknown),
+        "unknown_image_ids": [str(u) for u in unknown[:20]],
+        "per_caption": per_caption,
+    }
+
+
+def caption_chair_i(caption: str, objects: set[str], vocab: Vocabulary) -> tuple[float, float, int]:
+    """(chair_i, recall, mentions) of one caption against one image's ground truth."""
+    _, nodes = caption_to_words(caption, vocab)
+    halluc = sum(1 for n in nodes if n not in objects)
+    return _ratio(halluc, len(nodes)), _ratio(len(objects & set(nodes)), len(objects)), len(nodes)
+
+
+def _ratio(num: float, den: float) -> float:
+    return num / den if den else 0.0

@@ -1,0 +1,198 @@
+"""`csr demo`: CSR end to end on a CPU, in the toy world, next to its uncalibrated ablation.
+
+    csr demo [--out runs/demo] [--seed 0] [--quick] [--world DIR] [--jobs 2]
+
+1. builds (or reuses) the toy world and its tiny CLIP + LLaVA (`csr toyworld build`);
+2. runs `csr loop` with configs/toy.yaml (configs/toy-quick.yaml with --quick) twice, as two
+   processes: arm "csr" (calibrated reward, lam 0.9) and arm "lam0" (reward.lam=0: the model
+   rewards itself with its own likelihood only); every round is evaluated on test, the round is
+   picked on dev CHAIR_i;
+3. runs `csr report` on each arm and prints one table: per round CHAIR_i / CHAIR_s / recall /
+   POPE F1 / dup rate / well-formed on test, and the ground-truth CHAIR_i of that round's chosen
+   and rejected answers (are the pairs DPO learns from cleaner than the model?);
+4. writes <out>/summary.json ({"arms", "selected_round", "seed", "seconds", ...}).
+Nothing here is toy-specific inside the stages: the demo only points the config at the world.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+from .data import InputError, read_jsonl, write_json
+
+log = logging.getLogger(__name__)
+
+ARMS = {"csr": [], "lam0": ["reward.lam=0"]}
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+COLUMNS = ("chair_i", "chair_s", "recall", "pope_f1", "dup_rate", "wellformed", "pair_chosen_chair_i",
+           "pair_rejected_chair_i")
+
+
+def world_overrides(world: Path) -> list[str]:
+    """Point every path of the config at `world` (what `csr loop` reads; the stages know nothing of it)."""
+    w = world.resolve()
+    return [f"model.path={w}/policy", f"reward.clip_path={w}/clip",
+            f"reward.tau_calibration={w}/tau_calibration.jsonl", f"data.prompts={w}/prompts_train.jsonl",
+            f"data.image_root={w}", f"eval.annotations={w}/instances_test.json",
+            f"eval.gt_captions={w}/captions_test.json", f"eval.image_root={w}", f"eval.synonyms={w}/synonyms.txt"]
+
+
+def arm_config(config: Path, world: Path, out: Path, seed: int, arm: str):
+    from .config import load_config
+
+    cfg = load_config(config, [*world_overrides(world), f"out={out / arm}", f"seed={seed}", *ARMS[arm]])
+    w = world.resolve()
+    cfg.loop.dev = {**cfg.loop.dev, "annotations": f"{w}/instances_dev.json", "gt_captions": f"{w}/captions_dev.json"}
+    return cfg
+
+
+def run_arm(config: str, world: str, out: str, seed: int, arm: str) -> str:
+    """One `csr loop` (in its own process, one thread)."""
+    import torch
+
+    from . import loop
+
+    torch.set_num_threads(1)
+    logging.basicConfig(level=logging.WARNING)
+    return str(loop.run(arm_config(Path(config), Path(world), Path(out), seed, arm)))
+
+
+# ---------------------------------------------------------------------------- collecting
+
+
+def pair_chair(pairs_path: Path, world: Path) -> tuple[float | None, float | None]:
+    """Ground-truth CHAIR_i of the chosen and of the rejected answers of a round's pairs."""
+    from .toyllava import score_answers
+
+    if not pairs_path.is_file():
+        return None, None
+    pairs = list(read_jsonl(pairs_path))
+    if not pairs:
+        return None, None
+    ids = [int(str(p["id"]).rsplit("-", 1)[-1]) for p in pairs]
+    text = lambda msgs: " ".join(c["text"] for c in msgs[0]["content"] if c.get("type") == "text")  # noqa: E731
+    chosen = score_answers([text(p["chosen"]) for p in pairs], ids, world, "train")["chair_i"]
+    rejected = score_answers([text(p["rejected"]) for p in pairs], ids, world, "train")["chair_i"]
+    return chosen, rejected
+
+
+def arm_rows(loop_dir: Path, world: Path) -> list[dict]:
+    from .toyllava import is_wellformed
+
+    rows = []
+    k = 0
+    while (loop_dir / f"round_{k}" / "eval" / "metrics.json").is_file():
+        rdir = loop_dir / f"round_{k}"
+        flat = json.loads((rdir / "eval" / "metrics.json").read_text())["flat"]
+        answers = [s["answer"] for s in read_jsonl(rdir / "eval" / "samples.jsonl") if s.get("task") == "chair"]
+        chosen, rejected = pair_chair(rdir / "generate" / "pairs.jsonl", world)
+        rows.append({"round": k, "chair_i": flat.get("chair_i"), "chair_s": flat.get("chair_s"),
+                     "recall": flat.get("recall"), "pope_f1": flat.get("pope_f1"), "dup_rate": flat.get("dup_rate"),
+                     "wellformed": sum(map(is_wellformed, answers)) / max(1, len(answers)),
+                     "pair_chosen_chair_i": chosen, "pair_rejected_chair_i": rejected})
+        k += 1
+    return rows
+
+
+def run_report(loop_dir: Path, world: Path) -> None:
+    try:
+        from . import report
+    except ImportError:
+        log.warning("csr report is not available; skipping the report of %s", loop_dir)
+        return
+    try:
+        report.cli([str(loop_dir), "--instances", str(world / "instances_train.json"),
+                    "--gt-captions", str(world / "captions_train.json"), "--synonyms", str(world / "synonyms.txt")])
+    except Exception as exc:  # noqa: BLE001 - the demo's own summary must still be written
+        log.warning("csr report failed on %s: %s", loop_dir, exc)
+
+
+# ---------------------------------------------------------------------------- presenting
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def table(summary: dict) -> str:
+    head = ["arm", "round", "CHAIR_i", "CHAIR_s", "recall", "POPE F1", "dup", "well-formed", "pairs chosen/rejected"]
+    lines = [" | ".join(head), " | ".join("-" * len(h) for h in head)]
+    for arm, rows in summary["arms"].items():
+        for r in rows:
+            mark = " (selected on dev)" if r["round"] == summary["selected_round"][arm] else ""
+            pairs = "-" if r["pair_chosen_chair_i"] is None else \
+                f"{r['pair_chosen_chair_i']:.3f}/{r['pair_rejected_chair_i']:.3f}"
+            lines.append(" | ".join([arm, f"{r['round']}{mark}", *(_fmt(r[c]) for c in COLUMNS[:6]), pairs]))
+    return "\n".join(lines)
+
+
+def verdict(summary: dict) -> list[str]:
+    """Plain-language lines: the selected round of each arm against the base model (round 0)."""
+    out = []
+    for arm, rows in summary["arms"].items():
+        base, sel = rows[0], rows[summary["selected_round"][arm]]
+        if not base["chair_i"] or not base["recall"]:
+            continue
+        rel = (sel["chair_i"] - base["chair_i"]) / base["chair_i"]
+        out.append(f"{arm}: round {sel['round']} changes CHAIR_i by {100 * rel:+.0f}% relative to the base model "
+                   f"({base['chair_i']:.3f} -> {sel['chair_i']:.3f}), recall {sel['recall'] / base['recall']:.0%} "
+                   f"of base, dup {sel['dup_rate']:.3f}, well-formed {sel['wellformed']:.3f}")
+    return out
+
+
+EXPLAIN = """CHAIR_i: share of object mentions that name an object not in the image (lower is better).
+CHAIR_s: share of answers with at least one such mention. recall: share of the image's objects named.
+POPE F1: yes/no questions "Is there a X in the image?". dup: mentions repeating an object already named.
+pairs chosen/rejected: true CHAIR_i of the answers the round's DPO pairs prefer / reject (from ground truth).
+csr = calibrated self-reward (CLIP image relevance, lam 0.9); lam0 = the model rewards itself by likelihood only."""
+
+
+def cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="csr demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
+    parser.add_argument("--seed", type=int, default=0, help="world and CSR seed")
+    parser.add_argument("--quick", action="store_true", help="small world and settings: under 2 minutes (CI)")
+    parser.add_argument("--world", help="world directory (default worlds/toy-seed<N>[-quick])")
+    parser.add_argument("--config", help="loop config (default configs/toy.yaml or configs/toy-quick.yaml)")
+    parser.add_argument("--jobs", type=int, default=2, help="arms run in parallel (one thread each)")
+    args = parser.parse_args(argv)
+    config = Path(args.config) if args.config else CONFIG_DIR / ("toy-quick.yaml" if args.quick else "toy.yaml")
+    if not config.is_file():
+        raise InputError(f"--config: {config} not found")
+    world = Path(args.world or f"worlds/toy-seed{args.seed}{'-quick' if args.quick else ''}")
+    out = Path(args.out)
+    summary = run_demo(config, world, out, args.seed, args.quick, args.jobs)
+    print(table(summary))
+    print("\n".join(["", *verdict(summary), "", EXPLAIN]))
+    print(f"\nsummary: {out / 'summary.json'} ({summary['seconds']:.0f} s)")
+    return 0
+
+
+def run_demo(config: Path, world: Path, out: Path, seed: int, quick: bool, jobs: int = 2) -> dict:
+    from . import toyworld
+
+    start = time.time()
+    toyworld.build(world, seed=seed, quick=quick)
+    out.mkdir(parents=True, exist_ok=True)
+    args = [(str(config), str(world), str(out), seed, arm) for arm in ARMS]
+    if jobs > 1:
+        with ProcessPoolExecutor(max_workers=min(jobs, len(ARMS)), mp_context=get_context("spawn")) as pool:
+            list(pool.map(run_arm, *zip(*args)))
+    else:
+        for a in args:
+            run_arm(*a)
+    summary = {"arms": {}, "selected_round": {}, "seed": seed, "quick": quick, "world": str(world),
+               "config": str(config)}
+    for arm in ARMS:
+        run_report(out / arm, world)
+        summary["arms"][arm] = arm_rows(out / arm, world)
+        summary["selected_round"][arm] = json.loads((out / arm / "best.json").read_text())["round"]
+    summary["seconds"] = round(time.time() - start, 1)
+    write_json(out / "summary.json", summary)
+    return summary

@@ -1,0 +1,303 @@
+"""`csr generate`: calibrated sentence-level search over the prompts -> candidates, preference pairs, stats.
+
+    csr generate --config configs/tiny.yaml [search.mode=official ...]
+    torchrun --nproc_per_node 2 -m csr_vlm generate --config configs/tiny.yaml
+
+Setup checks the config, reads the prompts and loads the policy and CLIP (a wrong path is a one-line
+error before any work), and estimates tau when normalize=center has none. Work: prompt i goes to
+rank i % world_size; each rank searches its prompts (search.search_prompt, seeded per prompt from
+cfg.seed, the round and the prompt id) and appends one complete line per prompt to its own shard
+`shards/rank-<r>.jsonl`. Re-running the same command skips prompts found in any shard (a half-written
+last line is dropped first), so a killed run resumes to the output an uninterrupted run gives.
+Save: rank 0 merges the shards in prompt order into candidates.jsonl, pairs.jsonl (TRL conversational
+vision format, docs/formats.md), skipped.jsonl (every unused input with its reason) and stats.json,
+then writes DONE. Bad images, empty prompts, malformed lines and duplicate ids are skipped, never fatal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from .config import RunConfig, save_config, to_dict
+from .data import (InputError, append_jsonl, is_done, load_image, mark_done, read_jsonl, read_prompts, repair_jsonl,
+                   write_json, write_jsonl)
+from .filters import check_filters
+from .models import check_model_path
+from .reward import NORMALIZE_MODES
+
+log = logging.getLogger(__name__)
+_OWN_GROUP = False  # whether this module started the process group (and so should end it)
+
+CHOICES = {
+    "search.mode": ("paper", "official"), "search.sampler": ("sample", "diverse_beam"),
+    "reward.normalize": NORMALIZE_MODES, "reward.self_score": ("sum", "mean"), "reward.end_reward": ("neutral", "zero"),
+}
+
+
+def run(cfg: RunConfig, round: int = 1) -> Path:
+    """Search every prompt of data.prompts and write the stage directory cfg.out; returns it."""
+    out = Path(cfg.out)
+    rank, world, dist = _distributed()
+    _check_config(cfg)
+    fingerprint = _fingerprint(cfg, round)
+    if not cfg.overwrite and _finished(out, fingerprint):
+        log.info("generate: %s is complete (DONE); overwrite=true redoes it", out)
+        return out
+    records, input_skips = read_prompts(cfg.data.prompts, cfg.data.image_root, cfg.data.image_prefix)
+    if cfg.data.max_prompts is not None:
+        records = records[: cfg.data.max_prompts]
+    policy, scorer, tau_stats = _load_models(cfg, rank, world)
+    if rank == 0:
+        _prepare_dir(out, cfg, fingerprint)
+    _barrier(dist)
+    started = time.perf_counter()
+    searched = _search_shard(cfg, round, records, policy, scorer, out, rank, world)
+    _barrier(dist)
+    if rank == 0:
+        wall = time.perf_counter() - started
+        _merge(cfg, round, out, records, input_skips, tau_stats, wall, searched, world)
+        mark_done(out, {"round": round})
+        log.info("generate: %d prompts -> %s", len(records), out)
+    _barrier(dist)
+    if dist is not None and _OWN_GROUP:
+        dist.destroy_process_group()  # a later stage (DPO on GPUs) sets up its own backend
+    return out
+
+
+# ---------------------------------------------------------------------------- setup
+
+
+def _check_config(cfg: RunConfig) -> None:
+    for key, allowed in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in allowed:
+            raise InputError(f"{key}: unknown value {value!r}; choose from {', '.join(allowed)}")
+    check_filters(cfg.search.filters)
+    check_model_path(cfg.model.path, "model.path")  # both paths before loading either, so one line says it all
+    check_model_path(cfg.reward.clip_path, "reward.clip_path")
+    if not cfg.data.prompts:
+        raise InputError("data.prompts is not set")
+    s = cfg.search
+    if s.prompt_batch_size > 1:
+        log.warning("search.prompt_batch_size=%d: prompts are searched one at a time (all candidates of a prompt "
+                    "form one batch); cross-prompt batching is not implemented", s.prompt_batch_size)
+    if s.num_candidates < 1 or s.max_sentences < 1 or s.max_new_tokens < 1 or s.keep_top + s.keep_bottom < 1:
+        raise InputError("search: num_candidates, max_sentences, max_new_tokens and keep_top + keep_bottom must be >= 1")
+    if cfg.reward.normalize == "center" and cfg.reward.tau is None and not cfg.reward.tau_calibration:
+        raise InputError("reward.normalize=center needs reward.tau or reward.tau_calibration")
+    if cfg.reward.tau_calibration and not Path(cfg.reward.tau_calibration).is_file():
+        raise InputError(f"reward.tau_calibration: file not found: {cfg.reward.tau_calibration}")
+
+
+def _load_models(cfg: RunConfig, rank: int, world: int):
+    """Policy, CLIP scorer and (normalize=center without tau) the estimated tau; all fail before any work."""
+    import torch
+
+    from .models import load_policy
+    from .reward import ClipScorer, estimate_tau
+
+    if world > 1 and cfg.model.device == "auto" and torch.cuda.is_available():
+        cfg.model.device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank)) % torch.cuda.device_count()}"
+    policy = load_policy(cfg.model)
+    scorer = ClipScorer(cfg.reward.clip_path, device=str(policy.device), dtype=cfg.model.dtype,
+                        batch_size=cfg.reward.clip_batch_size)
+    tau_stats = None
+    if cfg.reward.normalize == "center" and cfg.reward.tau is None:
+        calib_path = Path(cfg.reward.tau_calibration)
+        calib = list(read_jsonl(calib_path, strict=True))
+        for rec in calib:  # relative images: as given if they exist, else beside the calibration file
+            if "image" in rec and not Path(str(rec["image"])).exists():
+                rec["image"] = str(calib_path.parent / str(rec["image"]))
+        cfg.reward.tau, tau_stats = estimate_tau(scorer, calib, cfg.reward.tau_sd, cfg.data.max_image_pixels)
+        log.info("generate: tau = %.3f estimated from %s", cfg.reward.tau, cfg.reward.tau_calibration)
+    return policy, scorer, tau_stats
+
+
+def _prepare_dir(out: Path, cfg: RunConfig, fingerprint: dict[str, Any]) -> None:
+    if cfg.overwrite:
+        for name in ("shards", "candidates.jsonl", "pairs.jsonl", "skipped.jsonl", "stats.json", "DONE"):
+            path = out / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    (out / "shards").mkdir(parents=True, exist_ok=True)
+    write_json(out / "shards" / "fingerprint.json", fingerprint)
+    save_config(cfg, out / "config.yaml")
+
+
+def _finished(out: Path, fingerprint: dict[str, Any]) -> bool:
+    """True when out is complete; an InputError when it holds work of another config (resuming would mix them)."""
+    marker = out / "shards" / "fingerprint.json"
+    if marker.exists() and json.loads(marker.read_text()) != fingerprint:
+        raise InputError(f"out: {out} holds results of a different config or round; use overwrite=true or another out")
+    return is_done(out)
+
+
+def _fingerprint(cfg: RunConfig, round: int) -> dict[str, Any]:
+    """Everything that changes a prompt's result: resuming under anything else would mix two runs."""
+    keep = {"seed": cfg.seed, "round": round, "model": cfg.model.path, **{
+        name: to_dict(getattr(cfg, name)) for name in ("reward", "search", "curate", "data")}}
+    return json.loads(json.dumps(keep))  # the form it has once read back
+
+
+def _distributed():
+    """(rank, world, torch.distributed or None): torchrun sets WORLD_SIZE; gloo serves CPUs and GPUs alike."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, None
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    global _OWN_GROUP
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", timeout=timedelta(hours=24))
+        _OWN_GROUP = True
+    return dist.get_rank(), dist.get_world_size(), dist
+
+
+def _barrier(dist) -> None:
+    if dist is not None:
+        dist.barrier()
+
+
+def prompt_seed(seed: int, round: int, prompt_id: str) -> int:
+    """A stable per-prompt seed (sha256, not hash(), which changes between processes)."""
+    digest = hashlib.sha256(f"{seed}:{round}:{prompt_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % (2**63)
+
+
+# ---------------------------------------------------------------------------- work
+
+
+def _search_shard(cfg: RunConfig, round: int, records, policy, scorer, out: Path, rank: int, world: int) -> int:
+    """Search this rank's prompts not yet in any shard; append one line per prompt to shards/rank-<r>.jsonl."""
+    from tqdm import tqdm
+
+    shard = out / "shards" / f"rank-{rank}.jsonl"
+    repair_jsonl(shard)
+    done = {line["id"] for path in sorted((out / "shards").glob("*.jsonl")) for line in read_jsonl(path)}
+    mine = [rec for i, rec in enumerate(records) if i % world == rank and rec.id not in done]
+    if done:
+        log.info("generate: resuming, %d prompts already done, %d left on rank %d", len(done), len(mine), rank)
+    pairs = 0
+    bar = tqdm(mine, desc="generate", unit="prompt", disable=rank != 0)
+    with shard.open("a") as fh:
+        for rec in bar:
+            line = _process(cfg, round, rec, policy, scorer)
+            append_jsonl(fh, line)
+            pairs += line["pair"] is not None
+            bar.set_postfix(pairs=pairs)
+    return len(mine)
+
+
+def _process(cfg: RunConfig, round: int, rec, policy, scorer) -> dict[str, Any]:
+    """One prompt -> one shard line {id, candidate, pair, skip, stats}."""
+    from .search import search_prompt
+
+    line: dict[str, Any] = {"id": rec.id, "candidate": None, "pair": None, "skip": None, "stats": {}}
+    try:
+        image = load_image(rec.image, cfg.data.max_image_pixels)
+    except InputError as exc:
+        line["skip"] = {"id": rec.id, "reason": str(exc), "image": rec.image}
+        return line
+    result = search_prompt(policy, scorer, image, rec.prompt, cfg, prompt_seed(cfg.seed, round, rec.id))
+    line["stats"] = result.stats
+    line["candidate"] = {"id": rec.id, "image": rec.image, "prompt": rec.prompt, "round": round, "mode": result.mode,
+                         "answers": [a.to_dict() for a in result.answers], "chosen": result.chosen,
+                         "rejected": result.rejected}
+    if result.tree is not None:
+        line["candidate"]["tree"] = result.tree
+    reason = _pair_problem(cfg, result)
+    if reason:
+        line["skip"] = {"id": rec.id, "reason": reason, "answers": len(result.answers)}
+    else:
+        line["pair"] = _pair(rec, round, result.answers[result.chosen], result.answers[result.rejected])
+    return line
+
+
+def _pair_problem(cfg: RunConfig, result) -> str | None:
+    if result.chosen is None:
+        return "no complete answer"
+    chosen, rejected = result.answers[result.chosen], result.answers[result.rejected]
+    if chosen.text == rejected.text:
+        return "equal texts" if len(result.answers) > 1 else "equal texts (one complete answer)"
+    if chosen.reward - rejected.reward < cfg.curate.min_margin:
+        return f"margin below curate.min_margin ({chosen.reward - rejected.reward:.4g} < {cfg.curate.min_margin})"
+    return None
+
+
+def _pair(rec, round: int, chosen, rejected) -> dict[str, Any]:
+    """TRL's conversational vision preference row plus bookkeeping (docs/formats.md)."""
+    def reply(text: str) -> list[dict]:
+        return [{"role": "assistant", "content": [{"type": "text", "text": text}]}]
+
+    return {
+        "id": rec.id, "images": [os.path.abspath(rec.image)],
+        "prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": rec.prompt}]}],
+        "chosen": reply(chosen.text), "rejected": reply(rejected.text),
+        "chosen_reward": chosen.reward, "rejected_reward": rejected.reward, "margin": chosen.reward - rejected.reward,
+        "chosen_r_i": chosen.mean_r_i(), "rejected_r_i": rejected.mean_r_i(), "round": round,
+    }
+
+
+# ---------------------------------------------------------------------------- save
+
+
+def _merge(cfg: RunConfig, round: int, out: Path, records, input_skips: list[dict], tau_stats, wall: float,
+           searched: int, world: int) -> None:
+    """Shards -> candidates/pairs/skipped in prompt order, plus stats.json."""
+    lines: dict[str, dict] = {}
+    for path in sorted((out / "shards").glob("*.jsonl")):
+        for line in read_jsonl(path):
+            lines.setdefault(line["id"], line)
+    ordered = [lines[r.id] for r in records if r.id in lines]
+    missing = [r.id for r in records if r.id not in lines]
+    if missing:
+        log.warning("generate: %d prompts have no result (first: %s)", len(missing), missing[0])
+    skipped = list(input_skips) + [ln["skip"] for ln in ordered if ln["skip"]]
+    pairs = [ln["pair"] for ln in ordered if ln["pair"]]
+    write_jsonl(out / "candidates.jsonl", [ln["candidate"] for ln in ordered if ln["candidate"]])
+    write_jsonl(out / "pairs.jsonl", pairs)
+    write_jsonl(out / "skipped.jsonl", skipped)
+    write_json(out / "stats.json", _stats(cfg, round, ordered, input_skips, skipped, pairs, tau_stats, wall,
+                                          searched, world, len(records)))
+
+
+def _stats(cfg, round, ordered, input_skips, skipped, pairs, tau_stats, wall, searched, world, n_valid) -> dict:
+    tokens, times, events = Counter(), Counter(), Counter()
+    for ln in ordered:
+        st = ln["stats"]
+        for key in ("tokens_forwarded", "tokens_minimal", "tokens_prompt", "tokens_generated"):
+            tokens[key] += st.get(key, 0)
+        times.update(st.get("time", {}))
+        events.update(st.get("events", {}))
+    by_reason = Counter(re.split(r"[:(]", s["reason"])[0].strip() for s in skipped)
+    margins = [p["margin"] for p in pairs]
+    return {
+        "round": round, "mode": cfg.search.mode, "world_size": world, "tau": cfg.reward.tau, "tau_calibration": tau_stats,
+        "counts": {"inputs": n_valid + len(input_skips), "prompts_valid": n_valid,
+                   "prompts_searched": sum(ln["candidate"] is not None for ln in ordered), "pairs": len(pairs),
+                   "skipped": len(skipped)},
+        "skipped_by_reason": dict(by_reason),
+        "tokens": {"forwarded": tokens["tokens_forwarded"], "minimal": tokens["tokens_minimal"],
+                   "prompt": tokens["tokens_prompt"], "generated": tokens["tokens_generated"],
+                   "forwarded_over_minimal": tokens["tokens_forwarded"] / max(tokens["tokens_minimal"], 1)},
+        "time_s": {k: round_(v) for k, v in times.items()},
+        "search_events": dict(events),
+        "mean_margin": sum(margins) / len(margins) if margins else None,
+        "wall_s": round_(wall), "prompts_this_run": searched,
+        "prompts_per_s": round_(searched / wall) if wall > 0 else None,
+    }
+
+
+def round_(x: float) -> float:
+    return float(f"{x:.4f}")

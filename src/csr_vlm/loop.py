@@ -1,0 +1,217 @@
+"""`csr loop`: rounds of generate -> train -> evaluate, resumable, with the best round picked on a dev metric.
+
+Round k (1..loop.rounds) searches the same prompts with the policy of round k-1 (round 1:
+`model.path`; later rounds: `round_<k-1>/train/checkpoint`, the merged checkpoint), trains a fresh
+LoRA on that policy's pairs (so the DPO reference is the round's starting policy), and evaluates the
+new checkpoint. The CLIP scorer never changes. Layout under `out`:
+
+    config.yaml  manifest.json  best.json
+    round_0/{eval,dev_eval}/                  the base model (when loop.evaluate / loop.select_on)
+    round_<k>/{generate,train,eval,dev_eval}/
+
+Resume: each stage writes its DONE marker last, so re-running the same command skips finished
+stages and re-enters the interrupted one (the stage itself resumes what it can). `--from-round K`
+deletes the stage dirs of rounds K and later first. Nothing finished is redone unless overwrite=true.
+
+Selection: `loop.select_on` names a key of evaluate's "flat" metrics, measured by a dev evaluation
+(`eval` fields overridden by `loop.dev`, in `round_<k>/dev_eval/`). Direction rule: the CHAIR rates
+and the duplicate rate (`LOWER_IS_BETTER`) are better when lower; every other metric (recall, f1,
+acc, precision) is better when higher. Only a strict improvement moves `best_round`, so ties keep
+the earlier round, and round 0 (the base model) competes. `loop.patience` > 0 stops the loop after
+that many rounds without improvement. Without `select_on`, the last round is the best.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from .config import RunConfig, apply_override, save_config
+from .data import InputError, is_done, write_json
+from .manifest import Manifest, key_numbers, summary_line, table
+
+log = logging.getLogger(__name__)
+
+STAGES = ("generate", "train", "eval", "dev_eval")
+LOWER_IS_BETTER = {"chair_s", "chair_i", "dup_rate"}
+
+
+def lower_is_better(metric: str) -> bool:
+    return metric in LOWER_IS_BETTER
+
+
+# ---------------------------------------------------------------------------- stage configs
+
+
+def round_dir(out: Path, k: int) -> Path:
+    return out / f"round_{k}"
+
+
+def policy_path(cfg: RunConfig, k: int) -> str:
+    """The policy round k starts from: model.path for round 1, round k-1's merged checkpoint after."""
+    return cfg.model.path if k <= 1 else str(round_dir(Path(cfg.out), k - 1) / "train" / "checkpoint")
+
+
+def stage_cfg(cfg: RunConfig, k: int, stage: str) -> RunConfig:
+    """The config one stage of round k runs with (a copy; cfg itself is never changed)."""
+    rdir = round_dir(Path(cfg.out), k)
+    model = dataclasses.replace(cfg.model, path=policy_path(cfg, k))
+    if stage in ("eval", "dev_eval") and k > 0:
+        model = dataclasses.replace(cfg.model, path=str(rdir / "train" / "checkpoint"))
+    new = dataclasses.replace(cfg, out=str(rdir / stage), model=model)
+    if stage == "train":
+        new.train = dataclasses.replace(cfg.train, pairs=str(rdir / "generate" / "pairs.jsonl"))
+    if stage == "dev_eval":
+        new = dev_cfg(new)
+    return new
+
+
+def dev_cfg(cfg: RunConfig) -> RunConfig:
+    """cfg with the eval section overridden by loop.dev (keys checked like command-line overrides)."""
+    new = copy.deepcopy(cfg)
+    for key, value in cfg.loop.dev.items():
+        apply_override(new, f"eval.{key}={json.dumps(value)}")
+    return new
+
+
+def stage_runner(stage: str):
+    """The stage's run(cfg, round) -> Path, imported only when needed."""
+    import importlib
+
+    module = {"generate": "generate", "train": "train", "eval": "evaluate", "dev_eval": "evaluate"}[stage]
+    return importlib.import_module(f"csr_vlm.{module}").run
+
+
+# ---------------------------------------------------------------------------- work
+
+
+def clear_from(out: Path, from_round: int, manifest: Manifest) -> None:
+    """Delete the stage dirs of round from_round and every later round (they will be redone)."""
+    for rdir in sorted(out.glob("round_*")):
+        k = rdir.name.removeprefix("round_")
+        if k.isdigit() and int(k) >= from_round:
+            for stage in STAGES:
+                shutil.rmtree(rdir / stage, ignore_errors=True)
+            log.info("loop: --from-round %d: cleared %s", from_round, rdir)
+    (out / "best.json").unlink(missing_ok=True)
+    manifest.forget_from(from_round)
+
+
+def do_stage(cfg: RunConfig, k: int, stage: str, manifest: Manifest) -> Path:
+    """Run one stage of round k unless its DONE marker is there; print one summary line."""
+    scfg = stage_cfg(cfg, k, stage)
+    sdir, name = Path(scfg.out), f"round_{k}/{stage}"
+    if is_done(sdir) and not cfg.overwrite:
+        manifest.skipped(name, sdir)
+        print(summary_line(name, None, key_numbers(sdir)), flush=True)
+        return sdir
+    with manifest.stage(name, sdir) as entry:
+        stage_runner(stage)(scfg, k)
+    entry["numbers"] = key_numbers(sdir)
+    manifest.save()
+    print(summary_line(name, entry["seconds"], entry["numbers"]), flush=True)
+    return sdir
+
+
+def dev_value(cfg: RunConfig, k: int) -> float:
+    """The select_on metric of round k's dev evaluation."""
+    path = round_dir(Path(cfg.out), k) / "dev_eval" / "metrics.json"
+    flat = json.loads(path.read_text()).get("flat", {})
+    if cfg.loop.select_on not in flat:
+        raise InputError(f"loop.select_on: {cfg.loop.select_on!r} is not a metric of {path} "
+                         f"(choose from {', '.join(sorted(flat))})")
+    return float(flat[cfg.loop.select_on])
+
+
+def pick_best(values: dict[int, float], metric: str) -> tuple[int, int]:
+    """(best round, rounds since it improved) over rounds in order; only strict improvements count."""
+    sign = -1.0 if lower_is_better(metric) else 1.0
+    best, since = None, 0
+    for k in sorted(values):
+        if best is None or sign * values[k] > sign * values[best]:
+            best, since = k, 0
+        else:
+            since += 1
+    return best, since
+
+
+def write_best(cfg: RunConfig, best: int, value: float | None) -> Path:
+    ckpt = cfg.model.path if best == 0 else str(round_dir(Path(cfg.out), best) / "train" / "checkpoint")
+    return write_json(Path(cfg.out) / "best.json",
+                      {"round": best, "checkpoint": ckpt, "select_on": cfg.loop.select_on or None, "value": value})
+
+
+def round_row(cfg: RunConfig, k: int, dev: dict[int, float], best: int | None) -> dict[str, Any]:
+    rdir = round_dir(Path(cfg.out), k)
+    train = key_numbers(rdir / "train")
+    row: dict[str, Any] = {"round": k, "pairs": train.get("pairs", ""), "train_loss": train.get("train_loss", "")}
+    if (rdir / "eval" / "metrics.json").is_file():
+        flat = json.loads((rdir / "eval" / "metrics.json").read_text()).get("flat", {})
+        row.update({k_: v for k_, v in flat.items() if isinstance(v, (int, float))})
+    if k in dev:
+        row[f"dev_{cfg.loop.select_on}"] = dev[k]
+    row["best"] = "*" if k == best else ""
+    return row
+
+
+# ---------------------------------------------------------------------------- stage
+
+
+def check(cfg: RunConfig, from_round: int | None) -> None:
+    if cfg.loop.rounds < 1:
+        raise InputError(f"loop.rounds must be >= 1, got {cfg.loop.rounds}")
+    if from_round is not None and not 0 <= from_round <= cfg.loop.rounds:
+        raise InputError(f"--from-round must be between 0 and loop.rounds={cfg.loop.rounds}, got {from_round}")
+    if cfg.loop.patience < 0:
+        raise InputError(f"loop.patience must be >= 0, got {cfg.loop.patience}")
+    if not cfg.model.path:
+        raise InputError("model.path is not set")
+    if cfg.loop.rounds > 1 and cfg.train.use_lora and not cfg.train.merge:
+        raise InputError("train.merge=false keeps only the adapter, but round 2 starts from a full checkpoint")
+    dev_cfg(cfg)  # unknown loop.dev keys fail now, not after a round of training
+
+
+def run(cfg: RunConfig, from_round: int | None = None) -> Path:
+    """Run (or resume) the loop in cfg.out; returns the loop directory."""
+    check(cfg, from_round)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = Manifest(out, cfg)
+    if from_round is not None:
+        clear_from(out, from_round, manifest)
+    save_config(cfg, out / "config.yaml")
+    select = bool(cfg.loop.select_on)
+    dev: dict[int, float] = {}
+    if cfg.loop.evaluate:
+        do_stage(cfg, 0, "eval", manifest)
+    if select:
+        do_stage(cfg, 0, "dev_eval", manifest)
+        dev[0] = dev_value(cfg, 0)
+    best, last = (0 if select else None), 0
+    for k in range(1, cfg.loop.rounds + 1):
+        for stage in ("generate", "train"):
+            do_stage(cfg, k, stage, manifest)
+        if cfg.loop.evaluate:
+            do_stage(cfg, k, "eval", manifest)
+        last = k
+        if select:
+            do_stage(cfg, k, "dev_eval", manifest)
+            dev[k] = dev_value(cfg, k)
+            best, since = pick_best(dev, cfg.loop.select_on)
+            manifest.data["rounds"][str(k)] = {cfg.loop.select_on: dev[k], "best_so_far": best}
+            if cfg.loop.patience and since >= cfg.loop.patience and k < cfg.loop.rounds:
+                print(f"[loop] stopping after round {k}: {cfg.loop.select_on} has not improved for {since} "
+                      f"round(s) (patience {cfg.loop.patience})", flush=True)
+                break
+    best = best if select else last
+    write_best(cfg, best, dev.get(best))
+    manifest.finish(best)
+    rows = [round_row(cfg, k, dev, best) for k in range(0 if (cfg.loop.evaluate or select) else 1, last + 1)]
+    print(table(rows), flush=True)
+    print(f"[loop] best round: {best} -> {out / 'best.json'}", flush=True)
+    return out

@@ -1,0 +1,254 @@
+"""POPE (Li et al., EMNLP'23): yes/no questions "Is there a X in the image?" built from object annotations.
+
+Building follows AoiDragon/POPE `main.py` + `utils.py`: keep images with >= 3 distinct objects,
+sample `num_images` of them (seeded), count object frequencies and co-occurrences over that pool
+only, and for each image ask about its first three objects (label yes), each followed by one
+negative (label no) that is neither in the image nor already asked about for it:
+
+- random: uniform over the pool's distinct objects;
+- popular: the most frequent valid object of the pool;
+- adversarial: the valid object co-occurring most often with that positive; random if none.
+
+Ties keep first-seen order (Python's stable sort, as in the original). Differences: the random
+draw picks among valid objects directly (the original redraws until valid), each split has its
+own seeded generator, and vowel-initial objects get "an" without the original's "imange" typo
+(parsers still accept it). Question ids restart at 1 per split, as in the official files.
+
+Answer parsers (the conventions are incompatible; the one used is recorded with the metrics):
+- llava (original POPE / LLaVA eval_pope.py): text before the first ".", commas removed, split on
+  spaces; "No", "no" or "not" among the tokens -> no, else yes (empty answers are yes).
+- vlmevalkit (YOrN_Extraction): lower-case, punctuation to spaces, split; yes without no -> yes,
+  no without yes -> no, else unknown (scored as not-yes).
+- default: the first word of the lower-cased answer that is "yes" or "no" decides; no such word ->
+  unknown (scored as no). "Yes, there is no..." is yes; "There is a dog." is unknown.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+from .data import InputError
+
+log = logging.getLogger(__name__)
+
+TEMPLATE = "Is there a {} in the image?"
+SPLITS = ("random", "popular", "adversarial")
+PARSERS = ("default", "llava", "vlmevalkit")
+_OBJECT = re.compile(r"is there an? (.+?) in the ima?n?ge\??", re.IGNORECASE)
+
+
+# ---------------------------------------------------------------------------- building
+
+
+def image_objects(instances: dict) -> list[dict]:
+    """[{image_id, image, objects}] per image: distinct category names in annotation order."""
+    names = {c["id"]: c["name"] for c in instances.get("categories", [])}
+    files = {im["id"]: im.get("file_name", str(im["id"])) for im in instances.get("images", [])}
+    objects: dict[Any, list[str]] = defaultdict(list)
+    for ann in instances.get("annotations", []):
+        name = names.get(ann.get("category_id"))
+        if name is not None and name not in objects[ann["image_id"]]:
+            objects[ann["image_id"]].append(name)
+    return [{"image_id": i, "image": files.get(i, str(i)), "objects": objs} for i, objs in objects.items()]
+
+
+def question(qid: int, im: dict, obj: str, label: str, split: str, template: str = TEMPLATE) -> dict:
+    """One question record; "an" before a vowel-initial object (without the original's "imange")."""
+    article = "an" if obj[:1].lower() in ("a", "e", "i", "o", "u") else "a"
+    text = template.replace("a {}", f"{article} {{}}", 1).format(obj)
+    return {"question_id": qid, "image": im["image"], "image_id": im["image_id"], "text": text, "label": label,
+            "object": obj, "category": split}
+
+
+def sample_pool(instances: dict, num_images: int, seed: int, sample_num: int = 3) -> list[dict]:
+    """The seeded image pool: images with >= sample_num distinct objects, sorted by id, then sampled."""
+    eligible = sorted((im for im in image_objects(instances) if len(im["objects"]) >= sample_num),
+                      key=lambda im: str(im["image_id"]).zfill(20))
+    if len(eligible) < num_images:
+        log.warning("POPE: only %d images have >= %d objects (asked for %d); using all", len(eligible), sample_num,
+                    num_images)
+    return random.Random(seed).sample(eligible, min(num_images, len(eligible)))
+
+
+def build_split(pool: list[dict], split: str, seed: int, sample_num: int = 3, template: str = TEMPLATE) -> list[dict]:
+    """The questions of one split over an image pool (see the module docstring for the rules)."""
+    if split not in SPLITS:
+        raise InputError(f"eval.pope_splits: unknown split {split!r}; choose from {', '.join(SPLITS)}")
+    rng = random.Random(f"{seed}:{split}")
+    freq = Counter(o for im in pool for o in im["objects"])
+    popular = [o for o, _ in sorted(freq.items(), key=lambda kv: -kv[1])]  # stable: ties in first-seen order
+    cooc: dict[str, Counter] = defaultdict(Counter)
+    for im in pool:
+        for a in im["objects"]:
+            cooc[a].update(b for b in im["objects"] if b != a)
+    questions: list[dict] = []
+    for im in pool:
+        asked: list[str] = []
+        for pos in im["objects"][:sample_num]:
+            asked.append(pos)
+            questions.append(question(len(questions) + 1, im, pos, "yes", split, template))
+            valid = [o for o in popular if o not in asked and o not in im["objects"]]
+            if not valid:
+                log.warning("POPE %s: no negative object left for image %s", split, im["image"])
+                continue
+            if split == "popular":
+                neg = valid[0]
+            elif split == "adversarial":
+                ranked = [o for o, _ in sorted(cooc[pos].items(), key=lambda kv: -kv[1]) if o in valid]
+                neg = ranked[0] if ranked else rng.choice(valid)
+            else:
+                neg = rng.choice([o for o in freq if o in valid])  # first-seen order
+            asked.append(neg)
+            questions.append(question(len(questions) + 1, im, neg, "no", split, template))
+    return questions
+
+
+def build_questions(instances: dict, num_images: int, seed: int, splits: list[str] | tuple[str, ...] = SPLITS
+                    ) -> dict[str, list[dict]]:
+    pool = sample_pool(instances, num_images, seed)
+    return {split: build_split(pool, split, seed) for split in splits}
+
+
+# ---------------------------------------------------------------------------- parsing answers
+
+
+def parse_llava(text: str) -> str:
+    text = text.split(".")[0] if "." in text else text
+    words = text.replace(",", "").split(" ")
+    return "no" if ("No" in words or "not" in words or "no" in words) else "yes"
+
+
+def parse_vlmevalkit(text: str) -> str:
+    words = re.sub(r"[^\w\s']", " ", text.lower()).split()
+    if "yes" in words and "no" not in words:
+        return "yes"
+    if "no" in words and "yes" not in words:
+        return "no"
+    return "unknown"
+
+
+def parse_default(text: str) -> str:
+    for word in re.findall(r"[a-z]+", text.lower()):
+        if word in ("yes", "no"):
+            return word
+    return "unknown"
+
+
+def parse_answer(text: str, parser: str = "default") -> str:
+    funcs = {"default": parse_default, "llava": parse_llava, "vlmevalkit": parse_vlmevalkit}
+    if parser not in funcs:
+        raise InputError(f"unknown POPE parser {parser!r}; choose from {', '.join(PARSERS)}")
+    return funcs[parser](text or "")
+
+
+def question_object(text: str) -> str | None:
+    """The object asked about ("Is there an apple in the imange?" -> apple)."""
+    m = _OBJECT.search(text or "")
+    return m.group(1) if m else None
+
+
+# ---------------------------------------------------------------------------- metrics
+
+
+def metrics(labels: list[str], preds: list[str]) -> dict:
+    """Accuracy, precision, recall, F1 (positive class yes) and yes-ratio of the predictions."""
+    tp = sum(1 for g, p in zip(labels, preds) if g == "yes" and p == "yes")
+    fp = sum(1 for g, p in zip(labels, preds) if g != "yes" and p == "yes")
+    fn = sum(1 for g, p in zip(labels, preds) if g == "yes" and p != "yes")
+    tn = len(labels) - tp - fp - fn
+    n = len(labels)
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    return {
+        "accuracy": (tp + tn) / n if n else 0.0,
+        "precision": precision,
+        "recall": recall,
+        "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+        "yes_ratio": (tp + fp) / n if n else 0.0,
+        "n": n, "tp": tp, "fp": fp, "tn": tn, "fn": fn,
+        "n_unknown": sum(1 for p in preds if p == "unknown"),
+    }
+
+
+def score(questions: list[dict], answers: dict[tuple[str, Any], str], parser: str = "default") -> dict:
+    """Per-split metrics plus their mean; `answers` maps (split, question_id) -> text. Missing ones are counted."""
+    by_split: dict[str, tuple[list, list]] = {}
+    missing: Counter = Counter()
+    for q in questions:
+        split = q.get("category", "all")
+        key = (split, q["question_id"])
+        if key not in answers:
+            missing[split] += 1
+            continue
+        labels, preds = by_split.setdefault(split, ([], []))
+        labels.append(str(q["label"]).strip().lower())
+        preds.append(parse_answer(answers[key], parser))
+    out: dict[str, Any] = {split: metrics(*lp) for split, lp in by_split.items()}
+    for split, n in missing.items():
+        out.setdefault(split, metrics([], []))["n_missing"] = n
+        log.warning("POPE %s: %d question(s) have no answer; scored the rest", split, n)
+    if out:
+        keys = ("accuracy", "precision", "recall", "f1", "yes_ratio")
+        splits = [s for s in out if out[s]["n"]]
+        out["mean"] = {k: sum(out[s][k] for s in splits) / len(splits) if splits else 0.0 for k in keys}
+        out["mean"]["n"] = sum(out[s]["n"] for s in splits)
+    out["parser"] = parser
+    return out
+
+
+# ---------------------------------------------------------------------------- files
+
+
+def read_records(path: str | Path, required: tuple[str, ...], what: str) -> list[dict]:
+    """JSONL (or a JSON list) records; malformed lines and records missing a field are skipped with their line."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what} not found: {path}")
+    text = path.read_text()
+    if text.lstrip().startswith("["):
+        try:
+            entries = list(enumerate(json.loads(text), 1))
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}: not valid JSON ({exc.msg})") from None
+    else:
+        entries = []
+        for lineno, raw in enumerate(text.splitlines(), 1):
+            if not raw.strip():
+                continue
+            try:
+                entries.append((lineno, json.loads(raw)))
+            except json.JSONDecodeError as exc:
+                log.warning("%s:%d: skipping malformed line (%s)", path, lineno, exc.msg)
+    records = []
+    for lineno, rec in entries:
+        if not isinstance(rec, dict) or any(k not in rec for k in required):
+            log.warning("%s:%d: skipping record without %s", path, lineno, "/".join(required))
+            continue
+        records.append(rec)
+    return records
+
+
+def split_of(path: str | Path) -> str:
+    name = Path(path).stem.lower()
+    return next((s for s in SPLITS if s in name), name)
+
+
+def read_questions(path: str | Path) -> list[dict]:
+    """Official question files (JSONL question_id, image, text, label); split from `category` or the file name."""
+    default = split_of(path)
+    questions = read_records(path, ("question_id", "text", "label"), "POPE questions file")
+    for q in questions:
+        q["category"] = str(q.get("category") or default)
+        q.setdefault("object", question_object(q["text"]))
+    return questions
+
+
+def read_answers(path: str | Path) -> dict[Any, str]:
+    """Answer files (JSONL question_id, text) -> {question_id: text}."""
+    return {a["question_id"]: str(a.get("text") or "") for a in read_records(path, ("question_id",), "answers file")}

@@ -1,0 +1,328 @@
+"""`csr report RUN_DIR`: one readable report.md with plots for a CSR run directory.
+
+    csr report RUN_DIR [--instances F] [--gt-captions F] [--synonyms F]
+
+Reads RUN_DIR/manifest.json (if present) and round_<k>/{generate,train,eval}/ (round_0 holds only
+the base model's eval) and writes RUN_DIR/report.md plus report_*.png (matplotlib, Agg backend):
+hallucination metrics per round, the CLIP image-relevance R_I of chosen vs rejected answers (the
+paper's Figure 1 right), reward margins, DPO loss and reward accuracy, a table of every number, and,
+with --instances, how the pairs compare with the ground truth. Missing pieces are noted, never fatal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+from pathlib import Path
+from typing import Any
+
+from .data import read_jsonl
+
+log = logging.getLogger(__name__)
+
+METRIC_DOCS = {
+    "chair_s": "CHAIR_s: share of captions naming at least one object that is not in the image (lower is better)",
+    "chair_i": "CHAIR_i: share of object mentions that are hallucinated (lower is better)",
+    "recall": "recall: share of the image's ground-truth objects that the caption names (higher is better)",
+    "pope_f1": "POPE F1: yes/no questions about objects, F1 of answering 'yes' (higher is better)",
+    "pope_acc": "POPE accuracy (higher is better)",
+    "pope_yes_ratio": "POPE yes-ratio: share of 'yes' answers; 0.5 is ideal, the questions are balanced",
+}
+PLOTTED = ("chair_s", "chair_i", "recall", "pope_f1")
+
+
+def cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="csr report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", help="a csr loop output directory")
+    parser.add_argument("--instances", help="COCO instances JSON of the training images: adds pair quality vs GT")
+    parser.add_argument("--gt-captions", help="COCO captions JSON (objects named there count as present)")
+    parser.add_argument("--synonyms", help="synonym table for --instances (default: the COCO table)")
+    args = parser.parse_args(argv)
+    path = write_report(args.run_dir, args.instances, args.gt_captions, args.synonyms)
+    print(f"wrote {path}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+def _json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def collect(run_dir: Path) -> dict[int, dict]:
+    """Per round: eval metrics, dev metrics, pairs' R_I and margins, train metrics (whatever exists)."""
+    rounds: dict[int, dict] = {}
+    for d in sorted(run_dir.glob("round_*")):
+        try:
+            k = int(d.name.split("_", 1)[1])
+        except ValueError:
+            continue
+        r: dict[str, Any] = {}
+        r["eval"] = _json(d / "eval" / "metrics.json")
+        r["dev_eval"] = _json(d / "dev_eval" / "metrics.json")
+        pairs_path = d / "generate" / "pairs.jsonl"
+        if pairs_path.is_file():
+            pairs = list(read_jsonl(pairs_path))
+            r["chosen_r_i"] = [p["chosen_r_i"] for p in pairs if p.get("chosen_r_i") is not None]
+            r["rejected_r_i"] = [p["rejected_r_i"] for p in pairs if p.get("rejected_r_i") is not None]
+            r["margin"] = [p["margin"] for p in pairs if p.get("margin") is not None]
+            r["n_pairs"] = len(pairs)
+        train_path = d / "train" / "train_metrics.jsonl"
+        if train_path.is_file():
+            r["train"] = [t for t in read_jsonl(train_path) if "loss" in t or "rewards/accuracies" in t]
+        expected = {"eval": r["eval"] is not None}
+        if k > 0:
+            expected.update({"generate": "n_pairs" in r, "train": "train" in r})
+        r["missing"] = [name for name, ok in expected.items() if not ok]
+        rounds[k] = r
+    return dict(sorted(rounds.items()))
+
+
+def _mean(values: list[float]) -> float | None:
+    return statistics.fmean(values) if values else None
+
+
+def round_table(rounds: dict[int, dict]) -> tuple[list[str], list[list[Any]]]:
+    """Columns and rows of the all-numbers table (one row per round)."""
+    cols = ["round", "chair_s", "chair_i", "recall", "dup_rate", "pope_f1", "pope_acc", "pope_yes_ratio",
+            "n_pairs", "chosen_r_i", "rejected_r_i", "margin", "dpo_loss", "reward_acc", "reward_margin"]
+    rows = []
+    for k, r in rounds.items():
+        flat = (r.get("eval") or {}).get("flat") or {}
+        train = r.get("train") or []
+        last = train[-1] if train else {}
+        rows.append([k] + [flat.get(c) for c in cols[1:8]] + [
+            r.get("n_pairs"), _mean(r.get("chosen_r_i", [])), _mean(r.get("rejected_r_i", [])),
+            _mean(r.get("margin", [])), last.get("loss"), last.get("rewards/accuracies"),
+            last.get("rewards/margins")])
+    return cols, rows
+
+
+# ---------------------------------------------------------------------------- plots
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_metrics(rounds: dict[int, dict], out: Path) -> Path | None:
+    series = {m: [(k, ((r.get("eval") or {}).get("flat") or {}).get(m)) for k, r in rounds.items()] for m in PLOTTED}
+    series = {m: [(k, v) for k, v in s if v is not None] for m, s in series.items()}
+    if not any(series.values()):
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, 4, figsize=(14, 3.4))
+    for ax, (m, pts) in zip(axes, series.items()):
+        better = "lower" if m.startswith("chair") else "higher"
+        ax.set_title(f"{METRIC_DOCS[m].split(':')[0]} ({better} is better)")
+        ax.set_xlabel("round (0 = base model)")
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o")
+            ax.set_xticks([p[0] for p in pts])
+        else:
+            ax.text(0.5, 0.5, "not measured", ha="center", transform=ax.transAxes)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def plot_r_i(rounds: dict[int, dict], out: Path) -> Path | None:
+    """Box plots of R_I of chosen (green) and rejected (red) answers, side by side per round."""
+    ks = [k for k, r in rounds.items() if r.get("chosen_r_i") and r.get("rejected_r_i")]
+    if not ks:
+        return None
+    plt = _plt()
+    from matplotlib.patches import Patch
+
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(ks) + 3), 4))
+    for i, k in enumerate(ks):
+        for j, (key, color) in enumerate((("chosen_r_i", "tab:green"), ("rejected_r_i", "tab:red"))):
+            values = rounds[k][key]
+            bp = ax.boxplot([values], positions=[3 * i + j], widths=0.8, patch_artist=True, showfliers=False)
+            bp["boxes"][0].set_facecolor(color)
+            bp["boxes"][0].set_alpha(0.5)
+            ax.scatter([3 * i + j + 0.25 * ((n % 5) / 4 - 0.5) for n in range(len(values))], values, s=8,
+                       color=color, zorder=3)
+    ax.set_xticks([3 * i + 0.5 for i in range(len(ks))], [f"round {k}" for k in ks])
+    ax.set_ylabel("R_I = 100 x CLIP cosine\n(mean over the answer's sentences)")
+    ax.set_title("Image relevance (R_I) of chosen vs rejected answers")
+    ax.legend(handles=[Patch(color="tab:green", alpha=0.5, label="chosen"),
+                       Patch(color="tab:red", alpha=0.5, label="rejected")], loc="best")
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def plot_margin(rounds: dict[int, dict], out: Path) -> Path | None:
+    ks = [k for k, r in rounds.items() if r.get("margin")]
+    if not ks:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(ks) + 2), 3.6))
+    ax.boxplot([rounds[k]["margin"] for k in ks])
+    ax.set_xticks(range(1, len(ks) + 1), [f"round {k}" for k in ks])
+    ax.set_ylabel("reward(chosen) - reward(rejected)")
+    ax.set_title("Calibrated reward margin of the preference pairs")
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def plot_train(rounds: dict[int, dict], out: Path) -> Path | None:
+    ks = [k for k, r in rounds.items() if r.get("train")]
+    if not ks:
+        return None
+    plt = _plt()
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    for ax, key, title in ((axes[0], "loss", "DPO loss"), (axes[1], "rewards/accuracies", "DPO reward accuracy")):
+        for k in ks:
+            pts = [(t.get("step", i), t[key]) for i, t in enumerate(rounds[k]["train"]) if t.get(key) is not None]
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=f"round {k}")
+        ax.set_title(title)
+        ax.set_xlabel("training step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+# ---------------------------------------------------------------------------- writing
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def _md_table(cols: list[str], rows: list[list[Any]]) -> list[str]:
+    return ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)] + [
+        "| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+
+
+def _manifest_lines(manifest: Any) -> list[str]:
+    if not isinstance(manifest, dict):
+        return ["_No manifest.json: the run's config and stage timings are not shown._", ""]
+    lines = []
+    if "best_round" in manifest:
+        lines.append(f"- Best round (by the loop's selection rule): **{manifest['best_round']}**")
+    cfg = manifest.get("config") or {}
+    if isinstance(cfg, dict) and cfg.get("model"):
+        lines.append(f"- Policy: `{(cfg.get('model') or {}).get('path', '?')}`")
+    stages = manifest.get("stages")
+    if isinstance(stages, dict) and stages:
+        lines += ["", "| stage | status | wall time (s) | peak GPU memory (MB) | peak RAM (MB) |",
+                  "|---|---|---|---|---|"]
+        for name, st in stages.items():
+            st = st if isinstance(st, dict) else {"status": st}
+            lines.append(f"| {name} | {_fmt(st.get('status'))} | {_fmt(st.get('seconds', st.get('wall_s')))} | "
+                         f"{_fmt(st.get('peak_cuda_mb'))} | {_fmt(st.get('peak_rss_mb'))} |")
+    versions = manifest.get("versions")
+    if isinstance(versions, dict) and versions:
+        lines += ["", "Package versions: " + ", ".join(f"{k} {v}" for k, v in versions.items())]
+    return lines + [""]
+
+
+def _pair_quality(run_dir: Path, instances: str, gt_captions: str | None, synonyms: str | None) -> list[str]:
+    from . import chair
+    from .score import generate_dirs, pair_quality
+
+    vocab = chair.load_vocabulary(synonyms)
+    inst = chair.load_instances(instances)
+    gt = chair.ground_truth(inst, vocab, chair.read_json(gt_captions, "captions file") if gt_captions else None)
+    files = {Path(im.get("file_name", "")).name: im["id"] for im in inst.get("images", []) if im.get("file_name")}
+    cols = ["round", "n_pairs", "chosen_chair_i", "rejected_chair_i", "chosen_recall", "rejected_recall",
+            "chosen_cleaner_rate"]
+    rows = []
+    for name, d in generate_dirs(run_dir):
+        q = pair_quality(d, gt, vocab, files)
+        rows.append([name] + [q.get(c) for c in cols[1:]])
+    return ["## Pair quality against ground truth", "",
+            "CHAIR of the chosen and the rejected answers against the annotated objects of the training images. "
+            "A good reward picks chosen answers with a lower CHAIR_i; `chosen_cleaner_rate` is the share of pairs "
+            "whose chosen answer hallucinates strictly less than its rejected one.", "", *_md_table(cols, rows), ""]
+
+
+def write_report(run_dir: str | Path, instances: str | None = None, gt_captions: str | None = None,
+                 synonyms: str | None = None) -> Path:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        from .data import InputError
+
+        raise InputError(f"run directory not found: {run_dir}")
+    rounds = collect(run_dir)
+    notes: list[str] = []
+    lines = [f"# CSR run report: `{run_dir.name}`", "",
+             "Calibrated Self-Rewarding (CSR) improves a vision-language model in rounds: the model writes "
+             "candidate answers, a reward that mixes its own confidence with CLIP image relevance (R_I) picks a "
+             "preferred (chosen) and a dispreferred (rejected) answer, and DPO training moves the model toward the "
+             "chosen ones. Round 0 is the untouched base model.", ""]
+    lines += _manifest_lines(_json(run_dir / "manifest.json"))
+    if not rounds:
+        notes.append("No round_<k>/ directories found.")
+    for k, r in rounds.items():
+        if r["missing"]:
+            notes.append(f"round {k}: no {', '.join(r['missing'])} output (unfinished or not run); left out.")
+    figures = [
+        ("Hallucination metrics per round", plot_metrics, "report_metrics.png",
+         "\n".join(f"- {METRIC_DOCS[m]}" for m in PLOTTED)),
+        ("Image relevance of chosen vs rejected answers", plot_r_i, "report_r_i.png",
+         "R_I is 100 x the CLIP cosine between the image and each sentence, averaged over the answer. The reward "
+         "should choose answers that CLIP finds more relevant (green above red); the paper's Figure 1 (right) "
+         "shows this gap."),
+        ("Reward margin", plot_margin, "report_margin.png",
+         "The calibrated reward of the chosen answer minus that of the rejected one, per pair."),
+        ("DPO training", plot_train, "report_train.png",
+         "Loss and reward accuracy (share of pairs where the trained model prefers the chosen answer more than the "
+         "reference model does) per logged step."),
+    ]
+    for title, fn, name, text in figures:
+        png = fn(rounds, run_dir / name) if rounds else None
+        if png is None:
+            notes.append(f"{title}: no data in this run directory; plot skipped.")
+            continue
+        lines += [f"## {title}", "", text, "", f"![{title}]({name})", ""]
+    cols, rows = round_table(rounds)
+    lines += ["## All numbers per round", "",
+              "Eval metrics come from round_<k>/eval/metrics.json; R_I and margin are means over the round's pairs; "
+              "DPO columns are the last logged training step. `-` = not available.", "", *_md_table(cols, rows), ""]
+    protocols = {k: (r.get("eval") or {}).get("protocol") for k, r in rounds.items() if (r.get("eval") or {})}
+    if protocols:
+        p = next(iter(protocols.values())) or {}
+        lines += [f"Evaluation protocol: prompt \"{p.get('prompt')}\", max_new_tokens {p.get('max_new_tokens')}, "
+                  f"{p.get('num_images')} images, seed {p.get('seed')}, POPE parser `{p.get('parser')}`.", ""]
+    if instances:
+        try:
+            lines += _pair_quality(run_dir, instances, gt_captions, synonyms)
+        except Exception as exc:  # noqa: BLE001 - the report must not crash on one section
+            notes.append(f"Pair quality vs ground truth skipped: {exc}")
+    if notes:
+        lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    out = run_dir / "report.md"
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text("\n".join(lines))
+    tmp.replace(out)
+    return out

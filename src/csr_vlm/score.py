@@ -1,0 +1,273 @@
+"""`csr score`: score existing outputs without a policy model.
+
+    csr score chair --captions F --instances F [--gt-captions F] [--synonyms F] [--out F]
+    csr score pope  --questions F [F ...] --answers F [F ...] [--parser default|llava|vlmevalkit] [--out F]
+    csr score pairs RUN_OR_GEN_DIR --instances F [--gt-captions F] [--synonyms F] [--greedy samples.jsonl] [--out F]
+    csr score clip  --clip DIR --calibration F.jsonl [--tau T] [--sd 3] [--out F]
+
+`pairs` measures preference pairs against ground truth: CHAIR_i / recall of the chosen vs the
+rejected answers, how often the chosen one is the cleaner of the two, of all candidates, and (with
+--greedy, an eval samples.jsonl) of the model's own greedy caption of the same image. `clip`
+checks a CLIP scorer on labelled sentences: R_I (max(100 * cos, 0), as in the reward) of present vs
+absent objects, AUC, false-positive rate at --tau and the suggested tau = mean(present) - sd *
+stdev(present) (sample stdev, as reward.estimate_tau). Each prints a table and, with --out, writes the numbers as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from . import chair, pope
+from .data import InputError, load_image, read_jsonl, write_json
+
+log = logging.getLogger(__name__)
+
+
+def cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="csr score", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    p = sub.add_parser("chair", help="CHAIR of generated captions")
+    p.add_argument("--captions", required=True, help="JSONL {image_id, caption} or the original imgToEval JSON")
+    _gt_args(p)
+    p = sub.add_parser("pope", help="POPE metrics of answer files")
+    p.add_argument("--questions", nargs="+", required=True, help="question JSONL file(s), one per split")
+    p.add_argument("--answers", nargs="+", required=True, help="answer JSONL file(s), same order as --questions")
+    p.add_argument("--parser", default="default", choices=pope.PARSERS)
+    p.add_argument("--out", help="write the metrics as JSON here")
+    p = sub.add_parser("pairs", help="preference pairs vs ground truth")
+    p.add_argument("run_dir", help="a generate directory (pairs.jsonl) or a loop run directory (round_<k>/generate)")
+    p.add_argument("--greedy", help="eval samples.jsonl with the model's greedy captions of the same images")
+    _gt_args(p)
+    p = sub.add_parser("clip", help="CLIP R_I on labelled present/absent sentences")
+    p.add_argument("--clip", required=True, help="CLIP / SigLIP directory or hub id")
+    p.add_argument("--calibration", required=True, help="JSONL {image, text, present}")
+    p.add_argument("--image-root", default="", help="root of relative image paths (default: the working "
+                   "directory, else the calibration file's folder)")
+    p.add_argument("--tau", type=float, default=None, help="threshold for the false-positive rate")
+    p.add_argument("--sd", type=float, default=3.0, help="suggested tau = mean(present) - SD * stdev(present)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", help="write the numbers as JSON here")
+    args = parser.parse_args(argv)
+    result = {"chair": score_chair, "pope": score_pope, "pairs": score_pairs, "clip": score_clip}[args.what](args)
+    if args.out:
+        write_json(args.out, result)
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _gt_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--instances", required=True, help="COCO instances JSON (images, annotations, categories)")
+    p.add_argument("--gt-captions", help="COCO captions JSON: objects named there also count as present")
+    p.add_argument("--synonyms", help="synonym table (default: the shipped COCO table)")
+    p.add_argument("--out", help="write the metrics as JSON here")
+
+
+def _print_table(rows: list[list[Any]], header: list[str]) -> None:
+    cells = [[f"{c:.4f}" if isinstance(c, float) else str(c) for c in row] for row in [header, *rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    for k, row in enumerate(cells):
+        print("  ".join(c.rjust(w) if k and j else c.ljust(w) for j, (c, w) in enumerate(zip(row, widths))))
+        if k == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def _load_gt(args) -> tuple[chair.Vocabulary, dict, dict]:
+    vocab = chair.load_vocabulary(args.synonyms)
+    instances = chair.load_instances(args.instances)
+    captions = chair.read_json(args.gt_captions, "captions file") if args.gt_captions else None
+    return vocab, instances, chair.ground_truth(instances, vocab, captions)
+
+
+# ---------------------------------------------------------------------------- chair, pope
+
+
+def score_chair(args) -> dict:
+    vocab, _, gt = _load_gt(args)
+    result = chair.compute_chair(chair.read_captions(args.captions), gt, vocab)
+    keys = ["chair_s", "chair_i", "recall", "dup_rate", "mentions_per_caption", "words_per_caption", "n_captions"]
+    _print_table([[k, result[k]] for k in keys], ["metric", "value"])
+    if result["n_unknown_images"]:
+        print(f"{result['n_unknown_images']} caption(s) for images not in the ground truth were not scored")
+    return result
+
+
+def score_pope(args) -> dict:
+    if len(args.answers) not in (1, len(args.questions)):
+        raise InputError("--answers: give one answers file, or one per --questions file in the same order")
+    questions, answers = [], {}
+    for i, qpath in enumerate(args.questions):
+        qs = pope.read_questions(qpath)
+        apath = args.answers[i if len(args.answers) > 1 else 0]
+        ans = pope.read_answers(apath)
+        for q in qs:
+            if q["question_id"] in ans:
+                answers[(q["category"], q["question_id"])] = ans[q["question_id"]]
+        questions.extend(qs)
+    result = pope.score(questions, answers, args.parser)
+    splits = [s for s in result if isinstance(result[s], dict)]
+    cols = ["accuracy", "precision", "recall", "f1", "yes_ratio", "n"]
+    _print_table([[s] + [result[s].get(c, "") for c in cols] for s in splits], ["split"] + cols)
+    return result
+
+
+# ---------------------------------------------------------------------------- pairs
+
+
+def _text(messages: Any) -> str:
+    if isinstance(messages, str):
+        return messages
+    parts = []
+    for msg in messages or []:
+        content = msg.get("content", "")
+        if isinstance(content, str):
+            parts.append(content)
+        else:
+            parts.extend(c.get("text", "") for c in content if c.get("type") == "text")
+    return " ".join(parts)
+
+
+def image_key(image: str, files: dict[str, Any]) -> Any:
+    """COCO image id of an image path: by file name in the instances file, else the number in the name."""
+    name = Path(str(image)).name
+    return files.get(name, chair.norm_image_id(name))
+
+
+def generate_dirs(path: str | Path) -> list[tuple[str, Path]]:
+    path = Path(path)
+    if (path / "pairs.jsonl").is_file():
+        return [(path.name, path)]
+    found = sorted(path.glob("round_*/generate/pairs.jsonl"), key=lambda p: int(p.parent.parent.name.split("_")[-1]))
+    if not found:
+        raise InputError(f"{path}: no pairs.jsonl here nor in round_<k>/generate/")
+    return [(p.parent.parent.name, p.parent) for p in found]
+
+
+def pair_quality(gen_dir: Path, gt: dict, vocab: chair.Vocabulary, files: dict, greedy: dict | None = None) -> dict:
+    """Chosen vs rejected (and vs greedy, vs all candidates) against the ground truth of one generate dir."""
+    rows = {"chosen": [], "rejected": []}
+    cleaner = not_worse = vs_greedy = n_greedy = unknown = 0
+    for pair in read_jsonl(gen_dir / "pairs.jsonl"):
+        key = image_key((pair.get("images") or [""])[0], files)
+        if key not in gt:
+            unknown += 1
+            continue
+        c = chair.caption_chair_i(_text(pair.get("chosen")), gt[key], vocab)
+        r = chair.caption_chair_i(_text(pair.get("rejected")), gt[key], vocab)
+        rows["chosen"].append(c)
+        rows["rejected"].append(r)
+        cleaner += c[0] < r[0]
+        not_worse += c[0] <= r[0]
+        if greedy is not None and key in greedy:
+            n_greedy += 1
+            vs_greedy += c[0] < chair.caption_chair_i(greedy[key], gt[key], vocab)[0]
+    n = len(rows["chosen"])
+    out: dict[str, Any] = {"n_pairs": n, "n_unknown_images": unknown}
+    for side, vals in rows.items():
+        mentions = sum(v[2] for v in vals)
+        out[f"{side}_chair_i"] = sum(v[0] * v[2] for v in vals) / mentions if mentions else 0.0
+        out[f"{side}_recall"] = sum(v[1] for v in vals) / n if n else 0.0
+        out[f"{side}_mentions"] = mentions / n if n else 0.0
+    out["chosen_cleaner_rate"] = cleaner / n if n else 0.0
+    out["chosen_not_worse_rate"] = not_worse / n if n else 0.0
+    if greedy is not None:
+        out["n_with_greedy"] = n_greedy
+        out["chosen_cleaner_than_greedy_rate"] = vs_greedy / n_greedy if n_greedy else 0.0
+    if (gen_dir / "candidates.jsonl").is_file():
+        out.update(_candidate_quality(gen_dir / "candidates.jsonl", gt, vocab, files))
+    return out
+
+
+def _candidate_quality(path: Path, gt: dict, vocab: chair.Vocabulary, files: dict) -> dict:
+    cleanest = n = 0
+    all_ci = []
+    for rec in read_jsonl(path):
+        key = image_key(rec.get("image", ""), files)
+        answers = rec.get("answers") or []
+        if key not in gt or not answers or rec.get("chosen") is None:
+            continue
+        ci = [chair.caption_chair_i(a.get("text", ""), gt[key], vocab)[0] for a in answers]
+        all_ci.extend(ci)
+        n += 1
+        cleanest += ci[rec["chosen"]] <= min(ci)
+    return {"chosen_is_cleanest_rate": cleanest / n if n else 0.0,
+            "candidates_mean_chair_i": sum(all_ci) / len(all_ci) if all_ci else 0.0}
+
+
+def score_pairs(args) -> dict:
+    vocab, instances, gt = _load_gt(args)
+    files = {Path(im.get("file_name", "")).name: im["id"] for im in instances.get("images", []) if im.get("file_name")}
+    greedy = None
+    if args.greedy:
+        greedy = {image_key(s.get("image", s.get("image_id", "")), files): s.get("answer", "")
+                  for s in read_jsonl(args.greedy) if s.get("task", "chair") == "chair"}
+    result = {name: pair_quality(d, gt, vocab, files, greedy) for name, d in generate_dirs(args.run_dir)}
+    cols = ["n_pairs", "chosen_chair_i", "rejected_chair_i", "chosen_recall", "rejected_recall", "chosen_cleaner_rate"]
+    if greedy is not None:
+        cols.append("chosen_cleaner_than_greedy_rate")
+    _print_table([[name] + [r.get(c, "") for c in cols] for name, r in result.items()], ["round"] + cols)
+    return result
+
+
+# ---------------------------------------------------------------------------- clip
+
+
+def auc(pos: list[float], neg: list[float]) -> float:
+    """P(score of a present sentence > score of an absent one), ties counting one half (Mann-Whitney)."""
+    if not pos or not neg:
+        return 0.0
+    wins = sum((p > q) + 0.5 * (p == q) for p in pos for q in neg)
+    return wins / (len(pos) * len(neg))
+
+
+def clip_summary(present: list[float], absent: list[float], tau: float | None, sd: float) -> dict:
+    """The numbers of `csr score clip` from R_I values of present and absent sentences."""
+    def stats(v):
+        return {"n": len(v), "mean": statistics.fmean(v) if v else 0.0,
+                "sd": statistics.stdev(v) if len(v) > 1 else 0.0}
+
+    out = {"present": stats(present), "absent": stats(absent), "auc": auc(present, absent)}
+    out["suggested_tau"] = out["present"]["mean"] - sd * out["present"]["sd"]
+    for name, t in (("tau", tau), ("suggested_tau", out["suggested_tau"])):
+        if t is not None:
+            out[f"fpr_at_{name}"] = sum(a >= t for a in absent) / len(absent) if absent else 0.0
+            out[f"tpr_at_{name}"] = sum(p >= t for p in present) / len(present) if present else 0.0
+    out["tau"] = tau
+    return out
+
+
+def score_clip(args) -> dict:
+    from .reward import ClipScorer, image_relevance
+
+    path = Path(args.calibration)
+    records = pope.read_records(path, ("image", "text", "present"), "calibration file")
+    scorer = ClipScorer(args.clip, device=args.device)
+    by_image: dict[str, list[dict]] = defaultdict(list)
+    for rec in records:
+        by_image[rec["image"]].append(rec)
+    present, absent = [], []
+    for image, recs in by_image.items():
+        if args.image_root and not Path(image).is_absolute():
+            full = str(Path(args.image_root) / image)
+        else:
+            full = image if Path(image).exists() else str(path.parent / image)
+        try:
+            emb = scorer.image_embedding(load_image(full))
+        except InputError as exc:
+            log.warning("skipping %d sentence(s): %s", len(recs), exc)
+            continue
+        for rec, s in zip(recs, scorer.score(emb, [r["text"] for r in recs])):
+            (present if rec["present"] else absent).append(image_relevance(s))
+    out = clip_summary(present, absent, args.tau, args.sd)
+    rows = [["present R_I mean / sd", f"{out['present']['mean']:.2f} / {out['present']['sd']:.2f}"],
+            ["absent R_I mean / sd", f"{out['absent']['mean']:.2f} / {out['absent']['sd']:.2f}"],
+            ["AUC", out["auc"]], ["suggested tau", out["suggested_tau"]],
+            ["FPR at suggested tau", out["fpr_at_suggested_tau"]]]
+    if args.tau is not None:
+        rows.append([f"FPR at tau={args.tau}", out["fpr_at_tau"]])
+    _print_table(rows, ["measure", "value"])
+    return out

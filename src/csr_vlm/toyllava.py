@@ -1,0 +1,293 @@
+"""The toy world's tiny LLaVA: build it on the toy CLIP's vision encoder, train it, pick the base checkpoint.
+
+The LlavaForConditionalGeneration has the toy CLIP's vision encoder (weights copied, frozen;
+feature layer -2, CLS dropped, 64 image tokens), a 2-layer MLP projector and a 2-layer, 128-wide
+Llama. It learns from scenes drawn on the fly: noisy captions (absent partners named, see
+toyworld) for the describe prompt, and POPE's exact question + eval suffix answered "yes."/"no."
+for a `qa_fraction` of examples. Prompts and completions are rendered with the processor's chat
+template exactly as TRL renders DPO pairs. Checkpoints are scored on dev; the base is the one
+with dev CHAIR_i in [0.15, 0.25] and well-formed >= 0.95 with the highest recall (toyworld.md).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import random
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import toyclip
+from . import toyworld as tw
+
+log = logging.getLogger(__name__)
+
+POPE_SUFFIX = " Please answer yes or no."
+CHAIR_BAND = (0.15, 0.25)
+
+
+def build_llava(clip, size: int):
+    """A LLaVA-1.5-layout model whose vision tower is `clip`'s vision encoder, with its LlavaProcessor."""
+    from transformers import LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+
+    from .tiny import LLAVA_TEMPLATE, _set_generation_ids
+
+    tok = toyclip.make_tokenizer(clip=False)
+    tok.chat_template = LLAVA_TEMPLATE
+    vcfg = clip.config.vision_config
+    config = LlavaConfig(
+        vision_config=vcfg.to_dict(),
+        text_config=LlamaConfig(vocab_size=len(tok), hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                num_key_value_heads=4, intermediate_size=256, max_position_embeddings=256,
+                                bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                                pad_token_id=tok.pad_token_id),
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+        image_seq_length=(size // vcfg.patch_size) ** 2,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-2,
+        pad_token_id=tok.pad_token_id,
+    )
+    model = LlavaForConditionalGeneration(config)
+    model.model.vision_tower.load_state_dict(clip.vision_model.state_dict(), strict=False)
+    _check_copied(model.model.vision_tower, clip.vision_model)
+    model.model.vision_tower.requires_grad_(False)
+    _set_generation_ids(model, tok)
+    processor = LlavaProcessor(image_processor=toyclip.image_processor(size), tokenizer=tok,
+                               patch_size=vcfg.patch_size, vision_feature_select_strategy="default",
+                               num_additional_image_tokens=1, chat_template=LLAVA_TEMPLATE)
+    return model, processor
+
+
+def _check_copied(tower, vision_model) -> None:
+    import torch
+
+    mine = {k.split("vision_model.")[-1]: v for k, v in tower.state_dict().items()}
+    for k, v in vision_model.state_dict().items():
+        if not torch.equal(mine[k], v):
+            raise RuntimeError(f"vision weight {k} was not copied into the LLaVA tower")
+
+
+class Renderer:
+    """Token ids of chat-template prompts and completions, exactly as TRL renders a DPO pair."""
+
+    def __init__(self, processor, size: int):
+        from PIL import Image
+
+        self.processor = processor
+        self.blank = Image.new("RGB", (size, size))
+        self.prompt_ids: dict[str, list[int]] = {}
+
+    def _messages(self, question: str, answer: str | None = None) -> list[dict]:
+        msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+        if answer is not None:
+            msgs.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
+        return msgs
+
+    def example(self, question: str, answer: str) -> tuple[list[int], list[int]]:
+        proc = self.processor
+        prompt = proc.apply_chat_template(self._messages(question), add_generation_prompt=True, tokenize=False)
+        if prompt not in self.prompt_ids:
+            self.prompt_ids[prompt] = proc(images=[[self.blank]], text=[prompt]).input_ids[0]
+        full = proc.apply_chat_template(self._messages(question, answer), tokenize=False)
+        completion = full[len(prompt):]
+        return list(self.prompt_ids[prompt]), proc.tokenizer(completion, add_special_tokens=False).input_ids
+
+
+def llava_batch(rng: random.Random, nrng, p, renderer: Renderer, n: int):
+    import torch
+
+    images, seqs, n_prompt = [], [], []
+    for _ in range(n):
+        objects = tw.sample_scene(rng, p)
+        types = [o["type"] for o in objects]
+        images.append(tw.render(objects, nrng, p.image_size))
+        if rng.random() < p.qa_fraction:
+            question, answer = tw.qa_example(types, rng)
+            question += POPE_SUFFIX
+        else:
+            question, answer = tw.DESCRIBE_PROMPT, tw.caption(types, rng, p)
+        prompt, completion = renderer.example(question, answer)
+        seqs.append(prompt + completion)
+        n_prompt.append(len(prompt))
+    width = max(len(s) for s in seqs)
+    pad = renderer.processor.tokenizer.pad_token_id
+    ids = torch.full((n, width), pad)
+    labels = torch.full((n, width), -100)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    for i, (s, k) in enumerate(zip(seqs, n_prompt)):
+        ids[i, :len(s)] = torch.tensor(s)
+        labels[i, k:len(s)] = torch.tensor(s[k:])
+        mask[i, :len(s)] = 1
+    return ids, mask, labels, toyclip.pixels(images)
+
+
+def _loss(model, ids, mask, labels, pv):
+    """Mean over examples of the per-example mean response-token NLL (QA answers weigh as much as captions)."""
+    import torch.nn.functional as F
+
+    logits = model(input_ids=ids, attention_mask=mask, pixel_values=pv).logits[:, :-1]
+    target = labels[:, 1:]
+    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100,
+                          reduction="none").view(target.shape)
+    valid = (target != -100).float()
+    return ((nll * valid).sum(1) / valid.sum(1).clamp(min=1)).mean()
+
+
+def train_llava(out: Path, p, batch_size: int = 64) -> dict:
+    """Train the tiny LLaVA, select the base checkpoint on dev, save OUT/policy; return the measurements."""
+    import torch
+    from transformers import CLIPModel
+    from tqdm import tqdm
+
+    torch.manual_seed(p.seed)
+    clip = CLIPModel.from_pretrained(out / "clip").eval()
+    model, processor = build_llava(clip, p.image_size)
+    renderer = Renderer(processor, p.image_size)
+    rng = random.Random(tw.split_seed(p.seed, "llava-train"))
+    nrng = np.random.default_rng(tw.split_seed(p.seed, "llava-train:noise"))
+    params = [x for x in model.parameters() if x.requires_grad]
+    opt = torch.optim.AdamW(params, lr=2e-3, weight_decay=0.0)
+    warm = max(1, p.llava_steps // 15)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / p.llava_steps))))
+    dev = tw.load_scenes(out, "dev")
+    checkpoints, start = [], time.time()
+    for step in tqdm(range(1, p.llava_steps + 1), desc="toy LLaVA", mininterval=5):
+        model.train()
+        loss = _loss(model, *llava_batch(rng, nrng, p, renderer, batch_size))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step >= p.llava_eval_from and (step % p.llava_eval_every == 0 or step == p.llava_steps):
+            m, _ = describe_metrics(model, processor, out, dev)
+            m.update(step=step, loss=round(float(loss.detach()), 4), seconds=round(time.time() - start, 1))
+            log.info("toy LLaVA checkpoint %s", m)
+            checkpoints.append((m, copy.deepcopy(model.state_dict())))
+    chosen = select_checkpoint([m for m, _ in checkpoints])
+    model.load_state_dict(checkpoints[chosen][1])
+    model.eval()
+    model.save_pretrained(out / "policy")
+    processor.save_pretrained(out / "policy")
+    dev_m, answers = describe_metrics(model, processor, out, dev)
+    dev_m.update(pope_metrics(model, processor, out, "dev", p.seed))
+    return {"selected_step": checkpoints[chosen][0]["step"], "checkpoints": [m for m, _ in checkpoints],
+            "dev": dev_m, "params": sum(x.numel() for x in model.parameters()),
+            "trainable_params": sum(x.numel() for x in params), "seconds": round(time.time() - start, 1),
+            "clip_on_hallucinations": clip_on_hallucinations(clip, out, dev, answers)}
+
+
+def select_checkpoint(metrics: list[dict]) -> int:
+    """Index of the base: CHAIR_i in the band and well-formed >= 0.95, highest recall; else nearest the band."""
+    ok = [i for i, m in enumerate(metrics)
+          if CHAIR_BAND[0] <= m["chair_i"] <= CHAIR_BAND[1] and m["wellformed"] >= 0.95]
+    if ok:
+        return max(ok, key=lambda i: (metrics[i]["recall"], i))
+    fluent = [i for i, m in enumerate(metrics) if m["wellformed"] >= 0.95] or list(range(len(metrics)))
+    mid = sum(CHAIR_BAND) / 2
+    return min(fluent, key=lambda i: (abs(metrics[i]["chair_i"] - mid), -i))
+
+
+# ---------------------------------------------------------------------------- measurements (private helpers)
+
+
+def _open(world: Path, scenes: list[dict]):
+    from PIL import Image
+
+    return [Image.open(world / s["image"]).convert("RGB") for s in scenes]
+
+
+def _answers(model, processor, images, questions, max_new_tokens: int, batch: int = 100) -> list[str]:
+    from .models import Policy
+
+    policy = Policy(model=model, processor=processor, path="")
+    out = []
+    for i in range(0, len(images), batch):
+        out += policy.generate_answers(images[i:i + batch], questions[i:i + batch], max_new_tokens)
+    return out
+
+
+WELLFORMED = {t.format(tw.type_name(k))[:-1] for t in tw.TEMPLATES for k in range(len(tw.TYPES))}
+NOUNS = [noun for _, noun in tw.TYPES]
+
+
+def parse_answer(answer: str) -> tuple[list[str], list[str]]:
+    """(sentences, nouns mentioned in order) of a decoded answer."""
+    sentences = [re.sub(r"\s+", " ", s).strip() for s in answer.split(".")]
+    sentences = [s for s in sentences if s]
+    words = re.findall(r"[a-z]+", answer.lower())
+    return sentences, [w for w in words if w in NOUNS]
+
+
+def is_wellformed(answer: str) -> bool:
+    """Every sentence is a caption template with a valid type, and the answer ends with '.'."""
+    sentences = parse_answer(answer)[0]
+    return bool(sentences) and all(x in WELLFORMED for x in sentences) and answer.strip().endswith(".")
+
+
+def score_answers(answers: list[str], image_ids: list, world: Path, split: str) -> dict:
+    """csr_vlm.chair's CHAIR_i/CHAIR_s/recall/dup against the split's annotations, plus the well-formed rate."""
+    from . import chair
+
+    vocab = chair.load_vocabulary(Path(world) / "synonyms.txt")
+    gt = chair.ground_truth(chair.load_instances(Path(world) / f"instances_{split}.json"), vocab)
+    res = chair.compute_chair([{"image_id": i, "caption": a} for i, a in zip(image_ids, answers)], gt, vocab)
+    out = {k: res[k] for k in ("chair_i", "chair_s", "recall", "dup_rate", "mentions_per_caption")}
+    out["wellformed"] = sum(map(is_wellformed, answers)) / max(1, len(answers))
+    return out
+
+
+def describe_metrics(model, processor, world: Path, scenes: list[dict], split: str = "dev") -> tuple[dict, list[str]]:
+    model.eval()
+    answers = _answers(model, processor, _open(world, scenes), [tw.DESCRIBE_PROMPT] * len(scenes), 40)
+    m = score_answers(answers, [s["image_id"] for s in scenes], world, split)
+    return {k: round(v, 4) for k, v in m.items()}, answers
+
+
+def pope_metrics(model, processor, world: Path, split: str, seed: int) -> dict:
+    """csr_vlm.pope's random/popular/adversarial questions on the split (images with 3 objects), greedy answers."""
+    from PIL import Image
+
+    from . import pope
+
+    instances = json.loads((Path(world) / f"instances_{split}.json").read_text())
+    questions = [q for qs in pope.build_questions(instances, len(instances["images"]), seed).values() for q in qs]
+    if not questions:
+        return {}
+    images = {q["image"]: Image.open(Path(world) / q["image"]).convert("RGB") for q in questions}
+    texts = _answers(model, processor, [images[q["image"]] for q in questions],
+                     [q["text"] + POPE_SUFFIX for q in questions], 3)
+    res = pope.score(questions, {(q["category"], q["question_id"]): t for q, t in zip(questions, texts)})
+    return {"pope_acc": round(res["mean"]["accuracy"], 4), "pope_f1": round(res["mean"]["f1"], 4),
+            "pope_yes_ratio": round(res["mean"]["yes_ratio"], 4),
+            "pope_adversarial_acc": round(res["adversarial"]["accuracy"], 4)}
+
+
+def clip_on_hallucinations(clip, world: Path, scenes: list[dict], answers: list[str]) -> dict:
+    """CLIP on the base model's own dev sentences: true vs hallucinated (AUC; paired accuracy per image)."""
+    tok = toyclip.make_tokenizer(clip=True)
+    images = _open(world, scenes)
+    rows = []  # (image index, sentence, true?)
+    for i, (ans, s) in enumerate(zip(answers, scenes)):
+        gt = {NOUNS[o["type"]] for o in s["objects"]}
+        for sent in parse_answer(ans)[0]:
+            nouns = parse_answer(sent)[1]
+            if len(nouns) == 1:
+                rows.append((i, sent + ".", nouns[0] in gt))
+    if not rows:
+        return {}
+    scores = toyclip.clip_scores(clip, tok, [images[i] for i, _, _ in rows], [t for _, t, _ in rows])
+    truth = np.array([t for _, _, t in rows])
+    wins = []
+    for i in {i for i, _, t in rows if not t}:
+        pos = [sc for (j, _, t), sc in zip(rows, scores) if j == i and t]
+        neg = [sc for (j, _, t), sc in zip(rows, scores) if j == i and not t]
+        wins += [float(a > b) for a in pos for b in neg]
+    return {"n_true": int(truth.sum()), "n_hallucinated": int((~truth).sum()),
+            "auc": toyclip.auc(scores[truth], scores[~truth]),
+            "paired_acc": float(np.mean(wins)) if wins else float("nan")}

@@ -1,0 +1,320 @@
+"""The toy world: seeded synthetic scenes, captions, COCO-format split files, and the build command.
+
+    csr toyworld build --out worlds/toy-seed0 [--seed 0] [--quick]
+
+A scene is a 48x48 RGB image on a noisy dark background holding 1-3 objects from 10 types, each
+type a unique shape with a colour ("a red circle"); the category CHAIR/POPE use is the noun. Types
+come in co-occurrence pairs, and the captions the tiny LLaVA learns from name an absent partner
+right after its object with probability `noise_partner` (0.6, world v3 of docs toyworld.md), so a
+fluent model hallucinates partners by design. Reference captions written to the split files are
+truthful. `build` writes the splits, a tiny CLIP (toyclip) and a tiny LLaVA (toyllava) trained on
+this world, all seeded; a second build with the same seed and flags reuses everything (DONE marker
+holding a hash of the parameters).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .data import InputError, is_done, mark_done, write_json, write_jsonl
+
+log = logging.getLogger(__name__)
+
+# (colour, noun) per type; the noun is the category name and each noun has its own shape.
+TYPES = [("red", "circle"), ("blue", "square"), ("green", "triangle"), ("yellow", "star"), ("blue", "ring"),
+         ("red", "diamond"), ("green", "bar"), ("yellow", "pole"), ("white", "tee"), ("purple", "frame")]
+PAIRS = [(0, 1), (2, 3), (4, 5), (6, 7)]
+COLOURS = {"red": (220, 40, 40), "blue": (50, 90, 235), "green": (40, 190, 60), "yellow": (230, 220, 40),
+           "white": (235, 235, 235), "purple": (165, 60, 210)}
+TEMPLATES = ["there is a {}.", "i see a {}.", "a {} is here."]
+DESCRIBE_PROMPT = "Describe the image."
+POPE_QUESTION = "Is there a {} in the image?"
+CATEGORY_ID_BASE = 101  # category ids 101..110: deliberately not COCO's 1..80
+
+
+@dataclass
+class WorldParams:
+    """Everything that defines a world; its hash names the cache."""
+
+    seed: int = 0
+    quick: bool = False
+    image_size: int = 48
+    p_pair: float = 0.8
+    p_extra: float = 0.35
+    noise_partner: float = 0.6
+    noise_random: float = 0.03
+    qa_fraction: float = 0.3
+    splits: dict = field(default_factory=lambda: {"train": 400, "dev": 500, "test": 1000, "calib": 600})
+    clip_steps: int = 360
+    llava_steps: int = 300
+    llava_eval_every: int = 30
+    llava_eval_from: int = 150
+
+    @classmethod
+    def make(cls, seed: int, quick: bool) -> "WorldParams":
+        if not quick:
+            return cls(seed=seed)
+        return cls(seed=seed, quick=True, splits={"train": 24, "dev": 40, "test": 60, "calib": 40},
+                   clip_steps=30, llava_steps=40, llava_eval_every=20, llava_eval_from=20)
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def type_name(t: int) -> str:
+    return f"{TYPES[t][0]} {TYPES[t][1]}"
+
+
+def partner(t: int) -> int | None:
+    for a, b in PAIRS:
+        if t in (a, b):
+            return b if t == a else a
+    return None
+
+
+def split_seed(seed: int, split: str) -> int:
+    """Disjoint, stable RNG streams per (world seed, split)."""
+    return int(hashlib.sha256(f"{seed}:{split}".encode()).hexdigest()[:12], 16)
+
+
+# ---------------------------------------------------------------------------- scenes
+
+
+def sample_scene(rng: random.Random, p: WorldParams) -> list[dict]:
+    """Objects of one scene: [{"type", "quadrant", "cx", "cy", "r", "rgb"}] (1-3 distinct types)."""
+    types = [rng.randrange(len(TYPES))]
+    mate = partner(types[0])
+    if mate is not None and rng.random() < p.p_pair:
+        types.append(mate)
+    if rng.random() < p.p_extra:
+        types.append(rng.choice([t for t in range(len(TYPES)) if t not in types]))
+    quadrants = rng.sample(range(4), len(types))
+    half = p.image_size // 2
+    objects = []
+    for t, q in zip(types, quadrants):
+        r = rng.randint(6, 10)
+        cx = (q % 2) * half + half // 2 + rng.randint(-1, 1)
+        cy = (q // 2) * half + half // 2 + rng.randint(-1, 1)
+        rgb = [min(255, max(0, c + rng.randint(-20, 20))) for c in COLOURS[TYPES[t][0]]]
+        objects.append({"type": t, "quadrant": q, "cx": cx, "cy": cy, "r": r, "rgb": rgb})
+    return objects
+
+
+def _draw_shape(draw, noun: str, cx: int, cy: int, r: int, rgb: tuple) -> None:
+    box = [cx - r, cy - r, cx + r, cy + r]
+    w = max(2, r // 3)
+    if noun == "circle":
+        draw.ellipse(box, fill=rgb)
+    elif noun == "square":
+        draw.rectangle([cx - r + 1, cy - r + 1, cx + r - 1, cy + r - 1], fill=rgb)
+    elif noun == "triangle":
+        draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=rgb)
+    elif noun == "star":  # a plus sign
+        draw.rectangle([cx - r, cy - w // 2 - 1, cx + r, cy + w // 2 + 1], fill=rgb)
+        draw.rectangle([cx - w // 2 - 1, cy - r, cx + w // 2 + 1, cy + r], fill=rgb)
+    elif noun == "ring":
+        draw.ellipse(box, outline=rgb, width=3)
+    elif noun == "diamond":
+        draw.polygon([(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)], fill=rgb)
+    elif noun == "bar":
+        draw.rectangle([cx - r, cy - 2, cx + r, cy + 2], fill=rgb)
+    elif noun == "pole":
+        draw.rectangle([cx - 2, cy - r, cx + 2, cy + r], fill=rgb)
+    elif noun == "tee":
+        draw.rectangle([cx - r, cy - r, cx + r, cy - r + 4], fill=rgb)
+        draw.rectangle([cx - 2, cy - r, cx + 2, cy + r], fill=rgb)
+    elif noun == "frame":
+        draw.rectangle(box, outline=rgb, width=3)
+    else:
+        raise ValueError(noun)
+
+
+def render(objects: list[dict], rng: np.random.Generator, size: int = 48):
+    """A PIL image: dark grey background, Gaussian noise (sd 10), the objects drawn on top."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (size, size), (50, 50, 50))
+    draw = ImageDraw.Draw(img)
+    for o in objects:
+        _draw_shape(draw, TYPES[o["type"]][1], o["cx"], o["cy"], o["r"], tuple(o["rgb"]))
+    arr = np.asarray(img, dtype=np.float32) + rng.normal(0, 10, (size, size, 3))
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+
+
+# ---------------------------------------------------------------------------- captions
+
+
+def sentence(t: int, rng: random.Random) -> str:
+    return rng.choice(TEMPLATES).format(type_name(t))
+
+
+def caption(types: list[int], rng: random.Random, p: WorldParams, noisy: bool = True) -> str:
+    """One sentence per object in random order; noisy captions add absent partners / random objects."""
+    order = rng.sample(types, len(types))
+    out = []
+    for t in order:
+        out.append(sentence(t, rng))
+        mate = partner(t)
+        if noisy and mate is not None and mate not in types and rng.random() < p.noise_partner:
+            out.append(sentence(mate, rng))
+    if noisy and rng.random() < p.noise_random:
+        absent = [t for t in range(len(TYPES)) if t not in types and all(t != partner(u) for u in types)]
+        if absent:
+            out.insert(rng.randrange(len(out) + 1), sentence(rng.choice(absent), rng))
+    return " ".join(out)
+
+
+def qa_example(types: list[int], rng: random.Random) -> tuple[str, str]:
+    """A POPE-style question (half present, half absent; half the absent ones the partner)."""
+    if rng.random() < 0.5:
+        return POPE_QUESTION.format(TYPES[rng.choice(types)][1]), "yes."
+    absent = [t for t in range(len(TYPES)) if t not in types]
+    mates = [partner(t) for t in types if partner(t) is not None and partner(t) not in types]
+    t = rng.choice(mates) if mates and rng.random() < 0.5 else rng.choice(absent)
+    return POPE_QUESTION.format(TYPES[t][1]), "no."
+
+
+def corpus() -> list[str]:
+    """Every word the tokenizers must know (template words, prompts, sentences)."""
+    lines = [s.format(type_name(t)) for t in range(len(TYPES)) for s in TEMPLATES]
+    lines += [DESCRIBE_PROMPT, POPE_QUESTION.format("x"), "user: assistant: yes. no. please answer yes or no."]
+    return lines
+
+
+# ---------------------------------------------------------------------------- split files
+
+
+def write_split(out: Path, split: str, n: int, p: WorldParams, image_base: int) -> list[dict]:
+    """Render a split's images and write its COCO instances/captions and prompts files."""
+    rng = random.Random(split_seed(p.seed, split))
+    nrng = np.random.default_rng(split_seed(p.seed, split + ":noise"))
+    (out / "images" / split).mkdir(parents=True, exist_ok=True)
+    images, anns, caps, prompts, scenes = [], [], [], [], []
+    for i in range(n):
+        objects = sample_scene(rng, p)
+        image_id = image_base + i
+        rel = f"images/{split}/{image_id}.png"
+        render(objects, nrng, p.image_size).save(out / rel)
+        images.append({"id": image_id, "file_name": rel, "width": p.image_size, "height": p.image_size})
+        for o in objects:
+            d = 2 * o["r"]
+            anns.append({"id": len(anns) + 1, "image_id": image_id, "category_id": CATEGORY_ID_BASE + o["type"],
+                         "bbox": [o["cx"] - o["r"], o["cy"] - o["r"], d, d], "area": d * d, "iscrowd": 0})
+        types = [o["type"] for o in objects]
+        caps.append({"id": i + 1 + image_base, "image_id": image_id, "caption": caption(types, rng, p, noisy=False)})
+        prompts.append({"id": f"{split}-{image_id}", "image": rel, "prompt": DESCRIBE_PROMPT})
+        scenes.append({"image_id": image_id, "image": rel, "objects": objects})
+    cats = [{"id": CATEGORY_ID_BASE + t, "name": noun, "supercategory": "shape"} for t, (_, noun) in enumerate(TYPES)]
+    write_json(out / f"instances_{split}.json", {"images": images, "annotations": anns, "categories": cats})
+    write_json(out / f"captions_{split}.json", {"images": images, "annotations": caps})
+    write_jsonl(out / f"prompts_{split}.jsonl", prompts)
+    write_jsonl(out / f"scenes_{split}.jsonl", scenes)
+    return scenes
+
+
+def write_calibration(out: Path, scenes: list[dict], seed: int) -> Path:
+    """tau_calibration.jsonl: each object's true sentence, its absent partner and one other absent type.
+
+    Image paths are absolute: reward.estimate_tau opens them as given, whatever the working directory.
+    """
+    rng = random.Random(split_seed(seed, "calib:text"))
+    rows = []
+    for s in scenes:
+        types, image = [o["type"] for o in s["objects"]], str((out / s["image"]).resolve())
+        for t in types:
+            rows.append({"image": image, "text": sentence(t, rng), "present": True})
+            mate = partner(t)
+            if mate is not None and mate not in types:
+                rows.append({"image": image, "text": sentence(mate, rng), "present": False})
+        other = rng.choice([t for t in range(len(TYPES)) if t not in types])
+        rows.append({"image": image, "text": sentence(other, rng), "present": False})
+    return write_jsonl(out / "tau_calibration.jsonl", rows)
+
+
+def write_synonyms(out: Path) -> Path:
+    path = out / "synonyms.txt"
+    path.write_text("".join(f"{noun}\n" for _, noun in TYPES))
+    return path
+
+
+def load_scenes(world: Path, split: str) -> list[dict]:
+    return [json.loads(line) for line in (Path(world) / f"scenes_{split}.jsonl").read_text().splitlines() if line]
+
+
+# ---------------------------------------------------------------------------- build
+
+
+def build(out: str | Path, seed: int = 0, quick: bool = False) -> Path:
+    """Build (or reuse) the world in OUT: split files, clip/, policy/, world.json. Returns OUT."""
+    import torch
+
+    from . import toyclip, toyllava
+
+    out = Path(out)
+    p = WorldParams.make(seed, quick)
+    if is_done(out) and json.loads((out / "DONE").read_text()).get("digest") == p.digest():
+        log.info("toy world %s is built (seed %d, digest %s): reusing it", out, seed, p.digest())
+        return out
+    if out.exists():
+        for child in ("DONE", "clip", "policy", "images"):
+            target = out / child
+            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(1)
+    start = time.time()
+    scenes = {}
+    for k, (split, n) in enumerate(p.splits.items()):
+        scenes[split] = write_split(out, split, n, p, image_base=(k + 1) * 100_000)
+    write_calibration(out, scenes["calib"], seed)
+    write_synonyms(out)
+    info = {"params": asdict(p), "digest": p.digest(), "split_sizes": dict(p.splits),
+            "categories": {CATEGORY_ID_BASE + t: type_name(t) for t in range(len(TYPES))},
+            "pairs": [[type_name(a), type_name(b)] for a, b in PAIRS],
+            "prompts": {"chair": DESCRIBE_PROMPT, "pope": POPE_QUESTION},
+            "model_training_data": "generated on the fly from the seed (scenes as above, noisy captions)"}
+    info["clip"] = toyclip.train_clip(out, p)
+    info["llava"] = toyllava.train_llava(out, p)
+    info["seconds"] = round(time.time() - start, 1)
+    write_json(out / "world.json", info)
+    mark_done(out, {"digest": p.digest(), "seed": seed, "quick": quick})
+    return out
+
+
+def cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="csr toyworld", description="build the synthetic world and its tiny models")
+    sub = parser.add_subparsers(dest="action", required=True)
+    b = sub.add_parser("build", help="scenes, split files, tiny CLIP (DIR/clip) and tiny LLaVA (DIR/policy)")
+    b.add_argument("--out", required=True, help="world directory")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--quick", action="store_true", help="a small world in well under a minute (for CI)")
+    args = parser.parse_args(argv)
+    if args.seed < 0:
+        raise InputError("--seed must be >= 0")
+    out = build(args.out, args.seed, args.quick)
+    info = json.loads((out / "world.json").read_text())
+    print(summary_text(info))
+    return 0
+
+
+def summary_text(info: dict) -> str:
+    c, m, h = info["clip"], info["llava"]["dev"], info["llava"]["clip_on_hallucinations"]
+    return "\n".join([
+        f"toy world: {info['split_sizes']} (seed {info['params']['seed']}, {info['seconds']} s)",
+        f"CLIP: true-vs-false AUC {c['auc_all']:.3f}, vs absent partner {c['auc_partner']:.3f}, "
+        f"tau (mean - 3 sd) {c['tau']:.1f}; on the base model's own hallucinations: "
+        f"paired acc {h.get('paired_acc', math.nan):.3f}, AUC {h.get('auc', math.nan):.3f}",
+        f"base LLaVA (dev, step {info['llava']['selected_step']}): CHAIR_i {m['chair_i']:.3f}, "
+        f"CHAIR_s {m['chair_s']:.3f}, recall {m['recall']:.3f}, well-formed {m['wellformed']:.3f}, "
+        f"dup {m['dup_rate']:.3f}, POPE acc {m['pope_acc']:.3f}",
+    ])

@@ -1,0 +1,240 @@
+"""`csr train`: DPO with LoRA on the round's preference pairs, saved as a complete merged checkpoint.
+
+Composes TRL's `DPOTrainer` (unpatched) with a PEFT `LoraConfig`, as TRL's own dpo script does:
+`to_trl_args` maps our small `TrainConfig` onto `DPOConfig` + `LoraConfig`, `build_trainer` wires
+model, processor and data, and `run` saves the result. Defaults follow the paper's code: sigmoid
+DPO with beta 0.1 on summed log-probs, LoRA r 128 / alpha 256 / dropout 0.05 on every nn.Linear
+of the *language model* (found from `model.get_decoder()`, so the vision tower, the projector and
+lm_head are never adapted), lr 1e-7, cosine, warmup 0.03, one epoch, batch 1.
+
+Pairs (`train.pairs`, default `<out>/../generate/pairs.jsonl` if it exists, else `<out>/pairs.jsonl`)
+are TRL's conversational vision format with `images` as a list of paths (docs/formats.md); they are
+cast to `datasets.Image` and decoded lazily. Pairs whose image files are missing are skipped and
+counted (DONE info and the log).
+
+Reference model: the policy at the start of the round. With LoRA, TRL gets a plain model plus
+`peft_config`, adds a fresh adapter and computes reference log-probs with the adapter disabled,
+so the reference is exactly the weights that were loaded, and no second copy is kept. In the loop,
+round k loads round k-1's *merged* checkpoint as `model.path`, so "adapter disabled" there is
+round k-1's policy (the paper's pi_{theta_{t-1}}): each round starts a fresh adapter on the merged
+weights. With `train.use_lora=false` the language model (decoder + lm_head) is trained in full, the
+vision tower and projector stay frozen, and an explicit frozen deep copy is passed as `ref_model`.
+
+Output: `checkpoint/` (LoRA merged with `merge_and_unload`, processor and chat template saved;
+`train.merge=false` keeps the adapter only), written to `checkpoint.tmp/` and renamed when complete;
+`train_metrics.jsonl` (TRL's logged metrics plus "step"), `config.yaml`, and `DONE` last. Under
+`torchrun --nproc_per_node N -m csr_vlm train ...` it trains as DDP (gloo on CPU via `use_cpu`);
+rank 0 writes the files.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import re
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from .config import RunConfig, save_config
+from .data import InputError, is_done, mark_done, read_jsonl
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ("images", "prompt", "chosen", "rejected")
+
+
+# ---------------------------------------------------------------------------- setup
+
+
+def pairs_path(cfg: RunConfig) -> Path:
+    """train.pairs, else the sibling generate stage's pairs.jsonl, else <out>/pairs.jsonl."""
+    if cfg.train.pairs:
+        return Path(cfg.train.pairs)
+    sibling = Path(cfg.out).parent / "generate" / "pairs.jsonl"
+    return sibling if sibling.is_file() else Path(cfg.out) / "pairs.jsonl"
+
+
+def _image_path(path: str, base: Path) -> Path | None:
+    """The image file, as given or relative to the pairs file's directory; None when missing or empty."""
+    for p in (Path(path), base / path):
+        if p.is_file() and p.stat().st_size > 0:
+            return p
+    return None
+
+
+def load_pairs(path: Path) -> tuple[Any, int]:
+    """Read pairs.jsonl into a datasets.Dataset with lazily decoded images; returns (dataset, n_skipped)."""
+    import datasets
+
+    if not path.is_file():
+        raise InputError(f"train.pairs: pairs file not found: {path}")
+    rows, skipped = [], 0
+    for rec in read_jsonl(path):
+        missing = [c for c in COLUMNS if not rec.get(c)]
+        if missing:
+            raise InputError(f"{path}: pair {rec.get('id')!r} lacks {', '.join(missing)} (see docs/formats.md)")
+        images = [_image_path(str(p), path.parent) for p in rec["images"]]
+        if any(p is None for p in images):
+            skipped += 1
+            continue
+        rows.append({"images": [str(p) for p in images], **{c: rec[c] for c in COLUMNS[1:]}})
+    if not rows:
+        raise InputError(f"train.pairs: no usable pairs in {path} ({skipped} skipped for missing images)")
+    if skipped:
+        log.warning("%s: skipped %d pair(s) whose image file is missing", path, skipped)
+    ds = datasets.Dataset.from_list(rows)
+    return ds.cast_column("images", datasets.List(datasets.Image(mode="RGB"))), skipped
+
+
+def language_model_prefix(model) -> str:
+    """Module name of the language model (decoder) inside a vision-language model, found generically."""
+    decoder = model.get_decoder()
+    for name, module in model.named_modules():
+        if module is decoder:
+            return name
+    raise InputError(f"model.path: cannot locate the language model inside {type(model).__name__}")
+
+
+def lora_targets(model) -> str:
+    """A PEFT regex matching every nn.Linear under the language model, and nothing else."""
+    import torch
+
+    prefix = language_model_prefix(model)
+    leaves = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                     if isinstance(m, torch.nn.Linear) and n.startswith(prefix + ".")})
+    return rf"^{re.escape(prefix)}\..*\.({'|'.join(map(re.escape, leaves))})$"
+
+
+def to_trl_args(cfg: RunConfig, model=None):
+    """Our TrainConfig -> (trl.DPOConfig, peft.LoraConfig or None). `model` resolves default LoRA targets."""
+    import torch
+    from peft import LoraConfig
+    from trl import DPOConfig
+
+    t = cfg.train
+    cuda = torch.cuda.is_available()
+    bf16 = t.bf16 if t.bf16 is not None else bool(cuda and torch.cuda.is_bf16_supported())
+    args: dict[str, Any] = dict(
+        output_dir=str(Path(cfg.out) / "trainer"), loss_type=list(t.loss_type), loss_weights=t.loss_weights,
+        beta=t.beta, learning_rate=t.learning_rate, lr_scheduler_type=t.lr_scheduler_type,
+        warmup_steps=t.warmup_ratio, num_train_epochs=t.num_train_epochs,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps, max_length=t.max_length, bf16=bf16,
+        use_cpu=not cuda, activation_checkpointing=t.gradient_checkpointing, report_to=list(t.report_to) or "none",
+        seed=cfg.seed, logging_steps=1, save_strategy="no", remove_unused_columns=False,
+    )
+    args.update(t.trl_args)
+    lora = None
+    if t.use_lora:
+        targets = t.lora_target_modules or (lora_targets(model) if model is not None else "all-linear")
+        lora = LoraConfig(r=t.lora_r, lora_alpha=t.lora_alpha, lora_dropout=t.lora_dropout, bias="none",
+                          target_modules=targets, task_type="CAUSAL_LM")
+    try:
+        return DPOConfig(**args), lora
+    except TypeError as exc:
+        raise InputError(f"train.trl_args: {exc}") from None
+
+
+def metrics_logger(path: Path):
+    """A TrainerCallback that appends TRL's logged metrics, plus "step", to `path` (rank 0 only)."""
+    from transformers import TrainerCallback
+
+    class MetricsLogger(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and logs:
+                with path.open("a") as fh:
+                    fh.write(json.dumps({**logs, "step": state.global_step}) + "\n")
+
+    return MetricsLogger()
+
+
+# ---------------------------------------------------------------------------- work
+
+
+def load_model(cfg: RunConfig):
+    """Policy + processor, loaded on CPU (the Trainer places it) in the dtype of the training device."""
+    import torch
+
+    from .models import load_policy
+
+    dtype = cfg.model.dtype
+    if dtype == "auto":
+        dtype = "bfloat16" if torch.cuda.is_available() and cfg.model.device != "cpu" else "float32"
+    return load_policy(replace(cfg.model, device="cpu", dtype=dtype))
+
+
+def build_trainer(cfg: RunConfig, policy, dataset, metrics_path: Path):
+    """DPOTrainer over the pairs: LoRA (reference = adapter disabled) or full LM with a frozen copy as reference."""
+    from trl import DPOTrainer
+
+    model = policy.model
+    args, lora = to_trl_args(cfg, model)
+    ref_model = None
+    if not cfg.train.use_lora:
+        trainable = language_model_prefix(model) + "."
+        head = {id(p) for p in model.get_output_embeddings().parameters()}
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith(trainable) or id(p) in head)
+        ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+    return DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=dataset,
+                      processing_class=policy.processor, peft_config=lora, callbacks=[metrics_logger(metrics_path)])
+
+
+def save_checkpoint(trainer, processor, out: Path, merge: bool) -> Path:
+    """Write the checkpoint to <out>/checkpoint.tmp and rename it to <out>/checkpoint once complete."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if merge and hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    final, tmp = out / "checkpoint", out / "checkpoint.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    processor.save_pretrained(tmp)
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    return final
+
+
+# ---------------------------------------------------------------------------- stage
+
+
+def run(cfg: RunConfig, round: int = 1) -> Path:
+    """Train on the pairs and save <out>/checkpoint; returns the stage directory."""
+    out = Path(cfg.out)
+    if is_done(out) and not cfg.overwrite:
+        log.info("train: %s is complete; skipping (overwrite=true redoes it)", out)
+        return out
+    start = time.time()
+    dataset, skipped = load_pairs(pairs_path(cfg))
+    policy = load_model(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    trainer = build_trainer(cfg, policy, dataset, out / "train_metrics.jsonl")
+    if trainer.is_world_process_zero():  # a redo starts clean
+        (out / "train_metrics.jsonl").unlink(missing_ok=True)
+        (out / "DONE").unlink(missing_ok=True)
+    trainer.accelerator.wait_for_everyone()
+    result = trainer.train()
+    trainer.accelerator.wait_for_everyone()
+    if trainer.is_world_process_zero():
+        info = {"round": round, "pairs": len(dataset), "skipped_missing_images": skipped,
+                "steps": trainer.state.global_step, "train_loss": result.training_loss,
+                "world_size": trainer.accelerator.num_processes}
+        save(cfg, trainer, policy.processor, info, start)
+    trainer.accelerator.wait_for_everyone()
+    return out
+
+
+def save(cfg: RunConfig, trainer, processor, info: dict[str, Any], start: float) -> None:
+    """Checkpoint, config.yaml, then DONE (with the run's numbers); rank 0 only."""
+    out = Path(cfg.out)
+    save_checkpoint(trainer, processor, out, cfg.train.merge and cfg.train.use_lora)
+    if (out / "trainer").is_dir() and not any((out / "trainer").iterdir()):  # TRL's output_dir, used by trackers
+        (out / "trainer").rmdir()
+    save_config(cfg, out / "config.yaml")
+    info["seconds"] = float(f"{time.time() - start:.1f}")
+    mark_done(out, info)
+    log.info("train: %d pairs (%d skipped), %d steps, loss %.4f, %.1fs -> %s", info["pairs"],
+             info["skipped_missing_images"], info["steps"], info["train_loss"], info["seconds"], out / "checkpoint")

@@ -1,0 +1,88 @@
+"""The bench/ scripts run in --quick mode, print their table and write their JSON (no timing is asserted).
+
+All four start together in subprocesses (one torch thread each) so the file takes about as long as the
+slowest script. Token counts are checked against the tree arithmetic in the docstrings below.
+
+    .venv/bin/python -m pytest tests/test_bench.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+SCRIPTS = ("search_bench", "scaling_bench", "train_bench", "round_bench")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """{script: (returncode, stdout + stderr, parsed JSON or None)} for every script run with --quick."""
+    tmp = tmp_path_factory.mktemp("bench")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    procs = {}
+    for name in SCRIPTS:
+        cmd = [sys.executable, str(BENCH / f"{name}.py"), "--quick", "--out", str(tmp / f"{name}.json")]
+        procs[name] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                                       cwd=tmp)
+    out = {}
+    for name, proc in procs.items():
+        text, _ = proc.communicate(timeout=300)
+        path = tmp / f"{name}.json"
+        out[name] = (proc.returncode, text, json.loads(path.read_text()) if path.is_file() else None)
+    return out
+
+
+def _ok(runs, name):
+    rc, text, data = runs[name]
+    assert rc == 0, text[-3000:]
+    assert data is not None and data["env"]["cpu_count"] == os.cpu_count() and data["env"]["torch_threads"] == 1
+    assert data["command"].startswith(f"python bench/{name}.py --quick")
+    return text, data
+
+
+def test_search_bench_same_tree_for_both(runs):
+    """Tree: 1 root expansion of 5, then 3 kept x 5 at each of the 5 later depths, 20 tokens per sentence:
+    sentences = 5 + 5 * 15 = 80, tokens generated = 80 * 20 = 1600 on both sides. The baseline makes
+    1 + 5 * 3 = 16 generate calls. Ours forwards at most the minimal count (prompt + generated): the last
+    token of a pruned sentence is never fed."""
+    text, data = _ok(runs, "search_bench")
+    assert "| wall time / search (s)" in text and "CLIP sentences/s" in text
+    assert data["sentences"] == {"ours": 80, "baseline": 80}
+    tok = data["tokens"]
+    assert tok["ours_generated"] == tok["baseline_generated"] == 1600
+    assert data["baseline_calls"] == 16
+    assert tok["ours_forwarded"] <= tok["minimal"] < tok["baseline_forwarded"]
+    assert data["wall_ratio"] > 0 and data["clip_ratio"] > 0 and data["geometry"]["image_tokens"] == 64
+
+
+def test_scaling_bench_rows(runs):
+    """Sentences S with K=5, keep 1 + 2, 20 tokens: (5 + 15 * (S - 1)) * 20 -> S=2: 400, S=4: 1000, S=6: 1600.
+    K=2, S=6: 1 row -> 2 (all kept), 2 rows -> 4 (keep 3), then 3 rows -> 6 at depths 3..6:
+    (2 + 4 + 4 * 6) * 20 = 600. Image tokens change nothing in the tree: 1600 at 16 and 64."""
+    text, data = _ok(runs, "scaling_bench")
+    assert "ms/tok" in text and "time per generated token" in text
+    by = {(r["axis"], r["candidates"], r["sentences"], r["image_tokens"]): r["tokens_generated"] for r in data["rows"]}
+    assert by[("sentences", 5, 2, 64)] == 400 and by[("sentences", 5, 4, 64)] == 1000
+    assert by[("candidates", 2, 6, 64)] == 600 and by[("candidates", 5, 6, 64)] == 1600
+    assert by[("image_tokens", 5, 6, 16)] == by[("image_tokens", 5, 6, 64)] == 1600
+
+
+def test_train_bench_same_steps(runs):
+    text, data = _ok(runs, "train_bench")
+    assert "pairs/s" in text and data["pairs"] == 4
+    assert data["pairs_per_s"]["ours"] > 0 and data["pairs_per_s"]["plain_trl"] > 0
+    assert data["ratio"] == pytest.approx(data["pairs_per_s"]["ours"] / data["pairs_per_s"]["plain_trl"])
+
+
+def test_round_bench_reads_the_manifest(runs):
+    text, data = _ok(runs, "round_bench")
+    assert "round_1/generate" in text
+    assert list(data["stages"]) == ["round_1/generate", "round_1/train"]
+    for entry in data["stages"].values():
+        assert entry["status"] == "done" and entry["seconds"] >= 0 and entry["peak_rss_mb"] > 0

@@ -1,0 +1,252 @@
+"""`csr generate` end to end: both families and modes, bad inputs, skip reasons, resume after a kill, 2 ranks, TRL DPO.
+
+    .venv/bin/python -m pytest tests/test_generate.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from csr_vlm.cli import main
+
+SEARCH = ["search.num_candidates=3", "search.keep_top=1", "search.keep_bottom=1", "search.max_sentences=2",
+          "search.max_new_tokens=4", "search.filters=[]"]
+N_PROMPTS = 20
+
+
+def _args(d: Path, out: Path, *extra: str, prompts: Path | None = None) -> list[str]:
+    return [f"model.path={d / 'policy'}", f"reward.clip_path={d / 'clip'}", f"data.prompts={prompts or d / 'prompts.jsonl'}",
+            f"data.image_root={d}", f"out={out}", *SEARCH, *extra]
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def _outputs(out: Path) -> dict[str, str]:
+    return {name: (out / name).read_text() for name in ("candidates.jsonl", "pairs.jsonl", "skipped.jsonl")}
+
+
+@pytest.fixture
+def one_thread():
+    """Runs compared across processes use one intra-op thread everywhere (torchrun sets OMP_NUM_THREADS=1)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("mode", ["paper", "official"])
+def test_generate_writes_every_output(tiny_family, tmp_path, mode):
+    config = "configs/tiny-gemma3.yaml" if "gemma3" in tiny_family.name else "configs/tiny.yaml"
+    out = tmp_path / "gen"
+    assert main(["generate", "--config", config, *_args(tiny_family, out, f"search.mode={mode}",
+                                                         "data.max_prompts=3")]) == 0
+    assert {p.name for p in out.iterdir()} >= {"candidates.jsonl", "pairs.jsonl", "skipped.jsonl", "stats.json",
+                                               "config.yaml", "DONE"}
+    cands = _lines(out / "candidates.jsonl")
+    assert [c["id"] for c in cands] == ["000", "001", "002"] and all(c["mode"] == mode for c in cands)
+    for c in cands:
+        assert set(c) >= {"id", "image", "prompt", "round", "answers", "chosen", "rejected"}
+        assert all(set(a) >= {"text", "reward", "ended", "sentences"} for a in c["answers"])
+        assert ("tree" in c) == (mode == "official")
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["counts"]["prompts_searched"] == 3
+    assert stats["tokens"]["forwarded"] > 0 and stats["tokens"]["minimal"] > 0
+    assert set(stats["time_s"]) >= {"prefill", "expand", "score"} and stats["prompts_per_s"] > 0
+    pairs = _lines(out / "pairs.jsonl")
+    assert len(pairs) + len(_lines(out / "skipped.jsonl")) == 3
+    for p in pairs:
+        assert p["prompt"][0]["content"][0] == {"type": "image"} and p["chosen"][0]["role"] == "assistant"
+        assert p["margin"] == pytest.approx(p["chosen_reward"] - p["rejected_reward"]) and p["margin"] >= 0
+        assert Path(p["images"][0]).is_file() and p["round"] == 1
+
+
+def test_bad_inputs_are_skipped_with_a_reason(tiny_llava, tmp_path):
+    img = tmp_path / "img"
+    img.mkdir()
+    base = Image.open(tiny_llava / "images" / "000.png").convert("RGB")
+    base.save(img / "ok.png")
+    base.convert("L").save(img / "gray.png")
+    base.convert("CMYK").save(img / "cmyk.jpg")
+    base.convert("RGBA").save(img / "rgba.png")
+    base.convert("P").save(img / "palette.png")
+    Image.new("RGB", (1000, 10)).save(img / "extreme.png")
+    (img / "empty.png").write_bytes(b"")
+    (img / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
+    rows = [{"id": n, "image": f"{n}.{'jpg' if n == 'cmyk' else 'png'}", "prompt": "Describe this image."}
+            for n in ("ok", "gray", "cmyk", "rgba", "palette", "extreme", "empty", "corrupt", "missing")]
+    lines = [json.dumps(r) for r in rows]
+    lines += ['{"id": "broken", "image": ', json.dumps({"id": "blank", "image": "ok.png", "prompt": "  "}),
+              json.dumps({"id": "ok", "image": "ok.png", "prompt": "Again."})]
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "gen"
+    args = _args(tiny_llava, out, "search.max_sentences=1", prompts=prompts)
+    assert main(["generate", *args, f"data.image_root={img}"]) == 0
+    searched = [c["id"] for c in _lines(out / "candidates.jsonl")]
+    assert searched == ["ok", "gray", "cmyk", "rgba", "palette"]
+    reasons = {(s["id"] or "line"): s["reason"] for s in _lines(out / "skipped.jsonl")}
+    assert reasons["extreme"].startswith("image has an extreme size")
+    assert reasons["empty"].startswith("image file is empty")
+    assert reasons["corrupt"].startswith("image cannot be read")
+    assert reasons["missing"].startswith("image not found")
+    assert reasons["blank"] == "empty prompt" and reasons["ok"] == "duplicate id"
+    assert reasons["line"].startswith("malformed JSON line")
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["counts"]["inputs"] == 12 and stats["skipped_by_reason"]["image not found"] == 1
+
+
+@pytest.mark.parametrize("extra, reason", [
+    (["curate.min_margin=1000000"], "margin below curate.min_margin"),
+    (["search.filters=[short]", "search.min_sentence_chars=1000"], "no complete answer"),
+    (["search.num_candidates=1"], "equal texts"),
+])
+def test_prompts_without_a_pair_are_logged(tiny_llava, tmp_path, extra, reason):
+    out = tmp_path / "gen"
+    assert main(["generate", *_args(tiny_llava, out, "search.max_sentences=1", "data.max_prompts=2", *extra)]) == 0
+    skipped = _lines(out / "skipped.jsonl")
+    assert [s["id"] for s in skipped] == ["000", "001"] and all(s["reason"].startswith(reason) for s in skipped)
+    assert _lines(out / "pairs.jsonl") == []
+
+
+@pytest.mark.parametrize("key", ["model.path", "reward.clip_path"])
+def test_wrong_model_path_fails_before_any_work(tiny_llava, tmp_path, capsys, key):
+    out = tmp_path / "gen"
+    assert main(["generate", *_args(tiny_llava, out), f"{key}={tmp_path / 'nowhere'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and key in err and "Traceback" not in err
+    assert not (out / "shards").exists()
+
+
+@pytest.fixture(scope="module")
+def many_prompts(tiny_llava, tmp_path_factory):
+    """20 prompts over the 8 tiny images."""
+    path = tmp_path_factory.mktemp("many") / "prompts.jsonl"
+    rows = [{"id": f"p{i:02d}", "image": f"images/{i % 8:03d}.png", "prompt": "Describe this image."}
+            for i in range(N_PROMPTS)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference_run(tiny_llava, many_prompts, tmp_path_factory):
+    """An uninterrupted single-process run (one thread) that the resumed and the 2-rank runs must equal."""
+    import torch
+
+    out = tmp_path_factory.mktemp("reference") / "gen"
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["generate", *_args(tiny_llava, out, prompts=many_prompts)]) == 0
+    finally:
+        torch.set_num_threads(before)
+    return out
+
+
+def _env() -> dict[str, str]:
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", ""),
+            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+
+
+def test_resume_after_kill_equals_an_uninterrupted_run(tiny_llava, many_prompts, reference_run, tmp_path):
+    out = tmp_path / "gen"
+    cmd = [sys.executable, "-m", "csr_vlm", "generate", *_args(tiny_llava, out, prompts=many_prompts)]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    shard = out / "shards" / "rank-0.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if shard.exists() and shard.read_bytes().count(b"\n") >= 3:
+            proc.kill()
+            break
+        time.sleep(0.02)
+    proc.wait()
+    assert proc.returncode == -9, "the run must be killed mid-way"
+    done_before = shard.read_bytes().count(b"\n")
+    assert 3 <= done_before < N_PROMPTS and not (out / "DONE").exists()
+    with shard.open("ab") as fh:
+        fh.write(b'{"id": "p19", "candidate": {"id"')  # what a kill inside a write leaves behind
+    result = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert _outputs(out) == _outputs(reference_run)
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["prompts_this_run"] == N_PROMPTS - done_before
+
+
+def test_two_ranks_equal_one_process(tiny_llava, many_prompts, reference_run, tmp_path):
+    out = tmp_path / "gen"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "csr_vlm",
+           "generate", *_args(tiny_llava, out, prompts=many_prompts)]
+    result = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(p.name for p in (out / "shards").glob("*.jsonl")) == ["rank-0.jsonl", "rank-1.jsonl"]
+    assert len(_lines(out / "shards" / "rank-1.jsonl")) == N_PROMPTS // 2
+    assert _outputs(out) == _outputs(reference_run)
+    assert json.loads((out / "stats.json").read_text())["world_size"] == 2
+
+
+def test_pairs_load_with_datasets_and_train_with_trl(tiny_llava, reference_run, tmp_path):
+    """pairs.jsonl -> datasets.load_dataset("json") -> TRL DPOTrainer, 2 steps with LoRA on the tiny LLaVA."""
+    import datasets
+    import torch
+    from peft import LoraConfig
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from trl import DPOConfig, DPOTrainer
+
+    ds = datasets.load_dataset("json", data_files=str(reference_run / "pairs.jsonl"), split="train")
+    assert len(ds) >= 4 and {"images", "prompt", "chosen", "rejected", "margin"} <= set(ds.column_names)
+    ds = ds.select_columns(["images", "prompt", "chosen", "rejected"])
+    ds = ds.cast_column("images", datasets.List(datasets.Image()))
+    model = AutoModelForImageTextToText.from_pretrained(tiny_llava / "policy")
+    processor = AutoProcessor.from_pretrained(tiny_llava / "policy")
+    args = DPOConfig(output_dir=str(tmp_path / "dpo"), max_steps=2, per_device_train_batch_size=2, bf16=False,
+                     max_length=256, report_to="none", save_strategy="no", logging_steps=1, learning_rate=1e-3,
+                     gradient_checkpointing=False)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    trainer = DPOTrainer(model=model, args=args, train_dataset=ds, processing_class=processor, peft_config=lora)
+    trainer.train()
+    assert trainer.state.global_step == 2
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert losses and all(torch.isfinite(torch.tensor(x)) for x in losses)
+    shutil.rmtree(tmp_path / "dpo", ignore_errors=True)
+
+
+def test_centred_reward_with_estimated_tau_and_config_guard(tiny_llava, tmp_path, capsys):
+    """normalize=center without tau: tau comes from reward.tau_calibration (relative images resolve beside the
+    file) and every sentence gets R = 0.9 * (R_I - tau) / 10 + 0.1 * R_T. Re-running into the same out with
+    another seed is refused instead of mixing two runs."""
+    from csr_vlm.reward import ClipScorer, estimate_tau
+
+    (tmp_path / "images").mkdir()
+    for i in (0, 1):
+        shutil.copy(tiny_llava / "images" / f"00{i}.png", tmp_path / "images" / f"00{i}.png")
+    calib = [{"image": f"images/00{i}.png", "text": t, "present": p} for i in (0, 1)
+             for t, p in (("a red square.", True), ("a blue square.", True), ("a dog.", False))]
+    (tmp_path / "calib.jsonl").write_text("".join(json.dumps(r) + "\n" for r in calib))
+    out = tmp_path / "gen"
+    args = _args(tiny_llava, out, "reward.normalize=center", f"reward.tau_calibration={tmp_path / 'calib.jsonl'}",
+                 "data.max_prompts=2")
+    assert main(["generate", *args]) == 0
+    for rec in calib:
+        rec["image"] = str(tmp_path / rec["image"])
+    tau, _ = estimate_tau(ClipScorer(str(tiny_llava / "clip")), calib, sd=3.0)
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["tau"] == pytest.approx(tau) and stats["tau_calibration"]["n_true"] == 4
+    for cand in _lines(out / "candidates.jsonl"):
+        for s in (s for a in cand["answers"] for s in a["sentences"]):
+            assert s["r"] == pytest.approx(0.9 * (s["r_i"] - tau) / 10 + 0.1 * s["r_t"], abs=1e-6)
+    capsys.readouterr()
+    assert main(["generate", *args, "seed=5"]) == 2
+    assert "different config" in capsys.readouterr().err
