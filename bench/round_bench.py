@@ -90,7 +90,8 @@ def main(argv=None) -> dict:
     print(f"| {'stage':<18} | {'status':<7} | {'wall s':>8} | {'peak RSS MiB (so far)':>22} |")
     print(f"|{'-' * 20}|{'-' * 9}|{'-' * 10}|{'-' * 24}|")
     for name, e in stages.items():
-        print(f"| {name:<18} | {e.get('status', ''):<7} | {e.get('seconds') or 0:>8.2f} | {e.get('peak_rss_mb') or 0:>22.0f} |")
+        seconds, peak = e.get("seconds") or 0, e.get("peak_rss_mb") or 0
+        print(f"| {name:<18} | {e.get('status', ''):<7} | {seconds:>8.2f} | {peak:>22.0f} |")
     write_result("round_bench", result, args.out)
     return result
 

@@ -1,11 +1,12 @@
 """How our search's time grows with sentences per answer, candidates per step and image tokens.
 
 Same setup as search_bench.py (random-weight llava, EOS and delimiters suppressed so every sentence is exactly
---tokens tokens, filters off). For each setting: median wall time of the search, tokens generated, and time per
-generated token. Linear cost in tokens generated means time/token stays flat as answers get longer; a cost
-quadratic in answer length would make time/token grow in proportion to the answer length.
+--tokens tokens, filters off). For each setting: wall time of the search (best of --repeats: other load on a
+shared machine only adds time), tokens generated, and time per generated token. Linear cost in tokens generated
+means time/token stays flat as answers get longer; a cost quadratic in answer length would make time/token grow
+in proportion to the answer length.
 
-    .venv/bin/python bench/scaling_bench.py            # LM 4x256, 576 image tokens, 2 repeats per setting
+    .venv/bin/python bench/scaling_bench.py            # LM 4x256, 576 image tokens, best of 3 per setting
     .venv/bin/python bench/scaling_bench.py --quick
 """
 
@@ -24,11 +25,13 @@ from search_bench import torch, write_result  # noqa: E402
 
 
 def measure(policy, scorer, image, cfg, repeats: int) -> dict:
+    """Best of `repeats` (the shared machine's other load only ever adds time), with the median beside it."""
     runs = [run_ours(policy, scorer, image, cfg, seed=i) for i in range(repeats)]
-    wall = statistics.median(r["wall_s"] for r in runs)
+    best = min(runs, key=lambda r: r["wall_s"])
     gen = runs[0]["tokens_generated"]
-    return {"wall_s": wall, "tokens_generated": gen, "tokens_forwarded": runs[0]["tokens_forwarded"],
-            "ms_per_token": 1000 * wall / gen, "phase_s": runs[len(runs) // 2]["phase_s"]}
+    return {"wall_s": best["wall_s"], "median_wall_s": statistics.median(r["wall_s"] for r in runs),
+            "tokens_generated": gen, "tokens_forwarded": runs[0]["tokens_forwarded"],
+            "ms_per_token": 1000 * best["wall_s"] / gen, "phase_s": best["phase_s"]}
 
 
 def sweep(root: Path, geometry: dict, settings: list[dict], tokens: int, repeats: int, axis: str) -> list[dict]:
@@ -50,17 +53,18 @@ def sweep(root: Path, geometry: dict, settings: list[dict], tokens: int, repeats
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny geometry, few settings, 1 repeat")
-    ap.add_argument("--repeats", type=int, default=None, help="runs per setting (default 2, quick 1)")
+    ap.add_argument("--repeats", type=int, default=None, help="runs per setting, best kept (default 3, quick 1)")
     ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     ap.add_argument("--tokens", type=int, default=20, help="tokens per sentence")
     ap.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/scaling_bench.json)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    repeats = args.repeats or (1 if args.quick else 2)
+    repeats = args.repeats or (1 if args.quick else 3)
     base = QUICK if args.quick else FULL
     sentences = [2, 4] if args.quick else [2, 4, 8, 12]
     candidates = [2, 5] if args.quick else [2, 5, 10]
-    images = [dict(base, image_size=32), base] if args.quick else [dict(base, image_size=112), dict(base, image_size=224), base]
+    sizes = [32, 64] if args.quick else [112, 224, 336]  # image tokens: quick 16, 64; full 64, 256, 576
+    images = [dict(base, image_size=size) for size in sizes]
     print(f"| {'axis':<12} | {'img':>6} | {'K':>3} | {'S':>3} | {'tokens':>6} | {'wall s':>8} | {'ms/tok':>8} |")
     print(f"|{'-' * 14}|{'-' * 8}|{'-' * 5}|{'-' * 5}|{'-' * 8}|{'-' * 10}|{'-' * 10}|")
     rows = []

@@ -112,7 +112,8 @@ def main(argv=None) -> dict:
             plain.append(run_plain(root, pairs, Path(tmp) / f"plain{i}"))
     med = statistics.median
     result = {"geometry": geometry, "pairs": n, "repeats": repeats, "lora": LORA,
-              "pairs_per_s": {"ours": med(r["pairs_per_s"] for r in ours), "plain_trl": med(r["pairs_per_s"] for r in plain)},
+              "pairs_per_s": {"ours": med(r["pairs_per_s"] for r in ours),
+                              "plain_trl": med(r["pairs_per_s"] for r in plain)},
               "ours_stage_wall_s": med(r["stage_wall_s"] for r in ours),
               "runs": {"ours": ours, "plain_trl": plain}, "env": env_info(),
               "command": "python bench/train_bench.py " + " ".join(argv if argv is not None else sys.argv[1:])}

@@ -127,7 +127,8 @@ def test_official_rank_mix_on_a_hand_built_tree():
     Root siblings (F does not count): rank A 1/3, B 2/3, C 1; clip rank A 1/3, C 2/3, B 1.
     A's children: rank D 1/2, E 1; clip rank E 1/2, D 1.
     Node values: A 0.1/3 + 0.9/3 = 0.33333; B 0.1 * 2/3 + 0.9 = 0.96667; D 0.05 + 0.9 = 0.95; E 0.1 + 0.45 = 0.55.
-    Paths (depth-first): A-D (0.33333 + 0.95) / 3 = 0.42778; A-E (0.33333 + 0.55) / 3 = 0.29444; B 0.96667 / 2 = 0.48333.
+    Paths (depth-first): A-D (0.33333 + 0.95) / 3 = 0.42778; A-E (0.33333 + 0.55) / 3 = 0.29444;
+    B 0.96667 / 2 = 0.48333.
     Chosen = lowest = A-E, rejected = highest = B."""
     tree = [Node(0, None, children=[1, 2, 3, 6]),
             Node(1, 0, "A.", cum=-1.0, r_i=30.0, children=[4, 5]),
@@ -215,9 +216,12 @@ def test_diverse_beam_penalises_tokens_earlier_groups_took():
     from csr_vlm.expand import _choose
 
     logp = torch.tensor([[-0.1, -0.5, -3.0], [-0.1, -0.5, -3.0]])
-    assert _choose(logp, logp, SearchConfig(sampler="diverse_beam", diversity_penalty=3.0), [], None, 2).tolist() == [0, 1]
-    assert _choose(logp, logp, SearchConfig(sampler="diverse_beam", diversity_penalty=0.3), [], None, 2).tolist() == [0, 0]
-    assert _choose(logp, logp, SearchConfig(sampler="diverse_beam", diversity_penalty=3.0), [0], None, 2).tolist() == [1, 2]
+    def pick(penalty, suppress):
+        return _choose(logp, logp, SearchConfig(sampler="diverse_beam", diversity_penalty=penalty), suppress, None, 2)
+
+    assert pick(3.0, []).tolist() == [0, 1]
+    assert pick(0.3, []).tolist() == [0, 0]
+    assert pick(3.0, [0]).tolist() == [1, 2]  # token 0 suppressed: group 0 takes 1, group 1 is pushed to 2
 
 
 def test_top_p_sampling_never_leaves_the_nucleus():

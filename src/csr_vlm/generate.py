@@ -39,7 +39,8 @@ _OWN_GROUP = False  # whether this module started the process group (and so shou
 
 CHOICES = {
     "search.mode": ("paper", "official"), "search.sampler": ("sample", "diverse_beam"),
-    "reward.normalize": NORMALIZE_MODES, "reward.self_score": ("sum", "mean"), "reward.end_reward": ("neutral", "zero"),
+    "reward.normalize": NORMALIZE_MODES, "reward.self_score": ("sum", "mean"),
+    "reward.end_reward": ("neutral", "zero"),
 }
 
 
@@ -92,7 +93,8 @@ def _check_config(cfg: RunConfig) -> None:
         log.warning("search.prompt_batch_size=%d: prompts are searched one at a time (all candidates of a prompt "
                     "form one batch); cross-prompt batching is not implemented", s.prompt_batch_size)
     if s.num_candidates < 1 or s.max_sentences < 1 or s.max_new_tokens < 1 or s.keep_top + s.keep_bottom < 1:
-        raise InputError("search: num_candidates, max_sentences, max_new_tokens and keep_top + keep_bottom must be >= 1")
+        raise InputError("search: num_candidates, max_sentences, max_new_tokens and keep_top + keep_bottom "
+                         "must be >= 1")
     if cfg.reward.normalize == "center" and cfg.reward.tau is None and not cfg.reward.tau_calibration:
         raise InputError("reward.normalize=center needs reward.tau or reward.tau_calibration")
     if cfg.reward.tau_calibration and not Path(cfg.reward.tau_calibration).is_file():
@@ -209,7 +211,12 @@ def _process(cfg: RunConfig, round: int, rec, policy, scorer) -> dict[str, Any]:
     except InputError as exc:
         line["skip"] = {"id": rec.id, "reason": str(exc), "image": rec.image}
         return line
-    result = search_prompt(policy, scorer, image, rec.prompt, cfg, prompt_seed(cfg.seed, round, rec.id))
+    try:
+        result = search_prompt(policy, scorer, image, rec.prompt, cfg, prompt_seed(cfg.seed, round, rec.id))
+    except Exception as exc:  # noqa: BLE001 - one prompt (out of memory, odd input) must not stop the run
+        log.exception("generate: search failed on prompt %s", rec.id)
+        line["skip"] = {"id": rec.id, "reason": f"search failed ({type(exc).__name__}: {str(exc)[:200]})"}
+        return line
     line["stats"] = result.stats
     line["candidate"] = {"id": rec.id, "image": rec.image, "prompt": rec.prompt, "round": round, "mode": result.mode,
                          "answers": [a.to_dict() for a in result.answers], "chosen": result.chosen,
@@ -283,7 +290,8 @@ def _stats(cfg, round, ordered, input_skips, skipped, pairs, tau_stats, wall, se
     by_reason = Counter(re.split(r"[:(]", s["reason"])[0].strip() for s in skipped)
     margins = [p["margin"] for p in pairs]
     return {
-        "round": round, "mode": cfg.search.mode, "world_size": world, "tau": cfg.reward.tau, "tau_calibration": tau_stats,
+        "round": round, "mode": cfg.search.mode, "world_size": world,
+        "tau": cfg.reward.tau, "tau_calibration": tau_stats,
         "counts": {"inputs": n_valid + len(input_skips), "prompts_valid": n_valid,
                    "prompts_searched": sum(ln["candidate"] is not None for ln in ordered), "pairs": len(pairs),
                    "skipped": len(skipped)},
