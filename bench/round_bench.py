@@ -5,8 +5,9 @@ configs/toy-quick.yaml: round_0 eval + dev_eval (the base model), then round_1 g
 dev_eval. --quick: random-weight tiny llava (csr_vlm.tiny.build_tiny), 2 prompts, generate -> train only
 (no evaluation data), to exercise the script in seconds.
 
-Peak memory is the manifest's `peak_rss_mb`: ru_maxrss of the loop process *so far*, so a stage's value is
-max(itself, every earlier stage); a stage that does not raise it used no more than the stages before it.
+The world is built (or found built) by `csr toyworld build` in a child process. Peak memory is the manifest's
+`peak_rss_mb`: ru_maxrss of the loop process *so far*, so a stage's value is max(itself, every earlier stage);
+a stage that does not raise it used no more than the stages before it.
 
     .venv/bin/python bench/round_bench.py [--world /tmp/csr-bench-world]
     .venv/bin/python bench/round_bench.py --quick
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -65,11 +67,10 @@ def main(argv=None) -> dict:
         out = Path(tmp) / "loop"
         if args.quick:
             cfg = quick_config(Path(tmp) / "tiny", out)
-        else:
-            from csr_vlm.toyworld import build
-
+        else:  # built in a child process so the world's training does not count in the loop's peak RSS
             t0 = time.perf_counter()
-            build(args.world, seed=0, quick=True)
+            subprocess.run([sys.executable, "-m", "csr_vlm", "toyworld", "build", "--out", str(args.world), "--seed",
+                            "0", "--quick"], check=True)
             world_s = time.perf_counter() - t0
             cfg = toy_config(args.world, out)
         from csr_vlm import loop
