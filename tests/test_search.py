@@ -20,6 +20,15 @@ from csr_vlm.search import is_repeat, search_prompt
 PROMPT = "Describe this image."
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny matrices: one intra-op thread is several times faster than two on a shared machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def loaded(tiny_llava, tiny_gemma3):
     out = {}
@@ -232,3 +241,55 @@ def test_top_p_sampling_never_leaves_the_nucleus():
     gen = torch.Generator().manual_seed(0)
     assert set(_choose(logits, logits, SearchConfig(temperature=1.0, top_p=0.5), [], gen, 1).tolist()) == {0}
     assert set(_choose(logits, logits, SearchConfig(temperature=1.0, top_p=0.8), [], gen, 1).tolist()) == {0, 1}
+
+
+def _close(a, b, path="result"):
+    """Equal structures; floats (log-prob sums, rewards) within 1e-6: the batched forward rounds differently."""
+    if isinstance(a, float) or isinstance(b, float):
+        assert a == pytest.approx(b, abs=1e-6), path
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for key in a:
+            _close(a[key], b[key], f"{path}.{key}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            _close(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, path
+
+
+@pytest.mark.parametrize("family", ["llava", "gemma3"])
+@pytest.mark.parametrize("mode, sampler", [("paper", "sample"), ("paper", "diverse_beam"), ("official", "sample")])
+def test_search_prompts_equal_one_at_a_time(loaded, monkeypatch, family, mode, sampler):
+    """3 prompts of different lengths (left-padded holes), frequent stops and EOS (rows and whole prompts end at
+    different tokens and depths): search_prompts gives each prompt the texts, tokens, choices and token counts that
+    search_prompt gives it alone, in either batch order (each prompt samples with its own generator)."""
+    from csr_vlm.search import search_prompts
+
+    policy, scorer, image = loaded[family]
+    special = set(policy.tokenizer.all_special_ids)
+    words = [i for i in range(len(policy.tokenizer)) if i not in special]
+    monkeypatch.setitem(policy.__dict__, "eos_ids", sorted({i for i in words if i % 4 == 0} | set(policy.eos_ids)))
+    monkeypatch.setitem(policy.__dict__, "_sentence_end_ids", {(".",): [i for i in words if i % 3 == 1]})
+    cfg = _cfg(mode=mode, sampler=sampler, num_candidates=3, keep_top=1, keep_bottom=1, max_sentences=3,
+               max_new_tokens=6, temperature=1.5, delimiters=["."])
+    images = [image, image.transpose(Image.Transpose.FLIP_LEFT_RIGHT), image]
+    prompts = [PROMPT, "What do you see in this picture, in a few words?", "Hi"]
+    seeds = [3, 4, 5]
+    alone = [search_prompt(policy, scorer, im, p, cfg, s) for im, p, s in zip(images, prompts, seeds)]
+    together = search_prompts(policy, scorer, images, prompts, cfg, seeds)
+    backwards = search_prompts(policy, scorer, images[::-1], prompts[::-1], cfg, seeds[::-1])[::-1]
+    assert len({r.stats["tokens_prompt"] for r in alone}) == 3, "prompts of different lengths: padding must bite"
+    depths = {len(a.sentences) for r in alone for a in r.answers if a.ended}
+    assert depths and min(depths) < 3, "some answers must end before max_sentences"
+    for one, batch in [(a, b) for a, b in zip(alone, together)] + [(a, b) for a, b in zip(alone, backwards)]:
+        assert [a.text for a in batch.answers] == [a.text for a in one.answers]
+        assert [a.tokens for a in batch.answers] == [a.tokens for a in one.answers]
+        assert (batch.chosen, batch.rejected) == (one.chosen, one.rejected)
+        _close([a.to_dict() for a in batch.answers], [a.to_dict() for a in one.answers])
+        _close(batch.tree, one.tree)
+        for key in ("tokens_minimal", "tokens_prompt", "tokens_generated"):
+            assert batch.stats[key] == one.stats[key], key
+        assert batch.stats["tokens_forwarded"] >= one.stats["tokens_forwarded"]
+        assert batch.stats["events"] == one.stats["events"]

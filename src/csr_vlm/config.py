@@ -96,7 +96,8 @@ class SearchConfig:
     min_sentence_chars: int = 4
     """Sentences shorter than this many characters are dropped by the `short` filter."""
     prompt_batch_size: int = 1
-    """Prompts searched together in one batch."""
+    """Prompts searched together in one batch (one forward per token for all their candidate rows; each keeps its
+    own seeded sampler, so results equal batch 1 up to float rounding)."""
 
 
 @dataclass

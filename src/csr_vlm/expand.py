@@ -1,4 +1,4 @@
-"""Propose next sentences for every live partial answer of one prompt, from cached keys/values.
+"""Propose next sentences for every live partial answer of a prompt, from cached keys/values.
 
 The image + prompt go through the policy once (`prefill`, over prompt[:-1]); afterwards each row of
 a `BeamState` is one partial answer: its keys/values in a batched `DynamicCache`, an attention mask
@@ -8,6 +8,10 @@ is not yet in the cache. `expand` feeds the B last tokens once, repeats the cach
 so R_T comes from the raw (untempered) logits and stops are exact: a delimiter token, an EOS, or
 `max_new_tokens`. `select` keeps the surviving rows (`batch_select_indices`) and `crop`s trailing
 columns no survivor uses. Nothing is ever re-encoded.
+
+Several prompts: `concat_states` stacks the prefilled states of several prompts (left-padded holes),
+and `expand_groups` decodes all their rows together, one forward per token; each `Group` (one
+prompt's block of rows) samples with its own generator and counts its own tokens.
 
 Samplers: `sample` (temperature, top_p, special tokens suppressed, seeded torch.Generator) and
 `diverse_beam` (our own Hamming-diverse group beam search: K groups of one beam each, as in the
@@ -77,24 +81,79 @@ def prefill(policy, image, prompt: str, counter: TokenCounter) -> BeamState:
     return BeamState(cache=out.cache, mask=mask, last=ids[:, -1].clone(), pos=mask.sum(1))
 
 
-def _forward(policy, state: BeamState, tokens: torch.Tensor, live: torch.Tensor, pos: torch.Tensor,
-             counter: TokenCounter) -> torch.Tensor:
+def concat_states(states: list[BeamState]) -> BeamState:
+    """Stack the rows of several prompts' states into one (left-padded with holes to a common cache width).
+
+    Each prompt keeps the keys/values its own prefill computed; positions are explicit, so the pad
+    columns are plain holes in the mask. Only dynamic caches that still hold every token can be joined.
+    """
+    if len(states) == 1:
+        return states[0]
+    width = max(st.mask.shape[1] for st in states)
+    cache = states[0].cache
+    for i, layer in enumerate(cache.layers):
+        parts = [st.cache.layers[i] for st in states]
+        for part in parts:
+            whole = (type(part).__name__ in ("DynamicLayer", "DynamicSlidingWindowLayer") and part.is_initialized
+                     and getattr(part, "cumulative_length", part.keys.shape[-2]) == part.keys.shape[-2])
+            if not whole:
+                raise ValueError(f"cannot batch prompts with a {type(part).__name__} cache layer (or a prompt "
+                                 "longer than its sliding window); use search.prompt_batch_size=1")
+        layer.keys = torch.cat([_pad_left(part.keys, width, dim=-2) for part in parts])
+        layer.values = torch.cat([_pad_left(part.values, width, dim=-2) for part in parts])
+        if hasattr(layer, "cumulative_length"):
+            layer.cumulative_length = width
+    mask = torch.cat([_pad_left(st.mask, width, dim=1) for st in states])
+    return BeamState(cache=cache, mask=mask, last=torch.cat([st.last for st in states]),
+                     pos=torch.cat([st.pos for st in states]))
+
+
+def _pad_left(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    shape = list(t.shape)
+    shape[dim] = width - t.shape[dim]
+    return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+
+def _forward(policy, state: BeamState, tokens: torch.Tensor, live: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     """Feed one token per row (holes where `live` is False); returns the raw next-token logits (rows, V)."""
     state.mask = torch.cat([state.mask, live.long()[:, None]], dim=1)
     with torch.inference_mode():
         out = policy.model(input_ids=tokens[:, None], attention_mask=state.mask, position_ids=pos[:, None],
                            cache=state.cache, use_cache=True)
     state.cache = out.cache
-    counter.forwarded += int(tokens.shape[0])
     return out.logits[:, -1, :].float()
+
+
+@dataclass
+class Group:
+    """A block of consecutive rows that belongs to one prompt: its sampler RNG and its token counter."""
+
+    rows: int
+    generator: torch.Generator | None
+    counter: TokenCounter
 
 
 def expand(policy, state: BeamState, cfg: SearchConfig, stop_ids: list[int], eos_ids: list[int],
            suppress_ids: list[int], generator: torch.Generator | None, counter: TokenCounter) -> list[Candidate]:
     """Propose cfg.num_candidates sentences per row; `state` becomes the B*K candidate rows (parent-major)."""
+    return expand_groups(policy, state, cfg, stop_ids, eos_ids, suppress_ids, [Group(state.rows, generator, counter)])
+
+
+def expand_groups(policy, state: BeamState, cfg: SearchConfig, stop_ids: list[int], eos_ids: list[int],
+                  suppress_ids: list[int], groups: list[Group]) -> list[Candidate]:
+    """`expand` over the rows of several prompts at once (one forward per token for all of them).
+
+    Each group samples its own block of rows with its own generator, and only while one of its rows
+    still runs, so a prompt draws exactly the random numbers it draws when expanded alone.
+    """
     k = cfg.num_candidates
     device = state.last.device
-    logits = _forward(policy, state, state.last, torch.ones_like(state.last, dtype=torch.bool), state.pos, counter)
+    bounds, start = [], 0
+    for g in groups:  # row ranges after the K-fold repeat
+        bounds.append((start * k, (start + g.rows) * k))
+        start += g.rows
+    logits = _forward(policy, state, state.last, torch.ones_like(state.last, dtype=torch.bool), state.pos)
+    _count_forward(groups, 1)
     state.cache.batch_repeat_interleave(k)
     state.mask = state.mask.repeat_interleave(k, dim=0)
     logits = logits.repeat_interleave(k, dim=0)  # (B*K, V)
@@ -102,30 +161,35 @@ def expand(policy, state: BeamState, cfg: SearchConfig, stop_ids: list[int], eos
     rows = logits.shape[0]
     cands = [Candidate(parent=r // k) for r in range(rows)]
     running = torch.ones(rows, dtype=torch.bool, device=device)
+    live_rows = [True] * rows
     last = torch.zeros(rows, dtype=torch.long, device=device)
     stops, eos = set(stop_ids) | set(eos_ids), set(eos_ids)
     stop_t = torch.tensor(sorted(stops), device=device)
     for step in range(cfg.max_new_tokens):
         logp = torch.log_softmax(logits, dim=-1)  # raw, untempered: R_T
-        tokens = _choose(logits, logp, cfg, suppress_ids, generator, k)
+        blocks = [(a, b, g.generator) for (a, b), g in zip(bounds, groups) if any(live_rows[a:b])]
+        tokens = _choose(logits, logp, cfg, suppress_ids, None, k, blocks)
         tokens = torch.where(running, tokens, last)
         picked = logp.gather(1, tokens[:, None]).squeeze(1).tolist()  # one device sync per step, not per row
-        for r, (tok, lp, live) in enumerate(zip(tokens.tolist(), picked, running.tolist())):
+        for r, (tok, lp, live) in enumerate(zip(tokens.tolist(), picked, live_rows)):
             if not live:
                 continue
             cands[r].tokens.append(tok)
             cands[r].logprobs.append(lp)
             if tok in stops:
                 cands[r].stop = "eos" if tok in eos else "delimiter"
-        counter.generated += int(running.sum())
+        for (a, b), g in zip(bounds, groups):
+            g.counter.generated += sum(live_rows[a:b])
         last = tokens
         just_stopped = running & torch.isin(tokens, stop_t)
         still = running & ~just_stopped
-        if not bool(still.any()) or step == cfg.max_new_tokens - 1:
+        live_rows = still.tolist()
+        if not any(live_rows) or step == cfg.max_new_tokens - 1:
             running = still
             break
         # Rows that stopped keep their final token out of the cache (it is fed by the next expand).
-        logits = _forward(policy, state, tokens, still, pos, counter)
+        logits = _forward(policy, state, tokens, still, pos)
+        _count_forward(groups, k)
         pos = pos + still.long()
         running = still
     state.last = last
@@ -133,9 +197,19 @@ def expand(policy, state: BeamState, cfg: SearchConfig, stop_ids: list[int], eos
     return cands
 
 
+def _count_forward(groups: list[Group], repeat: int) -> None:
+    for g in groups:
+        g.counter.forwarded += g.rows * repeat
+
+
 def _choose(logits: torch.Tensor, logp: torch.Tensor, cfg: SearchConfig, suppress_ids: list[int],
-            generator: torch.Generator | None, k: int) -> torch.Tensor:
-    """Next token per row: tempered nucleus sampling, or Hamming-diverse greedy groups."""
+            generator: torch.Generator | None, k: int,
+            blocks: list[tuple[int, int, torch.Generator | None]] | None = None) -> torch.Tensor:
+    """Next token per row: tempered nucleus sampling, or Hamming-diverse greedy groups.
+
+    Sampling draws rows [a, b) of each block with that block's generator (default: all rows with
+    `generator`); rows outside every block get token 0, which the caller ignores.
+    """
     if suppress_ids:
         logits = logits.clone()
         logits[:, suppress_ids] = float("-inf")
@@ -157,8 +231,13 @@ def _choose(logits: torch.Tensor, logp: torch.Tensor, cfg: SearchConfig, suppres
         drop = sorted_p.cumsum(-1) - sorted_p > cfg.top_p  # keep the smallest prefix reaching top_p
         sorted_p = sorted_p.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter(1, order, sorted_p)
-    gen_device = generator.device if generator is not None else probs.device
-    return torch.multinomial(probs.to(gen_device), 1, generator=generator).flatten().to(probs.device)
+    if blocks is None:
+        blocks = [(0, probs.shape[0], generator)]
+    tokens = torch.zeros(probs.shape[0], dtype=torch.long, device=probs.device)
+    for a, b, gen in blocks:
+        gen_device = gen.device if gen is not None else probs.device
+        tokens[a:b] = torch.multinomial(probs[a:b].to(gen_device), 1, generator=gen).flatten().to(probs.device)
+    return tokens
 
 
 def select(state: BeamState, rows: list[int]) -> BeamState:

@@ -7,7 +7,10 @@ Setup checks the config, reads the prompts and loads the policy and CLIP (a wron
 error before any work), and estimates tau when normalize=center has none. Work: prompt i goes to
 rank i % world_size; each rank searches its prompts (search.search_prompt, seeded per prompt from
 cfg.seed, the round and the prompt id) and appends one complete line per prompt to its own shard
-`shards/rank-<r>.jsonl`. Re-running the same command skips prompts found in any shard (a half-written
+`shards/rank-<r>.jsonl`. With search.prompt_batch_size = P > 1 a rank searches its prompts in chunks of P
+(search.search_prompts: one forward per token step for all P prompts' candidate rows, the same
+candidates as one at a time up to float rounding) and appends a chunk's lines when the chunk is done.
+Re-running the same command skips prompts found in any shard (a half-written
 last line is dropped first), so a killed run resumes to the output an uninterrupted run gives.
 Save: rank 0 merges the shards in prompt order into candidates.jsonl, pairs.jsonl (TRL conversational
 vision format, docs/formats.md), skipped.jsonl (every unused input with its reason) and stats.json,
@@ -89,9 +92,8 @@ def _check_config(cfg: RunConfig) -> None:
     if not cfg.data.prompts:
         raise InputError("data.prompts is not set")
     s = cfg.search
-    if s.prompt_batch_size > 1:
-        log.warning("search.prompt_batch_size=%d: prompts are searched one at a time (all candidates of a prompt "
-                    "form one batch); cross-prompt batching is not implemented", s.prompt_batch_size)
+    if s.prompt_batch_size < 1:
+        raise InputError("search.prompt_batch_size must be >= 1")
     if s.num_candidates < 1 or s.max_sentences < 1 or s.max_new_tokens < 1 or s.keep_top + s.keep_bottom < 1:
         raise InputError("search: num_candidates, max_sentences, max_new_tokens and keep_top + keep_bottom "
                          "must be >= 1")
@@ -190,33 +192,57 @@ def _search_shard(cfg: RunConfig, round: int, records, policy, scorer, out: Path
     mine = [rec for i, rec in enumerate(records) if i % world == rank and rec.id not in done]
     if done:
         log.info("generate: resuming, %d prompts already done, %d left on rank %d", len(done), len(mine), rank)
-    pairs = 0
-    bar = tqdm(mine, desc="generate", unit="prompt", disable=rank != 0)
+    pairs, size = 0, max(cfg.search.prompt_batch_size, 1)
+    bar = tqdm(total=len(mine), desc="generate", unit="prompt", disable=rank != 0)
     with shard.open("a") as fh:
-        for rec in bar:
-            line = _process(cfg, round, rec, policy, scorer)
-            append_jsonl(fh, line)
-            pairs += line["pair"] is not None
+        for start in range(0, len(mine), size):
+            for line in _process_chunk(cfg, round, mine[start: start + size], policy, scorer):
+                append_jsonl(fh, line)
+                pairs += line["pair"] is not None
+                bar.update(1)
             bar.set_postfix(pairs=pairs)
+    bar.close()
     return len(mine)
 
 
-def _process(cfg: RunConfig, round: int, rec, policy, scorer) -> dict[str, Any]:
-    """One prompt -> one shard line {id, candidate, pair, skip, stats}."""
-    from .search import search_prompt
+def _process_chunk(cfg: RunConfig, round: int, chunk, policy, scorer) -> list[dict[str, Any]]:
+    """Up to search.prompt_batch_size prompts -> their shard lines {id, candidate, pair, skip, stats}, in order.
 
-    line: dict[str, Any] = {"id": rec.id, "candidate": None, "pair": None, "skip": None, "stats": {}}
-    try:
-        image = load_image(rec.image, cfg.data.max_image_pixels)
-    except InputError as exc:
-        line["skip"] = {"id": rec.id, "reason": str(exc), "image": rec.image}
-        return line
-    try:
-        result = search_prompt(policy, scorer, image, rec.prompt, cfg, prompt_seed(cfg.seed, round, rec.id))
-    except Exception as exc:  # noqa: BLE001 - one prompt (out of memory, odd input) must not stop the run
-        log.exception("generate: search failed on prompt %s", rec.id)
-        line["skip"] = {"id": rec.id, "reason": f"search failed ({type(exc).__name__}: {str(exc)[:200]})"}
-        return line
+    The prompts with a readable image are searched together (search.search_prompts); if that batch
+    fails, each is searched alone, so one bad prompt only costs its own line."""
+    from .search import search_prompt, search_prompts
+
+    lines = [{"id": rec.id, "candidate": None, "pair": None, "skip": None, "stats": {}} for rec in chunk]
+    todo = []
+    for line, rec in zip(lines, chunk):
+        try:
+            todo.append((line, rec, load_image(rec.image, cfg.data.max_image_pixels)))
+        except InputError as exc:
+            line["skip"] = {"id": rec.id, "reason": str(exc), "image": rec.image}
+    seeds = [prompt_seed(cfg.seed, round, rec.id) for _, rec, _ in todo]
+    results = None
+    if len(todo) > 1:
+        try:
+            results = search_prompts(policy, scorer, [im for _, _, im in todo], [rec.prompt for _, rec, _ in todo],
+                                     cfg, seeds)
+        except Exception:  # noqa: BLE001 - retried one prompt at a time below
+            log.exception("generate: batched search of %d prompts failed; searching them one at a time", len(todo))
+    for i, (line, rec, image) in enumerate(todo):
+        if results is not None:
+            _fill(cfg, round, rec, line, results[i])
+            continue
+        try:
+            result = search_prompt(policy, scorer, image, rec.prompt, cfg, seeds[i])
+        except Exception as exc:  # noqa: BLE001 - one prompt (out of memory, odd input) must not stop the run
+            log.exception("generate: search failed on prompt %s", rec.id)
+            line["skip"] = {"id": rec.id, "reason": f"search failed ({type(exc).__name__}: {str(exc)[:200]})"}
+            continue
+        _fill(cfg, round, rec, line, result)
+    return lines
+
+
+def _fill(cfg: RunConfig, round: int, rec, line: dict[str, Any], result) -> None:
+    """Put one prompt's search result into its shard line: candidate, stats, and a pair or a skip reason."""
     line["stats"] = result.stats
     line["candidate"] = {"id": rec.id, "image": rec.image, "prompt": rec.prompt, "round": round, "mode": result.mode,
                          "answers": [a.to_dict() for a in result.answers], "chosen": result.chosen,
@@ -228,7 +254,6 @@ def _process(cfg: RunConfig, round: int, rec, policy, scorer) -> dict[str, Any]:
         line["skip"] = {"id": rec.id, "reason": reason, "answers": len(result.answers)}
     else:
         line["pair"] = _pair(rec, round, result.answers[result.chosen], result.answers[result.rejected])
-    return line
 
 
 def _pair_problem(cfg: RunConfig, result) -> str | None:

@@ -17,12 +17,12 @@ keep_bottom=2, max_new_tokens=70, self_score=mean, lam=0.9, delimiters=["."].
 from __future__ import annotations
 
 import time
+from collections.abc import Generator
 from dataclasses import dataclass, field
 
-from .expand import BeamState, select
 from .filters import junk_reason
 from .reward import path_value, self_score, sibling_ranks, top_bottom
-from .search import Answer, SearchContext, SearchResult, Sentence
+from .search import Answer, SearchContext, SearchResult, Sentence, Steps
 
 
 @dataclass
@@ -49,8 +49,9 @@ class Node:
                 "pruned": self.pruned, "filtered": self.filtered}
 
 
-def search_official(ctx: SearchContext, state: BeamState, image_emb) -> SearchResult:
-    tree = grow_tree(ctx, state)
+def official_steps(ctx: SearchContext, image_emb) -> Steps:
+    """The whole official search as a search.py coroutine: grow the tree, then filter, rank and pick."""
+    tree = yield from grow_tree(ctx)
     t0 = time.perf_counter()
     scfg = ctx.cfg.search
     for node in tree[1:]:
@@ -74,13 +75,15 @@ def search_official(ctx: SearchContext, state: BeamState, image_emb) -> SearchRe
     return SearchResult("official", answers, chosen, rejected, ctx.stats(), tree=[n.to_dict() for n in tree])
 
 
-def grow_tree(ctx: SearchContext, state: BeamState) -> list[Node]:
-    """The official search: expand active nodes, prune the pool by cumulative self-score only."""
+def grow_tree(ctx: SearchContext) -> Generator[list[int] | None, list, list[Node]]:
+    """The official search: expand active nodes, prune the pool by cumulative self-score only.
+
+    A coroutine: receives each depth's candidates, yields the rows to keep, returns the tree."""
     scfg = ctx.cfg.search
     tree = [Node(id=0, parent=None)]
     active = [tree[0]]
+    cands = yield None
     for depth in range(scfg.max_sentences):
-        cands = ctx.expand(state)
         t0 = time.perf_counter()
         pool = []
         for row, cand in enumerate(cands):
@@ -99,12 +102,11 @@ def grow_tree(ctx: SearchContext, state: BeamState) -> list[Node]:
             keep = [pool[i] for i in top_bottom([n.cum for n in pool], scfg.keep_top, scfg.keep_bottom)]
         for node in pool:
             node.pruned = node not in keep
-        if keep:
-            state = select(state, [n.row for n in keep])
         ctx.times["select"] += time.perf_counter() - t0
         if not keep:
             break
         active = keep
+        cands = yield [n.row for n in keep]
     return tree
 
 

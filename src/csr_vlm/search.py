@@ -1,4 +1,5 @@
-"""Sentence-level calibrated search for one (image, prompt): `search_prompt(policy, scorer, image, prompt, cfg, seed)`.
+"""Sentence-level calibrated search: `search_prompt(policy, scorer, image, prompt, cfg, seed)` for one
+(image, prompt), `search_prompts(policy, scorer, images, prompts, cfg, seeds)` for several at once.
 
 search.mode=paper (CSR sec. 3): every live partial answer proposes K next sentences; each gets
 R = lam * R_I + (1 - lam) * R_T (put on one scale by reward.normalize, with a defined reward for
@@ -7,6 +8,15 @@ by cumulative R and the keep_top best + keep_bottom worst survive, until every a
 search.max_sentences. Chosen = highest cumulative R among complete answers, rejected = lowest.
 search.mode=official reproduces the official code (official.py). Both modes run the image + prompt
 through the policy once and continue every candidate from cached keys/values (expand.py).
+
+Each prompt's search is a coroutine (`_paper_steps`, official.official_steps): it receives one depth's
+candidates and yields the rows to keep. `search_prompts` drives several of them in lock step: each
+prompt is prefilled alone, the caches are stacked (expand.concat_states), and one expand decodes every
+prompt's rows with one forward per token; selection, rewards and bookkeeping stay per prompt, and each
+prompt samples with its own seeded generator, so a prompt gets the same candidates in any batch (up to
+float rounding of the wider batch). Shared expand/select time is split evenly over the prompts in it;
+tokens_forwarded charges a prompt for its rows in every forward of its batch (rows that finished
+early ride along as holes), tokens_minimal does not change. `search_prompt` is a batch of one.
 
     result = search_prompt(policy, scorer, pil_image, "Describe this image.", cfg, seed=1234)
     result.answers[result.chosen].text
@@ -17,13 +27,14 @@ from __future__ import annotations
 import re
 import time
 from collections import Counter
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from .config import RunConfig
-from .expand import BeamState, Candidate, TokenCounter, expand, prefill, select
+from .expand import BeamState, Candidate, Group, TokenCounter, concat_states, expand_groups, prefill, select
 from .filters import junk_reason
 from .reward import image_relevance, neutral_image_value, self_score, step_rewards, top_bottom
 
@@ -98,13 +109,6 @@ class SearchContext:
         self.times: Counter = Counter()
         self.events: Counter = Counter()
 
-    def expand(self, state: BeamState) -> list[Candidate]:
-        t0 = time.perf_counter()
-        cands = expand(self.policy, state, self.cfg.search, self.stop_ids, self.eos_ids, self.suppress_ids,
-                       self.generator, self.counter)
-        self.times["expand"] += time.perf_counter() - t0
-        return cands
-
     def decode(self, tokens: list[int]) -> str:
         text_ids = [t for t in tokens if t not in self.eos_ids]
         return self.policy.tokenizer.decode(text_ids, skip_special_tokens=True).strip()
@@ -121,38 +125,99 @@ class SearchContext:
                 "time": {k: round(v, 4) for k, v in self.times.items()}, "events": dict(self.events)}
 
 
+Steps = Generator[list[int] | None, list[Candidate], SearchResult]  # yields rows to keep, receives candidates
+
+
 def search_prompt(policy, scorer, image, prompt: str, cfg: RunConfig, seed: int) -> SearchResult:
     """Search one (image, prompt) in cfg.search.mode; deterministic for a given seed."""
-    ctx = SearchContext(policy, scorer, cfg, seed)
+    return search_prompts(policy, scorer, [image], [prompt], cfg, [seed])[0]
+
+
+def search_prompts(policy, scorer, images: list, prompts: list[str], cfg: RunConfig,
+                   seeds: list[int]) -> list[SearchResult]:
+    """Search several (image, prompt) pairs together, one seed each; result i equals search_prompt on pair i."""
+    ctxs = [SearchContext(policy, scorer, cfg, seed) for seed in seeds]
+    states, steps = [], []
+    for ctx, image, prompt in zip(ctxs, images, prompts, strict=True):
+        t0 = time.perf_counter()
+        states.append(prefill(policy, image, prompt, ctx.counter))
+        ctx.times["prefill"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        image_emb = scorer.image_embedding(image)
+        ctx.times["score"] += time.perf_counter() - t0
+        steps.append(_steps(ctx, image_emb))
     t0 = time.perf_counter()
-    state = prefill(policy, image, prompt, ctx.counter)
-    ctx.times["prefill"] += time.perf_counter() - t0
-    t0 = time.perf_counter()
-    image_emb = scorer.image_embedding(image)
-    ctx.times["score"] += time.perf_counter() - t0
-    if cfg.search.mode == "official":
-        from .official import search_official
-
-        return search_official(ctx, state, image_emb)
-    return _search_paper(ctx, state, image_emb)
+    state = concat_states(states)
+    _share(ctxs, range(len(ctxs)), "prefill", t0)
+    return _drive(ctxs, steps, state)
 
 
-def _search_paper(ctx: SearchContext, state: BeamState, image_emb) -> SearchResult:
+def _steps(ctx: SearchContext, image_emb) -> Steps:
+    if ctx.cfg.search.mode == "official":
+        from .official import official_steps
+
+        return official_steps(ctx, image_emb)
+    return _paper_steps(ctx, image_emb)
+
+
+def _drive(ctxs: list[SearchContext], steps: list[Steps], state: BeamState) -> list[SearchResult]:
+    """Run the prompts' searches in lock step: per depth one expand over all live rows, then one select."""
+    ctx0, k = ctxs[0], ctxs[0].cfg.search.num_candidates
+    results: list[SearchResult | None] = [None] * len(ctxs)
+    rows = {p: 1 for p in range(len(ctxs))}  # live prompt -> its rows of `state`, in row order
+    for gen in steps:
+        next(gen)
+    while rows:
+        t0 = time.perf_counter()
+        groups = [Group(n, ctxs[p].generator, ctxs[p].counter) for p, n in rows.items()]
+        cands = expand_groups(ctx0.policy, state, ctx0.cfg.search, ctx0.stop_ids, ctx0.eos_ids, ctx0.suppress_ids,
+                              groups)
+        _share(ctxs, rows, "expand", t0)
+        keep, start, survivors = [], 0, {}
+        for p, n in rows.items():
+            mine = cands[start: start + n * k]
+            for cand in mine:
+                cand.parent -= start // k
+            try:
+                picked = steps[p].send(mine)
+            except StopIteration as stop:
+                results[p] = stop.value
+            else:
+                keep += [start + r for r in picked]
+                survivors[p] = len(picked)
+            start += n * k
+        rows = survivors
+        if rows:
+            t0 = time.perf_counter()
+            state = select(state, keep)
+            _share(ctxs, rows, "select", t0)
+    return results
+
+
+def _share(ctxs: list[SearchContext], which, key: str, t0: float) -> None:
+    """Split the time since t0 evenly over the prompts `which` (work they did together)."""
+    which = list(which)
+    dt = (time.perf_counter() - t0) / len(which)
+    for p in which:
+        ctxs[p].times[key] += dt
+
+
+def _paper_steps(ctx: SearchContext, image_emb) -> Steps:
+    """Paper mode as a coroutine: score each depth's candidates, yield the keep_top + keep_bottom rows."""
     scfg = ctx.cfg.search
     beams, complete = [Answer()], []
+    cands = yield None
     for depth in range(scfg.max_sentences):
-        cands = ctx.expand(state)
         children = _score_step(ctx, beams, cands, image_emb)
         t0 = time.perf_counter()
         last_step = depth == scfg.max_sentences - 1
         complete += [a for a in children if a.ended or last_step]
         live = [a for a in children if not (a.ended or last_step)]
         beams = [live[i] for i in top_bottom([a.reward for a in live], scfg.keep_top, scfg.keep_bottom)]
-        if beams:
-            state = select(state, [a.row for a in beams])
         ctx.times["select"] += time.perf_counter() - t0
         if not beams:
             break
+        cands = yield [a.row for a in beams]
     for answer in complete:
         answer.text = ctx.decode(answer.tokens)
     chosen = rejected = None
