@@ -168,6 +168,9 @@ def cli(argv: list[str]) -> int:
     world = Path(args.world or f"worlds/toy-seed{args.seed}{'-quick' if args.quick else ''}")
     out = Path(args.out)
     summary = run_demo(config, world, out, args.seed, args.quick, args.jobs)
+    from .toyworld import summary_text
+
+    print("\n" + summary_text(json.loads((world / "world.json").read_text())) + "\n")
     print(table(summary))
     print("\n".join(["", *verdict(summary), "", EXPLAIN]))
     print(f"\nsummary: {out / 'summary.json'} ({summary['seconds']:.0f} s)")

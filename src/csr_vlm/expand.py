@@ -7,7 +7,9 @@ is not yet in the cache. `expand` feeds the B last tokens once, repeats the cach
 (`batch_repeat_interleave`) and decodes all B*K candidate sentences together with its own token loop,
 so R_T comes from the raw (untempered) logits and stops are exact: a delimiter token, an EOS, or
 `max_new_tokens`. `select` keeps the surviving rows (`batch_select_indices`) and `crop`s trailing
-columns no survivor uses. Nothing is ever re-encoded.
+columns no survivor uses. Nothing is ever re-encoded. `prefill` installs kvcache.py's layers: new tokens
+are written in place (no `torch.cat` per token) and the image + prompt keys/values are kept once per
+prompt, not once per row (`_forward` switches on kvcache.shared_prefix_attention for that).
 
 Several prompts: `concat_states` stacks the prefilled states of several prompts (left-padded holes),
 and `expand_groups` decodes all their rows together, one forward per token; each `Group` (one
@@ -27,6 +29,7 @@ from typing import Any
 import torch
 
 from .config import SearchConfig
+from .kvcache import SharedPrefixLayer, install, shared_prefix_mode
 
 
 @dataclass
@@ -77,6 +80,7 @@ def prefill(policy, image, prompt: str, counter: TokenCounter) -> BeamState:
         out = policy.model(**inputs, use_cache=True)
     counter.forwarded += seq_len - 1
     counter.prompt += seq_len
+    install(out.cache, policy.model)  # append new tokens in place from here on (kvcache.py)
     mask = batch["attention_mask"][:, :-1].long()
     return BeamState(cache=out.cache, mask=mask, last=ids[:, -1].clone(), pos=mask.sum(1))
 
@@ -93,8 +97,12 @@ def concat_states(states: list[BeamState]) -> BeamState:
     cache = states[0].cache
     for i, layer in enumerate(cache.layers):
         parts = [st.cache.layers[i] for st in states]
+        if isinstance(layer, SharedPrefixLayer):  # prefill left every row's suffix empty
+            layer.set_prefix(torch.cat([_pad_left(part.prefix_k, width, dim=-2) for part in parts]),
+                             torch.cat([_pad_left(part.prefix_v, width, dim=-2) for part in parts]))
+            continue
         for part in parts:
-            whole = (type(part).__name__ in ("DynamicLayer", "DynamicSlidingWindowLayer") and part.is_initialized
+            whole = (type(part).__name__ in _STACKABLE and part.is_initialized
                      and getattr(part, "cumulative_length", part.keys.shape[-2]) == part.keys.shape[-2])
             if not whole:
                 raise ValueError(f"cannot batch prompts with a {type(part).__name__} cache layer (or a prompt "
@@ -108,6 +116,9 @@ def concat_states(states: list[BeamState]) -> BeamState:
                      pos=torch.cat([st.pos for st in states]))
 
 
+_STACKABLE = ("DynamicLayer", "DynamicSlidingWindowLayer", "GrowingLayer")
+
+
 def _pad_left(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
     shape = list(t.shape)
     shape[dim] = width - t.shape[dim]
@@ -117,7 +128,7 @@ def _pad_left(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
 def _forward(policy, state: BeamState, tokens: torch.Tensor, live: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     """Feed one token per row (holes where `live` is False); returns the raw next-token logits (rows, V)."""
     state.mask = torch.cat([state.mask, live.long()[:, None]], dim=1)
-    with torch.inference_mode():
+    with torch.inference_mode(), shared_prefix_mode(policy.model, state.cache):
         out = policy.model(input_ids=tokens[:, None], attention_mask=state.mask, position_ids=pos[:, None],
                            cache=state.cache, use_cache=True)
     state.cache = out.cache
@@ -165,10 +176,11 @@ def expand_groups(policy, state: BeamState, cfg: SearchConfig, stop_ids: list[in
     last = torch.zeros(rows, dtype=torch.long, device=device)
     stops, eos = set(stop_ids) | set(eos_ids), set(eos_ids)
     stop_t = torch.tensor(sorted(stops), device=device)
+    bias = suppress_bias(suppress_ids, logits)
     for step in range(cfg.max_new_tokens):
         logp = torch.log_softmax(logits, dim=-1)  # raw, untempered: R_T
         blocks = [(a, b, g.generator) for (a, b), g in zip(bounds, groups) if any(live_rows[a:b])]
-        tokens = _choose(logits, logp, cfg, suppress_ids, None, k, blocks)
+        tokens = _choose(logits, logp, cfg, bias, None, k, blocks)
         tokens = torch.where(running, tokens, last)
         picked = logp.gather(1, tokens[:, None]).squeeze(1).tolist()  # one device sync per step, not per row
         for r, (tok, lp, live) in enumerate(zip(tokens.tolist(), picked, live_rows)):
@@ -202,19 +214,27 @@ def _count_forward(groups: list[Group], repeat: int) -> None:
         g.counter.forwarded += g.rows * repeat
 
 
-def _choose(logits: torch.Tensor, logp: torch.Tensor, cfg: SearchConfig, suppress_ids: list[int],
+def suppress_bias(suppress_ids: list[int], logits: torch.Tensor) -> torch.Tensor | None:
+    """A (V,) row, -inf at the suppressed ids and 0 elsewhere (None when nothing is suppressed)."""
+    if not suppress_ids:
+        return None
+    bias = logits.new_zeros(logits.shape[-1])
+    bias[suppress_ids] = float("-inf")
+    return bias
+
+
+def _choose(logits: torch.Tensor, logp: torch.Tensor, cfg: SearchConfig, suppress_ids: list[int] | torch.Tensor | None,
             generator: torch.Generator | None, k: int,
             blocks: list[tuple[int, int, torch.Generator | None]] | None = None) -> torch.Tensor:
     """Next token per row: tempered nucleus sampling, or Hamming-diverse greedy groups.
 
+    `suppress_ids` is a list of ids or a precomputed `suppress_bias` row (added, so no clone is needed).
     Sampling draws rows [a, b) of each block with that block's generator (default: all rows with
     `generator`); rows outside every block get token 0, which the caller ignores.
     """
-    if suppress_ids:
-        logits = logits.clone()
-        logits[:, suppress_ids] = float("-inf")
-        logp = logp.clone()
-        logp[:, suppress_ids] = float("-inf")
+    bias = suppress_bias(suppress_ids, logits) if isinstance(suppress_ids, list) else suppress_ids
+    if bias is not None:
+        logits, logp = logits + bias, logp + bias
     if cfg.sampler == "diverse_beam":
         rows, vocab = logp.shape
         groups = logp.view(rows // k, k, vocab)
