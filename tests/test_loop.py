@@ -24,12 +24,28 @@ def tree_state(root: Path) -> dict[str, tuple[int, str]]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+def _dev(metric, values):
+    return {k: {metric: v} for k, v in values.items()}
+
+
 def test_pick_best_direction_and_ties():
     # chair_i: lower is better; round 2 ties round 1 (no strict gain), round 3 worse -> best 1, 2 rounds since
-    assert loop.pick_best({0: 10.0, 1: 7.0, 2: 7.0, 3: 8.0}, "chair_i") == (1, 2)
+    assert loop.pick_best(_dev("chair_i", {0: 10.0, 1: 7.0, 2: 7.0, 3: 8.0}), "chair_i") == (1, 2)
     # pope_f1: higher is better; round 0 (base) stays best when training only hurts
-    assert loop.pick_best({0: 0.8, 1: 0.7, 2: 0.75}, "pope_f1") == (0, 2)
-    assert loop.pick_best({0: 0.5, 1: 0.6}, "recall") == (1, 0)
+    assert loop.pick_best(_dev("pope_f1", {0: 0.8, 1: 0.7, 2: 0.75}), "pope_f1") == (0, 2)
+    assert loop.pick_best(_dev("recall", {0: 0.5, 1: 0.6}), "recall") == (1, 0)
+
+
+def test_guards_keep_a_degenerate_round_from_being_picked():
+    """chair_i 0.18 -> 0.12 -> 0.09, but round 2 repeats itself (dup 0.16 > 0.05): round 1 is picked, and
+    round 2 counts as no improvement (since = 1). A recall floor (higher is better) of 0.9 rules out round 1
+    too (0.85 < 0.9), leaving the base."""
+    dev = {0: {"chair_i": 0.18, "dup_rate": 0.01, "recall": 0.95},
+           1: {"chair_i": 0.12, "dup_rate": 0.03, "recall": 0.85},
+           2: {"chair_i": 0.09, "dup_rate": 0.16, "recall": 0.95}}
+    assert loop.pick_best(dev, "chair_i", {"dup_rate": 0.05}) == (1, 1)
+    assert loop.pick_best(dev, "chair_i", {"dup_rate": 0.05, "recall": 0.9}) == (0, 2)
+    assert loop.pick_best(dev, "chair_i") == (2, 0)
 
 
 def test_stage_configs_chain_the_rounds(tmp_path):

@@ -208,6 +208,8 @@ class LoopConfig:
     """Dev metric that picks the best round (e.g. chair_i); empty = the last round."""
     patience: int = 0
     """Stop after this many rounds without dev improvement; 0 = never stop early."""
+    guards: dict[str, float] = field(default_factory=dict)
+    """Dev-metric bounds a round must meet to be selected, e.g. {dup_rate: 0.05} (max for lower-is-better)."""
     dev: dict[str, Any] = field(default_factory=dict)
     """Eval-section overrides for the dev evaluation used by select_on (e.g. {annotations: dev.json})."""
 

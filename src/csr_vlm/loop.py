@@ -18,7 +18,9 @@ Selection: `loop.select_on` names a key of evaluate's "flat" metrics, measured b
 and the duplicate rate (`LOWER_IS_BETTER`) are better when lower; every other metric (recall, f1,
 acc, precision) is better when higher. Only a strict improvement moves `best_round`, so ties keep
 the earlier round, and round 0 (the base model) competes. `loop.patience` > 0 stops the loop after
-that many rounds without improvement. Without `select_on`, the last round is the best.
+that many rounds without improvement. Without `select_on`, the last round is the best. `loop.guards`
+bounds other dev metrics (e.g. {dup_rate: 0.05}): a round that breaks one cannot be picked, so a
+round that lowers CHAIR by repeating itself is not chosen.
 """
 
 from __future__ import annotations
@@ -118,22 +120,31 @@ def do_stage(cfg: RunConfig, k: int, stage: str, manifest: Manifest) -> Path:
     return sdir
 
 
-def dev_value(cfg: RunConfig, k: int) -> float:
-    """The select_on metric of round k's dev evaluation."""
+def dev_metrics(cfg: RunConfig, k: int) -> dict[str, float]:
+    """The select_on metric and the guarded metrics of round k's dev evaluation."""
     path = round_dir(Path(cfg.out), k) / "dev_eval" / "metrics.json"
     flat = json.loads(path.read_text()).get("flat", {})
-    if cfg.loop.select_on not in flat:
-        raise InputError(f"loop.select_on: {cfg.loop.select_on!r} is not a metric of {path} "
-                         f"(choose from {', '.join(sorted(flat))})")
-    return float(flat[cfg.loop.select_on])
+    for key, name in [("loop.select_on", cfg.loop.select_on)] + [("loop.guards", g) for g in cfg.loop.guards]:
+        if name not in flat:
+            raise InputError(f"{key}: {name!r} is not a metric of {path} (choose from {', '.join(sorted(flat))})")
+    return {name: float(flat[name]) for name in (cfg.loop.select_on, *cfg.loop.guards)}
 
 
-def pick_best(values: dict[int, float], metric: str) -> tuple[int, int]:
-    """(best round, rounds since it improved) over rounds in order; only strict improvements count."""
+def passes_guards(metrics: dict[str, float], guards: dict[str, float]) -> bool:
+    """A guard bounds a metric from the bad side: at most the bound when lower is better, else at least it."""
+    return all(metrics[m] <= bound if lower_is_better(m) else metrics[m] >= bound for m, bound in guards.items())
+
+
+def pick_best(values: dict[int, dict[str, float]], metric: str, guards: dict[str, float] | None = None
+              ) -> tuple[int, int]:
+    """(best round, rounds since it improved) over rounds in order; only strict improvements count.
+
+    Rounds that break a guard cannot be picked (round 0 always can: it is the fallback)."""
     sign = -1.0 if lower_is_better(metric) else 1.0
     best, since = None, 0
     for k in sorted(values):
-        if best is None or sign * values[k] > sign * values[best]:
+        eligible = k == 0 or passes_guards(values[k], guards or {})
+        if best is None or (eligible and sign * values[k][metric] > sign * values[best][metric]):
             best, since = k, 0
         else:
             since += 1
@@ -146,7 +157,7 @@ def write_best(cfg: RunConfig, best: int, value: float | None) -> Path:
                       {"round": best, "checkpoint": ckpt, "select_on": cfg.loop.select_on or None, "value": value})
 
 
-def round_row(cfg: RunConfig, k: int, dev: dict[int, float], best: int | None) -> dict[str, Any]:
+def round_row(cfg: RunConfig, k: int, dev: dict[int, dict[str, float]], best: int | None) -> dict[str, Any]:
     rdir = round_dir(Path(cfg.out), k)
     train = key_numbers(rdir / "train")
     row: dict[str, Any] = {"round": k, "pairs": train.get("pairs", ""), "train_loss": train.get("train_loss", "")}
@@ -154,7 +165,7 @@ def round_row(cfg: RunConfig, k: int, dev: dict[int, float], best: int | None) -
         flat = json.loads((rdir / "eval" / "metrics.json").read_text()).get("flat", {})
         row.update({k_: v for k_, v in flat.items() if isinstance(v, (int, float))})
     if k in dev:
-        row[f"dev_{cfg.loop.select_on}"] = dev[k]
+        row.update({f"dev_{m}": v for m, v in dev[k].items()})
     row["best"] = "*" if k == best else ""
     return row
 
@@ -186,12 +197,12 @@ def run(cfg: RunConfig, from_round: int | None = None) -> Path:
         clear_from(out, from_round, manifest)
     save_config(cfg, out / "config.yaml")
     select = bool(cfg.loop.select_on)
-    dev: dict[int, float] = {}
+    dev: dict[int, dict[str, float]] = {}
     if cfg.loop.evaluate:
         do_stage(cfg, 0, "eval", manifest)
     if select:
         do_stage(cfg, 0, "dev_eval", manifest)
-        dev[0] = dev_value(cfg, 0)
+        dev[0] = dev_metrics(cfg, 0)
     best, last = (0 if select else None), 0
     for k in range(1, cfg.loop.rounds + 1):
         for stage in ("generate", "train"):
@@ -201,15 +212,16 @@ def run(cfg: RunConfig, from_round: int | None = None) -> Path:
         last = k
         if select:
             do_stage(cfg, k, "dev_eval", manifest)
-            dev[k] = dev_value(cfg, k)
-            best, since = pick_best(dev, cfg.loop.select_on)
-            manifest.data["rounds"][str(k)] = {cfg.loop.select_on: dev[k], "best_so_far": best}
+            dev[k] = dev_metrics(cfg, k)
+            best, since = pick_best(dev, cfg.loop.select_on, cfg.loop.guards)
+            manifest.data["rounds"][str(k)] = {**dev[k], "passes_guards": passes_guards(dev[k], cfg.loop.guards),
+                                               "best_so_far": best}
             if cfg.loop.patience and since >= cfg.loop.patience and k < cfg.loop.rounds:
                 print(f"[loop] stopping after round {k}: {cfg.loop.select_on} has not improved for {since} "
                       f"round(s) (patience {cfg.loop.patience})", flush=True)
                 break
     best = best if select else last
-    write_best(cfg, best, dev.get(best))
+    write_best(cfg, best, dev[best][cfg.loop.select_on] if best in dev else None)
     manifest.finish(best)
     rows = [round_row(cfg, k, dev, best) for k in range(0 if (cfg.loop.evaluate or select) else 1, last + 1)]
     print(table(rows), flush=True)
