@@ -212,10 +212,10 @@ def plot_train(rounds: dict[int, dict], out: Path) -> Path | None:
 # ---------------------------------------------------------------------------- writing
 
 
-def _fmt(v: Any) -> str:
+def _fmt(v: Any, digits: int = 4) -> str:
     if v is None:
         return "-"
-    return f"{v:.4f}" if isinstance(v, float) else str(v)
+    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
 def _md_table(cols: list[str], rows: list[list[Any]]) -> list[str]:
@@ -238,8 +238,8 @@ def _manifest_lines(manifest: Any) -> list[str]:
                   "|---|---|---|---|---|"]
         for name, st in stages.items():
             st = st if isinstance(st, dict) else {"status": st}
-            lines.append(f"| {name} | {_fmt(st.get('status'))} | {_fmt(st.get('seconds', st.get('wall_s')))} | "
-                         f"{_fmt(st.get('peak_cuda_mb'))} | {_fmt(st.get('peak_rss_mb'))} |")
+            lines.append(f"| {name} | {_fmt(st.get('status'))} | {_fmt(st.get('seconds', st.get('wall_s')), 1)} | "
+                         f"{_fmt(st.get('peak_cuda_mb'), 0)} | {_fmt(st.get('peak_rss_mb'), 0)} |")
     versions = manifest.get("versions")
     if isinstance(versions, dict) and versions:
         lines += ["", "Package versions: " + ", ".join(f"{k} {v}" for k, v in versions.items())]
