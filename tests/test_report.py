@@ -77,7 +77,7 @@ def test_report_files(run_dir):
     for png in ("report_metrics.png", "report_r_i.png", "report_margin.png", "report_train.png"):
         assert (run_dir / png).stat().st_size > 1000 and f"]({png})" in md
     assert "round 2: no train output" in md and "Best round" in md
-    assert "| round_1/train | done | 12.5000 | - | 900.0000 |" in md
+    assert "| round_1/train | done | 12.5 | - | 900 |" in md
     assert "| round_1 | 2 | 0.2500 | 0.3333 |" in md and "| 0.5000 |" in md
     assert "| 1 | 0.5000 | 0.2500 | 0.5200 |" in md
 
