@@ -13,6 +13,7 @@ from PIL import Image
 from csr_vlm.config import RewardConfig
 from csr_vlm.data import InputError
 from csr_vlm.reward import (ClipScorer, estimate_tau, fractional_ranks, image_relevance, neutral_image_value,
+                            penalize_repeats,
                             path_value, self_score, sibling_ranks, step_rewards, top_bottom, zscores)
 
 
@@ -71,6 +72,16 @@ def test_neutral_value_is_tau_when_centred_else_step_mean():
     """center: tau = 28 ; none: mean(20, 30, 40) = 30."""
     assert neutral_image_value([20.0, 30.0, 40.0], RewardConfig(normalize="center", tau=28.0)) == 28.0
     assert neutral_image_value([20.0, 30.0, 40.0], RewardConfig(normalize="none")) == 30.0
+
+
+def test_repeat_penalty_makes_repeating_worse_than_ending():
+    """Centred step, lam 0.9, tau 60, scale 20: a repeat gets neutral R_I (= tau) -> 0.9 * 0 + 0.1 * (-0.2) = -0.02;
+    the end step (R_I = tau, R_T -0.1) -> -0.01; with repeat_penalty 0.5 the repeat drops to -0.52 < -0.01."""
+    cfg = RewardConfig(lam=0.9, normalize="center", tau=60.0, scale=20.0)
+    rewards = step_rewards([60.0, 60.0], [-0.2, -0.1], cfg)
+    assert rewards == pytest.approx([-0.02, -0.01])
+    assert penalize_repeats(rewards, [True, False], 0.5) == pytest.approx([-0.52, -0.01])
+    assert penalize_repeats(rewards, [True, False], 0.0) == pytest.approx(rewards)
 
 
 def test_top_and_bottom_selection():

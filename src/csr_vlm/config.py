@@ -63,6 +63,8 @@ class RewardConfig:
     """R_I of the end-of-answer step: neutral (tau under center, else the step mean) or zero."""
     repeat_neutral: bool = True
     """A sentence that repeats what the answer already said gets a neutral R_I, so repeating earns nothing."""
+    repeat_penalty: float = 0.0
+    """Subtracted from R of a sentence that repeats the answer; > 0 makes repeating worse than ending."""
     clip_batch_size: int = 64
     """Sentences scored by CLIP in one forward pass."""
 

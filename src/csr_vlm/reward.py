@@ -134,6 +134,11 @@ def step_rewards(r_i: Sequence[float], r_t: Sequence[float], cfg: RewardConfig) 
     raise InputError(f"reward.normalize: unknown mode {cfg.normalize!r}; choose from {', '.join(NORMALIZE_MODES)}")
 
 
+def penalize_repeats(rewards: Sequence[float], repeats: Sequence[bool], penalty: float) -> list[float]:
+    """R - penalty for the sentences that repeat the answer, R otherwise."""
+    return [r - penalty if rep else r for r, rep in zip(rewards, repeats)]
+
+
 def zscores(values: Sequence[float]) -> list[float]:
     n = len(values)
     if n == 0:

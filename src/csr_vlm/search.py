@@ -36,7 +36,7 @@ import torch
 from .config import RunConfig
 from .expand import BeamState, Candidate, Group, TokenCounter, concat_states, expand_groups, prefill, select
 from .filters import junk_reason
-from .reward import image_relevance, neutral_image_value, self_score, step_rewards, top_bottom
+from .reward import image_relevance, neutral_image_value, penalize_repeats, self_score, step_rewards, top_bottom
 
 _STOPWORDS = set("""a an the and or but of in on at to for with from by is are was were be been being it its this that
 these those there here image picture photo shows show showing see seen can also very some has have had as into onto
@@ -242,9 +242,10 @@ def _score_step(ctx: SearchContext, beams: list[Answer], cands: list[Candidate],
             continue
         seen.add(key)
         kept.append((row, cand, text, is_end))
-    repeats = [not is_end and rcfg.repeat_neutral and is_repeat(text, [s.text for s in beams[c.parent].sentences])
+    detect = rcfg.repeat_neutral or rcfg.repeat_penalty > 0
+    repeats = [detect and not is_end and is_repeat(text, [s.text for s in beams[c.parent].sentences])
                for _, c, text, is_end in kept]
-    to_score = [k for k, (_, _, _, is_end) in enumerate(kept) if not (is_end or repeats[k])]
+    to_score = [k for k, (_, _, _, is_end) in enumerate(kept) if not (is_end or (repeats[k] and rcfg.repeat_neutral))]
     raw = ctx.score(image_emb, [kept[k][2] for k in to_score])
     r_i: list[float | None] = [None] * len(kept)
     for k, value in zip(to_score, raw):
@@ -253,7 +254,7 @@ def _score_step(ctx: SearchContext, beams: list[Answer], cands: list[Candidate],
     end_value = 0.0 if rcfg.end_reward == "zero" else neutral
     filled = [v if v is not None else (end_value if kept[k][3] else neutral) for k, v in enumerate(r_i)]
     r_t = [self_score(cand.logprobs, rcfg.self_score) for _, cand, _, _ in kept]
-    rewards = step_rewards(filled, r_t, rcfg)
+    rewards = penalize_repeats(step_rewards(filled, r_t, rcfg), repeats, rcfg.repeat_penalty)
     ctx.events["candidates"] += len(cands)
     ctx.events["repeats"] += sum(repeats)
     out = []
