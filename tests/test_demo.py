@@ -36,5 +36,21 @@ def test_demo_quick_end_to_end(quick_world, tmp_path, capsys):
         assert set(demo.COLUMNS) <= set(rows[0]) and rows[0]["pair_chosen_chair_i"] is None
         assert 0 <= summary["selected_round"][arm] <= 3
         assert all(0.0 <= r["chair_i"] <= 1.0 and 0.0 <= r["wellformed"] <= 1.0 for r in rows)
+    for arm in ("csr", "lam0"):
+        d = summary["delta_chair_i"][arm]
+        assert d["ci95"][0] <= d["ci95"][1] and d["resamples"] == 2000 and d["n_images"] == 60
     printed = capsys.readouterr().out
     assert "CHAIR_i" in printed and "(selected on dev)" in printed and "summary.json" in printed
+    assert "dCHAIR_i vs base [95% CI]" in printed
+
+
+def test_paired_bootstrap_by_hand():
+    """Image 1: base 1 of 2 mentions hallucinated, new 0 of 2; image 2: 0 of 2 on both sides.
+
+    Point: base 1/4, new 0 -> -0.25, relative -1. A resample holds image 1 twice (p 1/4, base 2/4:
+    diff -0.5), once (p 1/2: -0.25) or never (p 1/4: 0, relative undefined and dropped), so the 95%
+    interval is [-0.5, 0] and the relative one [-1, -1]. Image 3 (only in base) is not paired: ignored.
+    """
+    d = demo.paired_bootstrap({1: (2, 1), 2: (2, 0), 3: (1, 1)}, {1: (2, 0), 2: (2, 0)}, n=2000, seed=0)
+    assert d["point"] == -0.25 and d["relative"] == -1.0 and d["n_images"] == 2
+    assert d["ci95"] == [-0.5, 0.0] and d["relative_ci95"] == [-1.0, -1.0]

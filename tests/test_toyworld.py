@@ -116,8 +116,28 @@ def test_select_checkpoint_rule():
          {"chair_i": 0.16, "wellformed": 0.99, "recall": 0.93}, {"chair_i": 0.18, "wellformed": 0.90, "recall": 0.99}]
     assert toyllava.select_checkpoint(m) == 2  # in band and fluent: highest recall
     assert toyllava.select_checkpoint(m[:1] + m[3:]) == 0  # none qualifies: nearest the band among fluent
-    m[2]["pope_acc"] = 0.5  # yes/no not learned yet: not a base
+    m[2]["pope_acc"] = 0.65  # yes/no below 0.7: not a base
     assert toyllava.select_checkpoint(m) == 1
+
+
+def test_select_checkpoint_fallback_skips_mute_and_prefers_pope():
+    """No checkpoint qualifies (band middle (0.12 + 0.25) / 2 = 0.185). A mute one (no mentions: CHAIR_i 0,
+    0.185 away) is nearer than a talking one at 0.45 (0.265 away), yet must not be picked; among talking
+    ones, POPE >= 0.7 beats a nearer CHAIR_i (0.12: 0.065 away, POPE 0.5) -> index 3 (0.30, 0.115 away)."""
+    mute = {"chair_i": 0.0, "wellformed": 1.0, "recall": 0.0, "mentions_per_caption": 0.0, "pope_acc": 0.8}
+    talk = {"chair_i": 0.45, "wellformed": 1.0, "recall": 0.9, "mentions_per_caption": 2.0, "pope_acc": 0.8}
+    assert toyllava.select_checkpoint([mute, talk]) == 1
+    near = {"chair_i": 0.12, "wellformed": 1.0, "recall": 0.9, "mentions_per_caption": 2.0, "pope_acc": 0.5}
+    far = {"chair_i": 0.30, "wellformed": 1.0, "recall": 0.9, "mentions_per_caption": 2.0, "pope_acc": 0.75}
+    assert toyllava.select_checkpoint([mute, talk, near, far]) == 3
+
+
+def test_garbled_sentences_name_no_object():
+    """The CLIP's negatives: 400 draws, none names a noun, several template kinds occur (incl. spliced ones)."""
+    rng = random.Random(0)
+    junk = [tw.garbled_sentence(rng) for _ in range(400)]
+    assert not any(toyllava.parse_answer(j)[1] for j in junk)
+    assert "i see a is here." in junk and "there is a ." in junk and len(set(junk)) > 50
 
 
 def test_quick_world_builds_caches_and_loads(quick_world):
@@ -131,6 +151,9 @@ def test_quick_world_builds_caches_and_loads(quick_world):
     assert "tau" in info["clip"] and "auc" in info["llava"]["clip_on_hallucinations"]
     assert (quick_world / "synonyms.txt").read_text().split() == [n for _, n in tw.TYPES]
     assert len(quick_world.joinpath("prompts_train.jsonl").read_text().splitlines()) == 24
+    calib = [json.loads(x) for x in (quick_world / "tau_calibration.jsonl").read_text().splitlines()]
+    assert all(r["image"].startswith("images/calib/") and (quick_world / r["image"]).is_file() for r in calib)
+    assert info["clip"]["garbled_mean"] >= 0.0
     start, done = time.time(), (quick_world / "DONE").stat().st_mtime_ns
     tw.build(quick_world, seed=0, quick=True)  # cached: nothing rebuilt
     assert time.time() - start < 5 and (quick_world / "DONE").stat().st_mtime_ns == done

@@ -10,7 +10,9 @@
 3. runs `csr report` on each arm and prints one table: per round CHAIR_i / CHAIR_s / recall /
    POPE F1 / dup rate / well-formed on test, and the ground-truth CHAIR_i of that round's chosen
    and rejected answers (are the pairs DPO learns from cleaner than the model?);
-4. writes <out>/summary.json ({"arms", "selected_round", "seed", "seconds", ...}).
+4. bootstraps (2,000 paired per-image resamples, seeded) the change in test CHAIR_i from the base to
+   each arm's selected round;
+5. writes <out>/summary.json ({"arms", "selected_round", "delta_chair_i", "seed", "seconds", ...}).
 Nothing here is toy-specific inside the stages: the demo only points the config at the world.
 """
 
@@ -113,6 +115,48 @@ def run_report(loop_dir: Path, world: Path) -> None:
         log.warning("csr report failed on %s: %s", loop_dir, exc)
 
 
+def per_image_counts(eval_dir: Path) -> dict:
+    """{image_id: (mentions, hallucinated mentions)} from an eval's per-caption CHAIR results."""
+    return {r["image_id"]: (len(r["mentioned"]), len(r["hallucinated"]))
+            for r in read_jsonl(eval_dir / "chair_captions.jsonl")}
+
+
+def paired_bootstrap(base: dict, new: dict, n: int = 2000, seed: int = 0) -> dict:
+    """Change in CHAIR_i (new - base) on the images both evaluated, with a per-image paired bootstrap.
+
+    Each resample draws images with replacement and recomputes CHAIR_i = hallucinated / mentions on
+    each side from the same images; ci95 are the 2.5/97.5 percentiles of the n differences, and
+    `relative` (ci) the same for (new - base) / base."""
+    import numpy as np
+
+    ids = sorted(set(base) & set(new))
+    if not ids:
+        return {}
+    counts = np.array([[*base[i], *new[i]] for i in ids], dtype=float)  # mentions, halluc (base, new)
+
+    def stats(c):
+        b = c[..., 1].sum(-1) / np.maximum(c[..., 0].sum(-1), 1)
+        a = c[..., 3].sum(-1) / np.maximum(c[..., 2].sum(-1), 1)
+        return a - b, (a - b) / np.where(b > 0, b, np.nan)
+
+    point, rel = stats(counts)
+    idx = np.random.default_rng(seed).integers(0, len(ids), size=(n, len(ids)))
+    diffs, rels = stats(counts[idx])
+    ci = lambda v: [round(float(x), 4) for x in np.nanpercentile(v, [2.5, 97.5])]  # noqa: E731
+    return {"point": round(float(point), 4), "ci95": ci(diffs), "relative": round(float(rel), 4),
+            "relative_ci95": ci(rels), "n_images": len(ids), "resamples": n, "seed": seed}
+
+
+def delta_chair(out: Path, selected: dict, seed: int) -> dict:
+    """paired_bootstrap of each arm's selected round against the base (round 0), on test."""
+    res = {}
+    for arm, k in selected.items():
+        base_dir, sel_dir = out / arm / "round_0" / "eval", out / arm / f"round_{k}" / "eval"
+        if (base_dir / "chair_captions.jsonl").is_file() and (sel_dir / "chair_captions.jsonl").is_file():
+            res[arm] = paired_bootstrap(per_image_counts(base_dir), per_image_counts(sel_dir), seed=seed)
+    return res
+
+
 # ---------------------------------------------------------------------------- presenting
 
 
@@ -121,14 +165,18 @@ def _fmt(v) -> str:
 
 
 def table(summary: dict) -> str:
-    head = ["arm", "round", "CHAIR_i", "CHAIR_s", "recall", "POPE F1", "dup", "well-formed", "pairs chosen/rejected"]
+    head = ["arm", "round", "CHAIR_i", "CHAIR_s", "recall", "POPE F1", "dup", "well-formed", "pairs chosen/rejected",
+            "dCHAIR_i vs base [95% CI]"]
     lines = [" | ".join(head), " | ".join("-" * len(h) for h in head)]
     for arm, rows in summary["arms"].items():
         for r in rows:
             mark = " (selected on dev)" if r["round"] == summary["selected_round"][arm] else ""
             pairs = "-" if r["pair_chosen_chair_i"] is None else \
                 f"{r['pair_chosen_chair_i']:.3f}/{r['pair_rejected_chair_i']:.3f}"
-            lines.append(" | ".join([arm, f"{r['round']}{mark}", *(_fmt(r[c]) for c in COLUMNS[:6]), pairs]))
+            d = summary.get("delta_chair_i", {}).get(arm) if mark else None
+            delta = "-" if not d else f"{100 * d['relative']:+.0f}% [{100 * d['relative_ci95'][0]:+.0f}, " \
+                f"{100 * d['relative_ci95'][1]:+.0f}]"
+            lines.append(" | ".join([arm, f"{r['round']}{mark}", *(_fmt(r[c]) for c in COLUMNS[:6]), pairs, delta]))
     return "\n".join(lines)
 
 
@@ -140,7 +188,10 @@ def verdict(summary: dict) -> list[str]:
         if not base["chair_i"] or not base["recall"]:
             continue
         rel = (sel["chair_i"] - base["chair_i"]) / base["chair_i"]
-        out.append(f"{arm}: round {sel['round']} changes CHAIR_i by {100 * rel:+.0f}% relative to the base model "
+        d = summary.get("delta_chair_i", {}).get(arm)
+        ci = "" if not d else (f" [95% CI {100 * d['relative_ci95'][0]:+.0f}%, {100 * d['relative_ci95'][1]:+.0f}%; "
+                               f"{d['point']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] absolute]")
+        out.append(f"{arm}: round {sel['round']} changes CHAIR_i by {100 * rel:+.0f}%{ci} relative to the base model "
                    f"({base['chair_i']:.3f} -> {sel['chair_i']:.3f}), recall {sel['recall'] / base['recall']:.0%} "
                    f"of base, dup {sel['dup_rate']:.3f}, well-formed {sel['wellformed']:.3f}")
     return out
@@ -196,6 +247,7 @@ def run_demo(config: Path, world: Path, out: Path, seed: int, quick: bool, jobs:
         run_report(out / arm, world)
         summary["arms"][arm] = arm_rows(out / arm, world)
         summary["selected_round"][arm] = json.loads((out / arm / "best.json").read_text())["round"]
+    summary["delta_chair_i"] = delta_chair(out, summary["selected_round"], seed)
     summary["seconds"] = round(time.time() - start, 1)
     write_json(out / "summary.json", summary)
     return summary

@@ -4,7 +4,9 @@ The tokenizer is word-level over the world's words (lower-cased, '.' and '?' sin
 the text a stage decodes re-tokenizes to the same ids whatever its spacing; the CLIP variant
 appends `</s>` (id 4, not 2) for EOS pooling. The CLIP (~0.7M parameters, 48 px, patch 6) is
 trained with a sigmoid (SigLIP-style) loss over in-batch (image, sentence) pairs plus 2x the same
-loss of each image against the 10 type sentences, on scenes drawn on the fly from the world seed.
+loss of each image against the 10 type sentences, plus 1x against 32 sentences naming no object
+(toyworld.garbled_sentence: the malformed "i see a is here ." kind DPO rounds drift into, which an
+untrained-on CLIP scored arbitrarily), on scenes drawn on the fly from the world seed.
 (The prototype's multi-positive softmax lets an image match ONE of its objects and ignore the
 others: true-sentence scores came out bimodal, AUC 0.88. Independent sigmoids score every present
 object high, which is what a threshold tau needs.) Calibration on the calib split gives
@@ -99,7 +101,7 @@ def clip_batch(rng: random.Random, nrng, p, n: int):
     return images, types, text_types, texts
 
 
-def train_clip(out: Path, p, batch_size: int = 128) -> dict:
+def train_clip(out: Path, p, batch_size: int = 128, n_junk: int = 32) -> dict:
     """Train the tiny CLIP, save OUT/clip (model + CLIPProcessor), return calibration statistics."""
     import torch
     import torch.nn.functional as F
@@ -126,6 +128,9 @@ def train_clip(out: Path, p, batch_size: int = 128) -> dict:
         onehot = torch.tensor([[t in ts for t in range(n_types)] for ts in types])
         loss = _sigmoid_loss(scale * img @ txt.T + bias, pos)
         loss = loss + 2 * _sigmoid_loss(scale * img @ type_txt.T + bias, onehot)
+        if n_junk:
+            junk = F.normalize(_embed_text(model, tok, [tw.garbled_sentence(rng) for _ in range(n_junk)]), dim=-1)
+            loss = loss + _sigmoid_loss(scale * img @ junk.T + bias, torch.zeros(len(images), n_junk))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -172,11 +177,12 @@ def calibration_stats(model, tok, world: Path) -> dict:
     from PIL import Image
 
     rows = [json.loads(line) for line in (world / "tau_calibration.jsonl").read_text().splitlines() if line]
-    opened = {path: Image.open(path).convert("RGB") for path in {r["image"] for r in rows}}
+    opened = {path: Image.open(world / path).convert("RGB") for path in {r["image"] for r in rows}}
     images = [opened[r["image"]] for r in rows]
     scores = np.maximum(clip_scores(model, tok, images, [r["text"] for r in rows]), 0)
-    scenes = {str((world / s["image"]).resolve()): {o["type"] for o in s["objects"]}
-              for s in tw.load_scenes(world, "calib")}
+    rng = random.Random(0)
+    junk = np.maximum(clip_scores(model, tok, images, [tw.garbled_sentence(rng) for _ in rows]), 0)
+    scenes = {s["image"]: {o["type"] for o in s["objects"]} for s in tw.load_scenes(world, "calib")}
     true = np.array([r["present"] for r in rows])
     is_partner = np.array([not r["present"] and any(tw.type_name(tw.partner(t)) in r["text"]
                                                     for t in scenes[r["image"]] if tw.partner(t) is not None)
@@ -186,4 +192,5 @@ def calibration_stats(model, tok, world: Path) -> dict:
     return {"true_mean": float(t_scores.mean()), "true_sd": float(t_scores.std()),
             "false_mean": float(f_scores.mean()), "partner_mean": float(scores[is_partner].mean()),
             "auc_all": auc(t_scores, f_scores), "auc_partner": auc(t_scores, scores[is_partner]), "tau": tau,
+            "garbled_mean": float(junk.mean()), "garbled_above_tau": float((junk > tau).mean()),
             "false_above_tau": float((f_scores > tau).mean()), "true_below_tau": float((t_scores < tau).mean())}

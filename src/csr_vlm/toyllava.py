@@ -1,16 +1,18 @@
 """The toy world's tiny LLaVA: build it on the toy CLIP's vision encoder, train it, pick the base checkpoint.
 
-The LlavaForConditionalGeneration has the toy CLIP's vision encoder (weights copied, frozen;
-feature layer -2, CLS dropped, 64 image tokens), a 2-layer MLP projector and a 2-layer, 128-wide
-Llama. It learns from scenes drawn on the fly: noisy captions (absent partners named, see
-toyworld) for the describe prompt, and POPE's exact question + eval suffix answered "yes."/"no."
-for a `qa_fraction` of examples. Prompts and completions are rendered with the processor's chat
-template exactly as TRL renders DPO pairs. Checkpoints are scored on dev; the base is the one
-with dev CHAIR_i in [0.15, 0.25], well-formed >= 0.95 (toyworld.md) and POPE accuracy >= 0.6 with the
-highest recall. Training has two phases: `llava_steps` on captions + `qa_fraction` yes/no (cosine
-lr), then `qa_steps` at lr 1e-3 with `qa_phase_fraction` yes/no: the yes/no skill (matching the
+The LlavaForConditionalGeneration has the toy CLIP's vision encoder (weights copied, frozen; feature
+layer -2, CLS dropped, 64 image tokens), a 2-layer MLP projector and a 2-layer, 128-wide Llama. It
+learns from scenes drawn on the fly: noisy captions (absent partners named, see toyworld) for the
+describe prompt, and POPE's exact question + eval suffix answered "yes."/"no." for a `qa_fraction` of
+examples. Prompts and completions are rendered with the processor's chat template exactly as TRL renders
+DPO pairs. Checkpoints are scored on dev; the base is the one with dev CHAIR_i in [0.12, 0.25]
+(toyworld.md used 0.15; the yes/no phase lowers CHAIR_i), well-formed >= 0.95 and POPE accuracy >= 0.7
+with the highest recall. Training has two phases: `llava_steps` on captions + `qa_fraction` yes/no
+(cosine lr), then `qa_steps` at lr 1e-3 with `qa_phase_fraction` yes/no: the yes/no skill (matching the
 question's noun against the image) is learned late, after captioning (measured: POPE stayed at 0.50
-after 400 mixed steps and reached 0.77 after 120 more yes/no-heavy ones).
+after 400 mixed steps and reached 0.77 after 120 more yes/no-heavy ones). A yes/no example weighs
+`qa_weight` in the loss from the start (its answer is one informative token); the weight alone did not
+move POPE off chance in the first phase (seed 0: yes-ratio 1.0 at steps 400 and 440).
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ from . import toyworld as tw
 log = logging.getLogger(__name__)
 
 POPE_SUFFIX = " Please answer yes or no."
-CHAIR_BAND = (0.15, 0.25)
-POPE_MIN = 0.6
+CHAIR_BAND = (0.12, 0.25)
+POPE_MIN = 0.7
 
 
 def build_llava(clip, size: int):
@@ -106,12 +108,13 @@ class Renderer:
 def llava_batch(rng: random.Random, nrng, p, renderer: Renderer, n: int, qa_fraction: float):
     import torch
 
-    images, seqs, n_prompt = [], [], []
+    images, seqs, n_prompt, is_qa = [], [], [], []
     for _ in range(n):
         objects = tw.sample_scene(rng, p)
         types = [o["type"] for o in objects]
         images.append(tw.render(objects, nrng, p.image_size))
-        if rng.random() < qa_fraction:
+        is_qa.append(rng.random() < qa_fraction)
+        if is_qa[-1]:
             question, answer = tw.qa_example(types, rng)
             question += POPE_SUFFIX
         else:
@@ -128,11 +131,12 @@ def llava_batch(rng: random.Random, nrng, p, renderer: Renderer, n: int, qa_frac
         ids[i, :len(s)] = torch.tensor(s)
         labels[i, k:len(s)] = torch.tensor(s[k:])
         mask[i, :len(s)] = 1
-    return ids, mask, labels, toyclip.pixels(images)
+    return ids, mask, labels, toyclip.pixels(images), torch.tensor(is_qa)
 
 
-def _loss(model, ids, mask, labels, pv):
-    """Mean over examples of the per-example mean response-token NLL (QA answers weigh as much as captions)."""
+def _loss(model, ids, mask, labels, pv, is_qa, qa_weight: float = 1.0):
+    """Weighted mean over examples of the per-example mean response-token NLL; a yes/no example weighs
+    `qa_weight` (its one informative token shares the mean with the trivial ' .' and `</s>`)."""
     import torch.nn.functional as F
 
     logits = model(input_ids=ids, attention_mask=mask, pixel_values=pv).logits[:, :-1]
@@ -140,7 +144,8 @@ def _loss(model, ids, mask, labels, pv):
     nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100,
                           reduction="none").view(target.shape)
     valid = (target != -100).float()
-    return ((nll * valid).sum(1) / valid.sum(1).clamp(min=1)).mean()
+    w = 1.0 + (qa_weight - 1.0) * is_qa.float()
+    return (w * (nll * valid).sum(1) / valid.sum(1).clamp(min=1)).sum() / w.sum()
 
 
 def train_llava(out: Path, p, batch_size: int = 64) -> dict:
@@ -163,7 +168,7 @@ def train_llava(out: Path, p, batch_size: int = 64) -> dict:
     for step in tqdm(range(1, total + 1), desc="toy LLaVA", mininterval=5):
         model.train()
         qa = p.qa_fraction if step <= p.llava_steps else p.qa_phase_fraction
-        loss = _loss(model, *llava_batch(rng, nrng, p, renderer, batch_size, qa))
+        loss = _loss(model, *llava_batch(rng, nrng, p, renderer, batch_size, qa), qa_weight=p.qa_weight)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -195,15 +200,18 @@ def _lr_factor(step: int, main_steps: int) -> float:
 
 
 def select_checkpoint(metrics: list[dict]) -> int:
-    """Index of the base: CHAIR_i in the band, well-formed >= 0.95 and POPE acc >= 0.6, highest recall;
-    else the fluent one nearest the band."""
+    """Index of the base: CHAIR_i in the band, well-formed >= 0.95 and POPE acc >= 0.7, highest recall;
+    else, among checkpoints that name objects (a mute one has CHAIR_i 0 and no recall), the fluent one
+    nearest the band, preferring those whose POPE acc passes."""
     ok = [i for i, m in enumerate(metrics) if CHAIR_BAND[0] <= m["chair_i"] <= CHAIR_BAND[1]
           and m["wellformed"] >= 0.95 and m.get("pope_acc", 1.0) >= POPE_MIN]
     if ok:
         return max(ok, key=lambda i: (metrics[i]["recall"], i))
-    fluent = [i for i, m in enumerate(metrics) if m["wellformed"] >= 0.95] or list(range(len(metrics)))
+    talking = [i for i, m in enumerate(metrics) if m.get("mentions_per_caption", 1.0) > 0] or list(range(len(metrics)))
+    fluent = [i for i in talking if metrics[i]["wellformed"] >= 0.95] or talking
+    pope_ok = [i for i in fluent if metrics[i].get("pope_acc", 1.0) >= POPE_MIN] or fluent
     mid = sum(CHAIR_BAND) / 2
-    return min(fluent, key=lambda i: (abs(metrics[i]["chair_i"] - mid), -i))
+    return min(pope_ok, key=lambda i: (abs(metrics[i]["chair_i"] - mid), -i))
 
 
 # ---------------------------------------------------------------------------- measurements (private helpers)

@@ -2,14 +2,14 @@
 
     csr toyworld build --out worlds/toy-seed0 [--seed 0] [--quick]
 
-A scene is a 48x48 RGB image on a noisy dark background holding 1-3 objects from 10 types, each
-type a unique shape with a colour ("a red circle"); the category CHAIR/POPE use is the noun. Types
-come in co-occurrence pairs, and the captions the tiny LLaVA learns from name an absent partner
-right after its object with probability `noise_partner` (0.8; world v3 of toyworld.md used 0.6,
-which left this LLaVA at 4-8% dev CHAIR_i), so a fluent model hallucinates partners by design. Reference captions written to the split files are
-truthful. `build` writes the splits, a tiny CLIP (toyclip) and a tiny LLaVA (toyllava) trained on
-this world, all seeded; a second build with the same seed and flags reuses everything (DONE marker
-holding a hash of the parameters).
+A scene is a 48x48 RGB image on a noisy dark background holding 1-3 objects from 10 types, each type a
+unique shape with a colour ("a red circle"); the category CHAIR/POPE use is the noun. Types come in co-
+occurrence pairs, and the captions the tiny LLaVA learns from name an absent partner right after its
+object with probability `noise_partner` (0.8; world v3 of toyworld.md used 0.6, which left this LLaVA at
+4-8% dev CHAIR_i), so a fluent model hallucinates partners by design. Reference captions written to the
+split files are truthful. `build` writes the splits, a tiny CLIP (toyclip) and a tiny LLaVA (toyllava)
+trained on this world, all seeded; a second build with the same seed and flags reuses everything (DONE
+marker holding a hash of the parameters).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import random
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -55,11 +56,12 @@ class WorldParams:
     noise_partner: float = 0.8
     noise_random: float = 0.03
     qa_fraction: float = 0.5
+    qa_weight: float = 3.0
     qa_phase_fraction: float = 0.8
     splits: dict = field(default_factory=lambda: {"train": 400, "dev": 500, "test": 1000, "calib": 600})
     clip_steps: int = 360
     llava_steps: int = 400
-    qa_steps: int = 160
+    qa_steps: int = 280
     llava_eval_every: int = 40
     llava_eval_from: int = 440
 
@@ -68,7 +70,8 @@ class WorldParams:
         if not quick:
             return cls(seed=seed)
         return cls(seed=seed, quick=True, splits={"train": 24, "dev": 40, "test": 60, "calib": 40},
-                   clip_steps=30, llava_steps=40, qa_steps=20, llava_eval_every=20, llava_eval_from=60)
+                   clip_steps=30, llava_steps=40, qa_steps=20, llava_eval_every=20, llava_eval_from=60,
+                   qa_weight=1.0)  # 60 steps: with yes/no weighted 3x the describe answers are still empty
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
@@ -177,6 +180,25 @@ def caption(types: list[int], rng: random.Random, p: WorldParams, noisy: bool = 
     return " ".join(out)
 
 
+def garbled_sentence(rng: random.Random) -> str:
+    """A sentence naming no object: a template with the noun (or the whole type) left out, or a word salad.
+
+    The tiny CLIP learns these as negatives for every image, so a CSR candidate like "i see a is
+    here ." gets a low R_I instead of an arbitrary one it never saw in training."""
+    template = rng.choice(TEMPLATES)
+    colour, noun = TYPES[rng.randrange(len(TYPES))]
+    kind = rng.randrange(4)
+    if kind == 0:
+        return template.format("").replace("  ", " ")
+    if kind == 1:
+        return template.format(colour)
+    words = re.findall(r"\w+", " ".join(t.format("") for t in TEMPLATES)) + [c for c, _ in TYPES]
+    if kind == 2:
+        return " ".join(rng.choice(words) for _ in range(rng.randint(2, 6))) + " ."
+    first, second = rng.sample(TEMPLATES, 2)  # two templates spliced, no noun: "i see a is here ."
+    return " ".join(first.format("").split()[:3] + second.format("").split()[-2:])
+
+
 def qa_example(types: list[int], rng: random.Random) -> tuple[str, str]:
     """A POPE-style question (half present, half absent; half the absent ones the partner)."""
     if rng.random() < 0.5:
@@ -228,12 +250,13 @@ def write_split(out: Path, split: str, n: int, p: WorldParams, image_base: int) 
 def write_calibration(out: Path, scenes: list[dict], seed: int) -> Path:
     """tau_calibration.jsonl: each object's true sentence, its absent partner and one other absent type.
 
-    Image paths are absolute: reward.estimate_tau opens them as given, whatever the working directory.
+    Image paths are relative to the world directory (generate resolves them beside this file), so a
+    world can be moved.
     """
     rng = random.Random(split_seed(seed, "calib:text"))
     rows = []
     for s in scenes:
-        types, image = [o["type"] for o in s["objects"]], str((out / s["image"]).resolve())
+        types, image = [o["type"] for o in s["objects"]], s["image"]
         for t in types:
             rows.append({"image": image, "text": sentence(t, rng), "present": True})
             mate = partner(t)
