@@ -127,3 +127,27 @@ def test_read_captions_formats_and_cli(tmp_path, capsys):
     m = json.loads(out.read_text())
     assert (m["chair_i"], m["chair_s"], m["recall"]) == (0.5, 1.0, 0.5)
     assert "chair_i" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("drop, where", [("images", "images[1] has no id"),
+                                         ("annotations", "annotations[0] has no image_id / category_id")])
+def test_load_instances_names_the_bad_entry(tmp_path, drop, where):
+    data = _instances()
+    if drop == "images":
+        del data["images"][1]["id"]
+    else:
+        data["annotations"][0] = {"id": 1}
+    path = tmp_path / "inst.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(chair.InputError) as err:
+        chair.load_instances(path)
+    assert str(err.value) == f"{path}: {where}"
+
+
+def test_score_chair_without_usable_caption_fails(tmp_path, capsys):
+    """Captions only for image 99 (not in the instances file): exit 2, not an all-zero table."""
+    inst, caps = tmp_path / "inst.json", tmp_path / "caps.jsonl"
+    inst.write_text(json.dumps(_instances()))
+    caps.write_text(json.dumps({"image_id": 99, "caption": "A dog."}) + "\n")
+    assert main(["score", "chair", "--captions", str(caps), "--instances", str(inst)]) == 2
+    assert "no caption matches" in capsys.readouterr().err

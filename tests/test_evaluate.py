@@ -132,3 +132,46 @@ def test_pipeline_numbers_with_fake_policy(tmp_path, monkeypatch):
     # a killed run (no DONE) resumes from samples.jsonl: nothing is generated again, same metrics
     (tmp_path / "e" / "DONE").unlink()
     assert json.loads((evaluate.run(cfg, 1) / "metrics.json").read_text()) == m and policy.calls == n_prompts
+
+
+def _fake_setup(tmp_path, monkeypatch, policy_loader):
+    import csr_vlm.models
+
+    monkeypatch.setattr(evaluate, "load_image", lambda path, max_pixels=0: str(path))
+    monkeypatch.setattr(csr_vlm.models, "load_policy", policy_loader)
+    return [f"out={tmp_path / 'e'}", f"eval.annotations={_annotations(tmp_path)}", "eval.num_images=5"]
+
+
+def test_no_readable_image_fails(tmp_path, monkeypatch):
+    """Every image missing (wrong eval.image_root): InputError, no metrics.json, no DONE."""
+    args = _fake_setup(tmp_path, monkeypatch, lambda cfg: _OraclePolicy({}))
+
+    def missing(path, max_pixels=0):
+        raise evaluate.InputError(f"image not found: {path}")
+
+    monkeypatch.setattr(evaluate, "load_image", missing)
+    cfg = load_config(None, args + [f"eval.image_root={tmp_path / 'nowhere'}"])
+    with pytest.raises(evaluate.InputError, match="no CHAIR caption could be produced.*eval.image_root"):
+        evaluate.run(cfg, 0)
+    assert not (tmp_path / "e" / "DONE").exists() and not (tmp_path / "e" / "metrics.json").exists()
+
+
+def test_bad_synonyms_fails_before_the_model(tmp_path, monkeypatch):
+    args = _fake_setup(tmp_path, monkeypatch, lambda cfg: pytest.fail("policy loaded before eval.synonyms"))
+    with pytest.raises(evaluate.InputError, match="nope.txt"):
+        evaluate.run(load_config(None, args + [f"eval.synonyms={tmp_path / 'nope.txt'}"]), 0)
+
+
+def test_overwrite_removes_done_first(tmp_path, monkeypatch):
+    """overwrite=true on a done dir: DONE and metrics.json are gone before the (here failing) model load."""
+    def boom(cfg):
+        raise RuntimeError("killed")
+
+    args = _fake_setup(tmp_path, monkeypatch, boom)
+    out = tmp_path / "e"
+    out.mkdir()
+    for name in ("DONE", "metrics.json"):
+        (out / name).write_text("{}")
+    with pytest.raises(RuntimeError):
+        evaluate.run(load_config(None, args + ["overwrite=true"]), 0)
+    assert not (out / "DONE").exists() and not (out / "metrics.json").exists()

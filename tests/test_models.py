@@ -27,10 +27,22 @@ def test_build_tiny_loads_with_auto_classes(tiny_family):
 
 
 def test_policy_answers_an_image_and_prompt(tiny_family):
+    """Batched, left-padded greedy answers equal each prompt decoded alone with model.generate."""
+    import torch
+
     policy = load_policy(ModelConfig(path=str(tiny_family / "policy")))
     images = [Image.new("RGB", (80, 60), (200, 30, 30)), Image.new("L", (64, 64), 128).convert("RGB")]
-    answers = policy.generate_answers(images, ["Describe the image.", "Is there a dog?"], max_new_tokens=5)
-    assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
+    questions = ["Describe the image.", "Is there a dog in the picture?"]
+    answers = policy.generate_answers(images, questions, max_new_tokens=5)
+    assert len(answers) == 2
+    for image, question, answer in zip(images, questions, answers):
+        batch = policy.encode([image], [question])
+        with torch.inference_mode():
+            out = policy.model.generate(**batch, do_sample=False, max_new_tokens=5, eos_token_id=policy.eos_ids,
+                                        pad_token_id=policy.tokenizer.pad_token_id,
+                                        suppress_tokens=policy.suppressed_ids() or None)
+        alone = policy.tokenizer.decode(out[0, batch["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+        assert answer == alone
 
 
 def test_llava_layout_matches_llava_1_5(tiny_llava):

@@ -117,3 +117,12 @@ def test_score_cli_under_each_parser(tmp_path, parser, expected):
     assert m["popular"]["f1"] == 1.0 and m["popular"]["yes_ratio"] == 0.5
     assert m["mean"]["f1"] == pytest.approx((expected[3] + 1.0) / 2)
     assert m["parser"] == parser
+
+
+def test_score_without_matching_answers_fails(tmp_path, capsys):
+    """Answers whose question_ids match none of the questions: exit 2, not an all-zero table."""
+    q, a = tmp_path / "q.jsonl", tmp_path / "a.jsonl"
+    q.write_text(json.dumps({"question_id": 1, "image": "x.jpg", "text": "Is there a dog?", "label": "yes"}) + "\n")
+    a.write_text(json.dumps({"question_id": 7, "text": "yes"}) + "\n")
+    assert main(["score", "pope", "--questions", str(q), "--answers", str(a)]) == 2
+    assert "no answer matches" in capsys.readouterr().err

@@ -77,16 +77,19 @@ def test_report_files(run_dir):
     for png in ("report_metrics.png", "report_r_i.png", "report_margin.png", "report_train.png"):
         assert (run_dir / png).stat().st_size > 1000 and f"]({png})" in md
     assert "round 2: no train output" in md and "Best round" in md
+    assert not list(run_dir.glob(".*.tmp*"))  # figures were renamed into place
     assert "| round_1/train | done | 12.5 | - | 900 |" in md
     assert "| round_1 | 2 | 0.2500 | 0.3333 |" in md and "| 0.5000 |" in md
     assert "| 1 | 0.5000 | 0.2500 | 0.5200 |" in md
 
 
-def test_report_on_empty_dir(tmp_path):
-    """Nothing there: a report with notes, no crash."""
+def test_report_on_empty_dir(tmp_path, capsys):
+    """Not a run directory: a one-line error, exit 2, no report.md. A bare manifest gives a report with notes."""
+    assert main(["report", str(tmp_path)]) == 2
+    assert "not a CSR run directory" in capsys.readouterr().err and not (tmp_path / "report.md").exists()
+    (tmp_path / "manifest.json").write_text("{}")
     assert main(["report", str(tmp_path)]) == 0
-    md = (tmp_path / "report.md").read_text()
-    assert "No round_<k>/ directories found." in md and "No manifest.json" in md
+    assert "No round_<k>/ directories found." in (tmp_path / "report.md").read_text()
 
 
 def test_score_pairs_cli(run_dir, tmp_path):

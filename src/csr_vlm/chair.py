@@ -229,6 +229,15 @@ def load_instances(path: str | Path) -> dict:
     data = read_json(path, "annotations file")
     if not isinstance(data, dict) or not {"annotations", "categories"} <= set(data):
         raise InputError(f"{path}: not a COCO instances file (needs 'annotations' and 'categories')")
+    required = {"images": ("id",), "annotations": ("image_id", "category_id"), "categories": ("id", "name")}
+    for key, needed in required.items():
+        entries = data.get(key, [])
+        if not isinstance(entries, list):
+            raise InputError(f"{path}: '{key}' must be a list")
+        for n, entry in enumerate(entries):
+            lacking = [k for k in needed if not isinstance(entry, dict) or k not in entry]
+            if lacking:
+                raise InputError(f"{path}: {key}[{n}] has no {' / '.join(lacking)}")
     return data
 
 

@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("csr_vlm.train", "stage", "DPO + LoRA on the pairs -> merged checkpoint"),
     "eval": ("csr_vlm.evaluate", "stage", "generate with a model and score CHAIR / POPE"),
     "loop": ("csr_vlm.loop", "stage", "rounds of generate -> train -> eval, resumable"),
-    "score": ("csr_vlm.score", "tool", "score existing outputs: chair, pope, pairs (no model needed)"),
+    "score": ("csr_vlm.score", "tool", "score existing outputs: chair, pope, pairs, clip (calibration)"),
     "report": ("csr_vlm.report", "tool", "report.md and plots for a run directory"),
     "toyworld": ("csr_vlm.toyworld", "tool", "build the synthetic world and its tiny CLIP + LLaVA"),
     "demo": ("csr_vlm.demo", "tool", "toy world + CSR loop + lam=0 ablation + report, on a CPU"),
@@ -48,8 +48,9 @@ def _stage_parser(name: str) -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", help="YAML config file (defaults + overrides make the config without it)")
     parser.add_argument("--model", help="shorthand for model.path=DIR")
-    parser.add_argument("--round", type=int, default=1, help="round number (seeds and labels); default 1")
-    if name == "loop":
+    if name != "loop":
+        parser.add_argument("--round", type=int, default=1, help="round number (seeds and labels); default 1")
+    else:
         parser.add_argument("--from-round", type=int, default=None, help="redo rounds from K on")
     parser.add_argument("overrides", nargs="*", help="section.key=value")
     return parser
@@ -113,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, InputError) as exc:
         print(f"csr {name}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        print(f"csr {name}: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"csr {name}: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130

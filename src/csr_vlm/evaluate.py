@@ -8,7 +8,8 @@ splits from the same annotations (or read `eval.pope_questions`). Work: caption 
 `eval.batch_size`; every prompt and answer is appended to samples.jsonl as it comes, so a killed
 run resumes where it stopped. Save: metrics.json (format in docs/formats.md, with the protocol
 that published numbers depend on), chair_captions.jsonl (objects mentioned / hallucinated per
-caption), config.yaml and DONE. Images that are missing or unreadable are logged and skipped.
+caption), config.yaml and DONE. Images that are missing or unreadable are logged and skipped (skipped.jsonl);
+if no caption / POPE answer at all could be produced, it fails instead of scoring nothing.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 from . import chair, pope
 from .config import RunConfig, save_config
 from .data import InputError, is_done, load_image, mark_done, read_jsonl, repair_jsonl, resolve_image, write_json
-from .data import append_jsonl, write_jsonl
+from .data import DONE_MARKER, append_jsonl, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -54,21 +55,25 @@ def run(cfg: RunConfig, round: int = 0) -> Path:
     if "pope" in ev.tasks:
         pope.parse_answer("", ev.pope_parser)  # an unknown parser fails before the model loads
     instances = chair.load_instances(ev.annotations) if ev.annotations else {}
+    scoring = _chair_setup(cfg) if "chair" in ev.tasks else None  # a bad synonyms / captions file fails here
     jobs = _chair_jobs(cfg, instances) if "chair" in ev.tasks else []
     questions = _pope_questions(cfg, instances) if "pope" in ev.tasks else []
     jobs += _pope_jobs(cfg, questions)
+    if cfg.overwrite:  # a killed redo must not leave the old DONE / metrics behind
+        for name in (DONE_MARKER, "metrics.json", "samples.jsonl", "skipped.jsonl"):
+            (out / name).unlink(missing_ok=True)
 
     from .models import load_policy
 
     policy = load_policy(cfg.model)
-    samples_path = out / "samples.jsonl"
-    if cfg.overwrite and samples_path.exists():
-        samples_path.unlink()
-    answers, skipped = _answer_all(policy, jobs, samples_path, ev.batch_size, cfg.data.max_image_pixels)
+    answers, skipped = _answer_all(policy, jobs, out / "samples.jsonl", ev.batch_size, cfg.data.max_image_pixels)
+    if skipped:
+        write_jsonl(out / "skipped.jsonl", skipped)
+    _check_answered(cfg, jobs, answers, len(skipped))
 
     metrics: dict[str, Any] = {}
     if "chair" in ev.tasks:
-        metrics["chair"] = _score_chair(cfg, instances, jobs, answers, out)
+        metrics["chair"] = _score_chair(scoring, instances, jobs, answers, out)
     if "pope" in ev.tasks:
         metrics["pope"] = _score_pope(cfg, questions, answers)
     metrics["flat"] = flat_metrics(metrics)
@@ -79,8 +84,6 @@ def run(cfg: RunConfig, round: int = 0) -> Path:
         "model": cfg.model.path, "round": round, "skipped_images": len(skipped),
     }
     write_json(out / "metrics.json", metrics)
-    if skipped:
-        write_jsonl(out / "skipped.jsonl", skipped)
     save_config(cfg, out / "config.yaml")
     mark_done(out, {"round": round})
     log.info("eval: %s", ", ".join(f"{k}={v:.4f}" for k, v in metrics["flat"].items()))
@@ -175,9 +178,28 @@ def _open(path: str, max_pixels: int, bad: set[str], skipped: list[dict]):
 # ---------------------------------------------------------------------------- scoring
 
 
-def _score_chair(cfg: RunConfig, instances: dict, jobs: list[dict], answers: dict, out: Path) -> dict:
+def _chair_setup(cfg: RunConfig) -> tuple[chair.Vocabulary, dict | None]:
+    """The synonym table and reference captions, loaded before the policy so a bad path fails at once."""
     vocab = chair.load_vocabulary(cfg.eval.synonyms)
     captions = chair.read_json(cfg.eval.gt_captions, "eval.gt_captions") if cfg.eval.gt_captions else None
+    return vocab, captions
+
+
+def _check_answered(cfg: RunConfig, jobs: list[dict], answers: dict, n_skipped: int) -> None:
+    """No metrics from nothing: every task asked for needs at least one answer."""
+    for task, what in (("chair", "CHAIR caption"), ("pope", "POPE answer")):
+        if task not in cfg.eval.tasks:
+            continue
+        mine = [j for j in jobs if j["task"] == task]
+        if not any((j["task"], j["image"], j["prompt"]) in answers for j in mine):
+            seen = f"{n_skipped} image(s) unreadable, listed in {Path(cfg.out) / 'skipped.jsonl'}" if n_skipped \
+                else "no images"
+            raise InputError(f"eval: no {what} could be produced ({len(mine)} prompt(s), {seen}); check "
+                             f"eval.image_root ({cfg.eval.image_root or 'not set'}) and eval.annotations")
+
+
+def _score_chair(scoring: tuple, instances: dict, jobs: list[dict], answers: dict, out: Path) -> dict:
+    vocab, captions = scoring
     gt = chair.ground_truth(instances, vocab, captions)
     caps = [{"image_id": j["image_id"], "caption": answers[(j["task"], j["image"], j["prompt"])]}
             for j in jobs if j["task"] == "chair" and (j["task"], j["image"], j["prompt"]) in answers]

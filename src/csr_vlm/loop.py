@@ -65,7 +65,7 @@ def stage_cfg(cfg: RunConfig, k: int, stage: str) -> RunConfig:
     model = dataclasses.replace(cfg.model, path=policy_path(cfg, k))
     if stage in ("eval", "dev_eval") and k > 0:
         model = dataclasses.replace(cfg.model, path=str(rdir / "train" / "checkpoint"))
-    new = dataclasses.replace(cfg, out=str(rdir / stage), model=model)
+    new = dataclasses.replace(copy.deepcopy(cfg), out=str(rdir / stage), model=model)  # stages may fill in values
     if stage == "train":
         new.train = dataclasses.replace(cfg.train, pairs=str(rdir / "generate" / "pairs.jsonl"))
     if stage == "dev_eval":
@@ -180,11 +180,17 @@ def check(cfg: RunConfig, from_round: int | None) -> None:
         raise InputError(f"--from-round must be between 0 and loop.rounds={cfg.loop.rounds}, got {from_round}")
     if cfg.loop.patience < 0:
         raise InputError(f"loop.patience must be >= 0, got {cfg.loop.patience}")
-    if not cfg.model.path:
-        raise InputError("model.path is not set")
+    from .models import check_model_path
+
+    dev_cfg(cfg)  # unknown loop.dev keys fail now, not after a round of training
+    check_model_path(cfg.model.path, "model.path")  # a wrong path fails here, before any directory is made
+    if cfg.reward.clip_path:
+        check_model_path(cfg.reward.clip_path, "reward.clip_path")
+    for key, path in (("data.prompts", cfg.data.prompts), ("eval.annotations", cfg.eval.annotations)):
+        if path and not Path(path).is_file():
+            raise InputError(f"{key}: file not found: {path}")
     if cfg.loop.rounds > 1 and cfg.train.use_lora and not cfg.train.merge:
         raise InputError("train.merge=false keeps only the adapter, but round 2 starts from a full checkpoint")
-    dev_cfg(cfg)  # unknown loop.dev keys fail now, not after a round of training
 
 
 def run(cfg: RunConfig, from_round: int | None = None) -> Path:

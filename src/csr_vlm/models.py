@@ -140,6 +140,7 @@ def load_policy(cfg: ModelConfig, path: str | None = None) -> Policy:
 
     path = path or cfg.path
     check_model_path(path, "model.path")
+    path = str(Path(path).expanduser()) if path.startswith("~") else path
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": cfg.trust_remote_code}
@@ -163,6 +164,7 @@ def load_clip(path: str, device: str = "auto", dtype: str = "auto", trust_remote
     from transformers import AutoModel, AutoProcessor
 
     check_model_path(path, "reward.clip_path")
+    path = str(Path(path).expanduser()) if path.startswith("~") else path
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     try:

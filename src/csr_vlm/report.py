@@ -14,11 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import statistics
 from pathlib import Path
 from typing import Any
 
-from .data import read_jsonl
+from .data import InputError, read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,13 @@ def round_table(rounds: dict[int, dict]) -> tuple[list[str], list[list[Any]]]:
 # ---------------------------------------------------------------------------- plots
 
 
+def _save(fig, out: Path) -> None:
+    """Save a figure atomically: a hidden .png next to it (the suffix picks the format), then rename."""
+    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
+    fig.savefig(tmp, dpi=100)
+    os.replace(tmp, out)
+
+
 def _plt():
     import matplotlib
 
@@ -134,7 +142,7 @@ def plot_metrics(rounds: dict[int, dict], out: Path) -> Path | None:
             ax.text(0.5, 0.5, "not measured", ha="center", transform=ax.transAxes)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    _save(fig, out)
     plt.close(fig)
     return out
 
@@ -163,7 +171,7 @@ def plot_r_i(rounds: dict[int, dict], out: Path) -> Path | None:
                        Patch(color="tab:red", alpha=0.5, label="rejected")], loc="best")
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    _save(fig, out)
     plt.close(fig)
     return out
 
@@ -180,7 +188,7 @@ def plot_margin(rounds: dict[int, dict], out: Path) -> Path | None:
     ax.set_title("Calibrated reward margin of the preference pairs")
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    _save(fig, out)
     plt.close(fig)
     return out
 
@@ -204,7 +212,7 @@ def plot_train(rounds: dict[int, dict], out: Path) -> Path | None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    _save(fig, out)
     plt.close(fig)
     return out
 
@@ -270,9 +278,9 @@ def write_report(run_dir: str | Path, instances: str | None = None, gt_captions:
                  synonyms: str | None = None) -> Path:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        from .data import InputError
-
         raise InputError(f"run directory not found: {run_dir}")
+    if not (run_dir / "manifest.json").is_file() and not any(d.is_dir() for d in run_dir.glob("round_*")):
+        raise InputError(f"{run_dir}: not a CSR run directory (no manifest.json, no round_<k>/)")
     rounds = collect(run_dir)
     notes: list[str] = []
     lines = [f"# CSR run report: `{run_dir.name}`", "",

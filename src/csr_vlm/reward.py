@@ -208,7 +208,9 @@ def estimate_tau(scorer: ClipScorer, records: list[dict], sd: float = 3.0, max_p
             raise InputError("reward.tau_calibration: every line needs image, text and present")
         by_image.setdefault(str(rec["image"]), []).append(rec)
     true_scores, false_scores = [], []
-    for image, recs in by_image.items():
+    from tqdm import tqdm
+
+    for image, recs in tqdm(by_image.items(), desc="tau calibration", unit="image", leave=False):
         emb = scorer.image_embedding(load_image(image, max_pixels))
         for rec, raw in zip(recs, scorer.score(emb, [str(r["text"]) for r in recs])):
             (true_scores if rec["present"] else false_scores).append(image_relevance(raw))

@@ -89,6 +89,9 @@ def _load_gt(args) -> tuple[chair.Vocabulary, dict, dict]:
 def score_chair(args) -> dict:
     vocab, _, gt = _load_gt(args)
     result = chair.compute_chair(chair.read_captions(args.captions), gt, vocab)
+    if not result["n_captions"]:
+        raise InputError(f"{args.captions}: no caption matches an image of {args.instances} "
+                         f"({result['n_unknown_images']} for unknown images)")
     keys = ["chair_s", "chair_i", "recall", "dup_rate", "mentions_per_caption", "words_per_caption", "n_captions"]
     _print_table([[k, result[k]] for k in keys], ["metric", "value"])
     if result["n_unknown_images"]:
@@ -108,6 +111,8 @@ def score_pope(args) -> dict:
             if q["question_id"] in ans:
                 answers[(q["category"], q["question_id"])] = ans[q["question_id"]]
         questions.extend(qs)
+    if not answers:
+        raise InputError(f"{', '.join(args.answers)}: no answer matches a question_id of {', '.join(args.questions)}")
     result = pope.score(questions, answers, args.parser)
     splits = [s for s in result if isinstance(result[s], dict)]
     cols = ["accuracy", "precision", "recall", "f1", "yes_ratio", "n"]
@@ -241,6 +246,8 @@ def clip_summary(present: list[float], absent: list[float], tau: float | None, s
 
 
 def score_clip(args) -> dict:
+    from tqdm import tqdm
+
     from .reward import ClipScorer, image_relevance
 
     path = Path(args.calibration)
@@ -250,7 +257,7 @@ def score_clip(args) -> dict:
     for rec in records:
         by_image[rec["image"]].append(rec)
     present, absent = [], []
-    for image, recs in by_image.items():
+    for image, recs in tqdm(by_image.items(), desc="clip", unit="image"):
         if args.image_root and not Path(image).is_absolute():
             full = str(Path(args.image_root) / image)
         else:

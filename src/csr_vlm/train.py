@@ -189,12 +189,15 @@ def save_checkpoint(trainer, processor, out: Path, merge: bool) -> Path:
     model = trainer.accelerator.unwrap_model(trainer.model)
     if merge and hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
-    final, tmp = out / "checkpoint", out / "checkpoint.tmp"
+    final, tmp, old = out / "checkpoint", out / "checkpoint.tmp", out / "checkpoint.old"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     processor.save_pretrained(tmp)
-    shutil.rmtree(final, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():  # a redo: keep the previous checkpoint until the new one is in place
+        final.rename(old)
     tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
     return final
 
 
