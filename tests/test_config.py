@@ -94,3 +94,16 @@ def test_help_is_fast_and_lists_commands(capsys):
     out = capsys.readouterr().out
     for name in ("generate", "train", "loop", "eval", "score", "report", "toyworld", "demo", "models"):
         assert name in out
+
+
+def test_finished_stage_with_another_config_is_not_reused(tmp_path):
+    """A stage dir saved with model.path=A refuses to be reused for model.path=B; same config passes."""
+    from csr_vlm.config import check_reusable
+
+    cfg = load_config(None, ["model.path=A", "eval.num_images=5"])
+    save_config(cfg, tmp_path / "config.yaml")
+    check_reusable(tmp_path, cfg, ("seed", "model.path", "eval"))
+    with pytest.raises(ConfigError, match=r"model.path differ"):
+        check_reusable(tmp_path, load_config(None, ["model.path=B", "eval.num_images=5"]), ("model.path", "eval"))
+    with pytest.raises(ConfigError, match=r"\(eval differ"):
+        check_reusable(tmp_path, load_config(None, ["model.path=A"]), ("model.path", "eval"))

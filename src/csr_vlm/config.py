@@ -301,6 +301,28 @@ def save_config(cfg: RunConfig, path: str | Path) -> Path:
     return path
 
 
+def check_reusable(out: str | Path, cfg: RunConfig, keys: tuple[str, ...]) -> None:
+    """Refuse to reuse a finished stage directory whose saved config.yaml differs from cfg at `keys`.
+
+    keys are dotted (`model.path`, `eval`); a stage calls this before skipping finished work, so
+    `csr eval --model B` into a directory that holds model A's metrics is an error, not A's numbers.
+    """
+    saved = Path(out) / "config.yaml"
+    if not saved.is_file():
+        return
+    old, new = yaml.safe_load(saved.read_text()) or {}, yaml.safe_load(yaml.safe_dump(to_dict(cfg)))
+
+    def get(tree: Any, key: str) -> Any:
+        for part in key.split("."):
+            tree = tree.get(part) if isinstance(tree, dict) else None
+        return tree
+
+    differ = [k for k in keys if get(old, k) != get(new, k)]
+    if differ:
+        raise ConfigError(f"out: {out} holds results of a different config ({', '.join(differ)} differ); "
+                          "use overwrite=true or another out")
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 

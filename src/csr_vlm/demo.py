@@ -215,6 +215,9 @@ def cli(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     config = Path(args.config) if args.config else CONFIG_DIR / ("toy-quick.yaml" if args.quick else "toy.yaml")
     if not config.is_file():
+        raise InputError(f"--config: {config} not found (the toy configs ship in the repository's configs/; "
+                         "pass --config when csr-vlm is installed without its source tree)")
+    if not config.is_file():
         raise InputError(f"--config: {config} not found")
     world = Path(args.world or f"worlds/toy-seed{args.seed}{'-quick' if args.quick else ''}")
     out = Path(args.out)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from . import chair, pope
-from .config import RunConfig, save_config
+from .config import RunConfig, check_reusable, save_config
 from .data import InputError, is_done, load_image, mark_done, read_jsonl, repair_jsonl, resolve_image, write_json
 from .data import DONE_MARKER, append_jsonl, write_jsonl
 
@@ -44,6 +44,7 @@ def flat_metrics(metrics: dict) -> dict:
 def run(cfg: RunConfig, round: int = 0) -> Path:
     out = Path(cfg.out)
     if is_done(out) and not cfg.overwrite:
+        check_reusable(out, cfg, ("seed", "model.path", "eval"))
         log.info("eval: %s is done; skipping (overwrite=true redoes it)", out)
         return out
     ev = cfg.eval

@@ -39,7 +39,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig, save_config
+from .config import RunConfig, check_reusable, save_config
 from .data import InputError, is_done, mark_done, read_jsonl
 
 log = logging.getLogger(__name__)
@@ -208,6 +208,7 @@ def run(cfg: RunConfig, round: int = 1) -> Path:
     """Train on the pairs and save <out>/checkpoint; returns the stage directory."""
     out = Path(cfg.out)
     if is_done(out) and not cfg.overwrite:
+        check_reusable(out, cfg, ("seed", "model.path", "train"))
         log.info("train: %s is complete; skipping (overwrite=true redoes it)", out)
         return out
     start = time.time()
