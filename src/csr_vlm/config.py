@@ -93,7 +93,8 @@ class SearchConfig:
     """Token cap for one sentence (official code: 70)."""
     delimiters: list[str] = field(default_factory=lambda: [".", "!", "?", "\n"])
     """Characters that end a sentence; their token ids are looked up in the tokenizer."""
-    filters: list[str] = field(default_factory=lambda: ["script", "emoji", "word_repeat", "char_repeat", "newlines", "short"])
+    filters: list[str] = field(
+        default_factory=lambda: ["script", "emoji", "word_repeat", "char_repeat", "newlines", "short"])
     """Junk filters applied to each sentence (official code's list); [] switches them off."""
     min_sentence_chars: int = 4
     """Sentences shorter than this many characters are dropped by the `short` filter."""

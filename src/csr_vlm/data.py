@@ -122,7 +122,8 @@ def is_done(directory: str | Path) -> bool:
 # ---------------------------------------------------------------------------- prompts
 
 
-def read_prompts(path: str | Path, image_root: str = "", image_prefix: str = "") -> tuple[list[PromptRecord], list[dict]]:
+def read_prompts(path: str | Path, image_root: str = "", image_prefix: str = ""
+                 ) -> tuple[list[PromptRecord], list[dict]]:
     """Read prompts from JSONL ({id, image, prompt}) or the official CSR JSON list ({id, image, input}).
 
     Returns (records, skipped) where skipped holds {"id", "line", "reason"} for every unusable

@@ -6,7 +6,8 @@ Reads RUN_DIR/manifest.json (if present) and round_<k>/{generate,train,eval}/ (r
 the base model's eval) and writes RUN_DIR/report.md plus report_*.png (matplotlib, Agg backend):
 hallucination metrics per round, the CLIP image-relevance R_I of chosen vs rejected answers (the
 paper's Figure 1 right), reward margins, DPO loss and reward accuracy, a table of every number, and,
-with --instances, how the pairs compare with the ground truth. Missing pieces of a run are noted, never fatal; a folder that is no run at all is an error.
+with --instances, how the pairs compare with the ground truth. Missing pieces of a run are noted,
+never fatal; a folder that is no run at all is an error.
 """
 
 from __future__ import annotations

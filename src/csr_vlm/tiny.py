@@ -122,7 +122,8 @@ def build_gemma3(image_size: int = 64, patch_size: int = 8, text_hidden: int = 6
                "<start_of_image>", "<end_of_image>", "<image_soft_token>"]
     tok = _wrap(train_bpe(corpus or CORPUS, special), bos_token="<bos>", eos_token="<eos>", unk_token="<unk>",
                 pad_token="<pad>", extra_special_tokens={"image_token": "<image_soft_token>",
-                                                         "boi_token": "<start_of_image>", "eoi_token": "<end_of_image>"})
+                                                         "boi_token": "<start_of_image>",
+                                                         "eoi_token": "<end_of_image>"})
     tok.chat_template = GEMMA3_TEMPLATE
     mm_tokens = 16
     config = Gemma3Config(
@@ -130,7 +131,8 @@ def build_gemma3(image_size: int = 64, patch_size: int = 8, text_hidden: int = 6
                          num_attention_heads=4, num_key_value_heads=2, head_dim=text_hidden // 4,
                          intermediate_size=2 * text_hidden, max_position_embeddings=2048, sliding_window=512),
         vision_config=dict(image_size=image_size, patch_size=patch_size, hidden_size=vision_hidden,
-                           num_hidden_layers=vision_layers, num_attention_heads=4, intermediate_size=2 * vision_hidden),
+                           num_hidden_layers=vision_layers, num_attention_heads=4,
+                           intermediate_size=2 * vision_hidden),
         mm_tokens_per_image=mm_tokens,
         image_token_index=tok.convert_tokens_to_ids("<image_soft_token>"),
         boi_token_index=tok.convert_tokens_to_ids("<start_of_image>"),
@@ -140,7 +142,8 @@ def build_gemma3(image_size: int = 64, patch_size: int = 8, text_hidden: int = 6
     )
     model = Gemma3ForConditionalGeneration(config)
     _set_generation_ids(model, tok, extra_eos=[tok.convert_tokens_to_ids("<end_of_turn>")])
-    processor = Gemma3Processor(image_processor=Gemma3ImageProcessorPil(size={"height": image_size, "width": image_size}),
+    image_processor = Gemma3ImageProcessorPil(size={"height": image_size, "width": image_size})
+    processor = Gemma3Processor(image_processor=image_processor,
                                 tokenizer=tok, chat_template=GEMMA3_TEMPLATE, image_seq_length=mm_tokens)
     return model, processor
 
