@@ -108,7 +108,7 @@ def _load_models(cfg: RunConfig, rank: int, world: int):
     import torch
 
     from .models import load_policy
-    from .reward import ClipScorer, estimate_tau
+    from .reward import ClipScorer, estimate_tau, read_calibration
 
     if world > 1 and cfg.model.device == "auto" and torch.cuda.is_available():
         cfg.model.device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank)) % torch.cuda.device_count()}"
@@ -117,11 +117,7 @@ def _load_models(cfg: RunConfig, rank: int, world: int):
                         batch_size=cfg.reward.clip_batch_size)
     tau_stats = None
     if cfg.reward.normalize == "center" and cfg.reward.tau is None:
-        calib_path = Path(cfg.reward.tau_calibration)
-        calib = list(read_jsonl(calib_path, strict=True))
-        for rec in calib:  # relative images: as given if they exist, else beside the calibration file
-            if "image" in rec and not Path(str(rec["image"])).exists():
-                rec["image"] = str(calib_path.parent / str(rec["image"]))
+        calib = read_calibration(cfg.reward.tau_calibration)
         cfg.reward.tau, tau_stats = estimate_tau(scorer, calib, cfg.reward.tau_sd, cfg.data.max_image_pixels)
         log.info("generate: tau = %.3f estimated from %s", cfg.reward.tau, cfg.reward.tau_calibration)
     return policy, scorer, tau_stats

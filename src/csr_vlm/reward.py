@@ -16,10 +16,11 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from .config import RewardConfig
-from .data import InputError, load_image
+from .data import InputError, load_image, read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -196,24 +197,53 @@ def path_value(lm_ranks: Sequence[float], clip_ranks: Sequence[float], lam: floa
 # ---------------------------------------------------------------------------- tau calibration
 
 
+def read_calibration(path: str | Path, image_root: str = "") -> list[dict]:
+    """Labelled sentences [{"image", "text", "present"}] for tau and for `csr score clip`.
+
+    A relative image resolves against image_root when given, else as written if it exists, else
+    beside the calibration file (so a world directory can be moved with its calibration file).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"reward.tau_calibration: file not found: {path}")
+    records = list(read_jsonl(path, strict=True))
+    for lineno, rec in enumerate(records, 1):
+        if not {"image", "text", "present"} <= rec.keys():
+            raise InputError(f"{path}: record {lineno} needs image, text and present")
+        image = Path(str(rec["image"]))
+        if not image.is_absolute():
+            image = Path(image_root) / image if image_root else image if image.exists() else path.parent / image
+        rec["image"] = str(image)
+    return records
+
+
+def calibration_scores(scorer: ClipScorer, records: list[dict], max_pixels: int = 50_000_000
+                       ) -> tuple[list[float], list[float]]:
+    """R_I of the present and of the absent sentences; each image is embedded once, unreadable ones are skipped."""
+    from tqdm import tqdm
+
+    by_image: dict[str, list[dict]] = {}
+    for rec in records:
+        by_image.setdefault(str(rec["image"]), []).append(rec)
+    present, absent = [], []
+    for image, recs in tqdm(by_image.items(), desc="CLIP calibration", unit="image", leave=False):
+        try:
+            emb = scorer.image_embedding(load_image(image, max_pixels))
+        except InputError as exc:
+            log.warning("calibration: skipping %d sentence(s): %s", len(recs), exc)
+            continue
+        for rec, raw in zip(recs, scorer.score(emb, [str(r["text"]) for r in recs])):
+            (present if rec["present"] else absent).append(image_relevance(raw))
+    return present, absent
+
+
 def estimate_tau(scorer: ClipScorer, records: list[dict], sd: float = 3.0, max_pixels: int = 50_000_000):
     """tau = mean(R_I of present sentences) - sd * std(R_I of present sentences).
 
-    records: [{"image", "text", "present"}]. Returns (tau, stats) with the miss rate of true
-    sentences and the pass rate of absent ones at that tau.
+    records: read_calibration's. Returns (tau, stats) with the miss rate of true sentences and the
+    pass rate of absent ones at that tau.
     """
-    by_image: dict[str, list[dict]] = {}
-    for rec in records:
-        if not {"image", "text", "present"} <= rec.keys():
-            raise InputError("reward.tau_calibration: every line needs image, text and present")
-        by_image.setdefault(str(rec["image"]), []).append(rec)
-    true_scores, false_scores = [], []
-    from tqdm import tqdm
-
-    for image, recs in tqdm(by_image.items(), desc="tau calibration", unit="image", leave=False):
-        emb = scorer.image_embedding(load_image(image, max_pixels))
-        for rec, raw in zip(recs, scorer.score(emb, [str(r["text"]) for r in recs])):
-            (true_scores if rec["present"] else false_scores).append(image_relevance(raw))
+    true_scores, false_scores = calibration_scores(scorer, records, max_pixels)
     if len(true_scores) < 2:
         raise InputError("reward.tau_calibration: needs at least 2 sentences with present=true")
     mean = sum(true_scores) / len(true_scores)

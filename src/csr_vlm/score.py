@@ -18,12 +18,11 @@ from __future__ import annotations
 import argparse
 import logging
 import statistics
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from . import chair, pope
-from .data import InputError, load_image, read_jsonl, write_json
+from .data import InputError, read_jsonl, write_json
 
 log = logging.getLogger(__name__)
 
@@ -246,29 +245,10 @@ def clip_summary(present: list[float], absent: list[float], tau: float | None, s
 
 
 def score_clip(args) -> dict:
-    from tqdm import tqdm
+    from .reward import ClipScorer, calibration_scores, read_calibration
 
-    from .reward import ClipScorer, image_relevance
-
-    path = Path(args.calibration)
-    records = pope.read_records(path, ("image", "text", "present"), "calibration file")
-    scorer = ClipScorer(args.clip, device=args.device)
-    by_image: dict[str, list[dict]] = defaultdict(list)
-    for rec in records:
-        by_image[rec["image"]].append(rec)
-    present, absent = [], []
-    for image, recs in tqdm(by_image.items(), desc="clip", unit="image"):
-        if args.image_root and not Path(image).is_absolute():
-            full = str(Path(args.image_root) / image)
-        else:
-            full = image if Path(image).exists() else str(path.parent / image)
-        try:
-            emb = scorer.image_embedding(load_image(full))
-        except InputError as exc:
-            log.warning("skipping %d sentence(s): %s", len(recs), exc)
-            continue
-        for rec, s in zip(recs, scorer.score(emb, [r["text"] for r in recs])):
-            (present if rec["present"] else absent).append(image_relevance(s))
+    records = read_calibration(args.calibration, args.image_root)
+    present, absent = calibration_scores(ClipScorer(args.clip, device=args.device), records)
     out = clip_summary(present, absent, args.tau, args.sd)
     rows = [["present R_I mean / sd", f"{out['present']['mean']:.2f} / {out['present']['sd']:.2f}"],
             ["absent R_I mean / sd", f"{out['absent']['mean']:.2f} / {out['absent']['sd']:.2f}"],

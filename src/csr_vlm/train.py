@@ -157,13 +157,11 @@ def metrics_logger(path: Path):
 
 def load_model(cfg: RunConfig):
     """Policy + processor, loaded on CPU (the Trainer places it) in the dtype of the training device."""
-    import torch
-
-    from .models import load_policy
+    from .models import load_policy, resolve_device
 
     dtype = cfg.model.dtype
-    if dtype == "auto":
-        dtype = "bfloat16" if torch.cuda.is_available() and cfg.model.device != "cpu" else "float32"
+    if dtype == "auto":  # what load_policy's "auto" would pick on the training device, not on the CPU
+        dtype = "bfloat16" if resolve_device(cfg.model.device).startswith("cuda") else "float32"
     return load_policy(replace(cfg.model, device="cpu", dtype=dtype))
 
 
