@@ -48,6 +48,17 @@ def test_guards_keep_a_degenerate_round_from_being_picked():
     assert loop.pick_best(dev, "chair_i") == (2, 0)
 
 
+def test_relative_guard_is_a_multiple_of_the_base():
+    """Base recall 0.95; {recall: 0.9} -> at least 0.855. Round 1 (0.85, mute-ish) fails, round 2 (0.90) passes:
+    chair 0.0 of round 1 cannot win, round 2 (0.09) is picked. With the absolute guard {recall: 0.92} also
+    given, the stricter bound (0.92) holds and round 2 fails too -> the base."""
+    dev = {0: {"chair_i": 0.18, "recall": 0.95}, 1: {"chair_i": 0.0, "recall": 0.85},
+           2: {"chair_i": 0.09, "recall": 0.90}}
+    assert loop.guard_bounds(dev, None, {"recall": 0.9}) == {"recall": pytest.approx(0.855)}
+    assert loop.pick_best(dev, "chair_i", None, {"recall": 0.9}) == (2, 0)
+    assert loop.pick_best(dev, "chair_i", {"recall": 0.92}, {"recall": 0.9}) == (0, 2)
+
+
 def test_stage_configs_chain_the_rounds(tmp_path):
     cfg = load_config(None, [f"out={tmp_path}", "model.path=base", "loop.dev={num_images: 7, prompt: dev prompt}"])
     gen2, train2 = loop.stage_cfg(cfg, 2, "generate"), loop.stage_cfg(cfg, 2, "train")

@@ -117,6 +117,8 @@ def test_clip_summary_hand_worked():
     s = clip_summary([30.0, 32.0, 34.0], [25.0, 31.0, 33.0], tau=32.0, sd=1.0)
     assert s["auc"] == pytest.approx(2 / 3) and s["suggested_tau"] == pytest.approx(30.0)
     assert s["fpr_at_suggested_tau"] == pytest.approx(2 / 3) and s["fpr_at_tau"] == pytest.approx(1 / 3)
+    # youden: TPR - FPR is 1/3 at cuts 30, 32 and 34 (0 elsewhere); the lowest, 30, sits above 25 -> 27.5
+    assert clip_summary([30.0, 32.0, 34.0], [25.0, 31.0, 33.0], None, 1.0, "youden")["suggested_tau"] == 27.5
     assert s["tpr_at_tau"] == pytest.approx(2 / 3)
 
 

@@ -13,8 +13,8 @@ from PIL import Image
 from csr_vlm.config import RewardConfig
 from csr_vlm.data import InputError
 from csr_vlm.reward import (ClipScorer, estimate_tau, fractional_ranks, image_relevance, neutral_image_value,
-                            penalize_repeats,
-                            path_value, self_score, sibling_ranks, step_rewards, top_bottom, zscores)
+                            path_value, penalize_repeats, pick_tau, self_score, sibling_ranks, step_rewards,
+                            top_bottom, zscores)
 
 
 def test_image_relevance_clamps_negative_cosines():
@@ -133,6 +133,20 @@ def test_estimate_tau_is_true_mean_minus_sd(tmp_path):
     tau, stats = estimate_tau(scorer, records, sd=3.0)
     assert tau == pytest.approx(22.0)
     assert stats["miss_rate_true"] == 0.0 and stats["pass_rate_false"] == 0.5 and stats["mean_false"] == 12.5
+
+
+def test_pick_tau_youden_cuts_where_tpr_minus_fpr_peaks():
+    """true [30, 28, 26, 20], false [25, 22, 5].
+    cut 26: TPR 3/4, FPR 0 -> J 0.75; cut 20: TPR 1, FPR 2/3 -> 0.33; cut 22: 3/4 - 1/3; cut 28: 1/2.
+    Best cut 26; the highest score below it is 25 -> tau = 25.5. true_sd (sd 1): mean 26,
+    sample sd sqrt((16 + 4 + 0 + 36) / 3) = 4.32 -> 21.68."""
+    true, false = [30.0, 28.0, 26.0, 20.0], [25.0, 22.0, 5.0]
+    assert pick_tau(true, false, "youden") == pytest.approx(25.5)
+    assert pick_tau(true, false, "true_sd", sd=1.0) == pytest.approx(26 - (56 / 3) ** 0.5)
+    with pytest.raises(InputError, match="present=false"):
+        pick_tau(true, [], "youden")
+    with pytest.raises(InputError, match="unknown rule"):
+        pick_tau(true, false, "midpoint")
 
 
 def test_clip_scorer_is_100_cos_batched_and_truncated(tiny_llava):

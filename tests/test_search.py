@@ -84,6 +84,35 @@ def test_cached_continuation_equals_reencoding(loaded, family):
     assert counter.generated == sum(len(c.tokens) for c in first + second + third)
 
 
+def test_offer_end_makes_every_kth_candidate_the_end_with_its_real_logprob(loaded):
+    """Two partial answers, 4 candidates each with offer_end: candidates 3 and 7 are EOS alone (stop "eos"),
+    each with log p(EOS | image, prompt, that answer) as a full re-encode computes it; the other three per
+    answer are the very sentences sampling draws without offer_end (same generator, same draws)."""
+    policy, _, image = loaded["llava"]
+    suppress, eos = policy.suppressed_ids(), policy.eos_ids
+    stops = sorted({i for i in range(len(policy.tokenizer)) if i % 5 == 0} | set(eos))
+    runs = []
+    for offer in (False, True):
+        state = prefill(policy, image, PROMPT, TokenCounter())
+        first = expand(policy, state, SearchConfig(sampler="diverse_beam", num_candidates=2, max_new_tokens=4),
+                       stops, eos, suppress, None, TokenCounter())
+        cfg = SearchConfig(num_candidates=4, max_new_tokens=3, temperature=1.0, offer_end=offer)
+        runs.append(expand(policy, state, cfg, stops, eos, suppress, torch.Generator().manual_seed(1), TokenCounter()))
+    plain, offered = runs
+    batch = policy.encode([image], [PROMPT])
+    for k, (a, b) in enumerate(zip(plain, offered)):
+        if k % 4 != 3:
+            assert (a.tokens, a.logprobs, a.stop) == (b.tokens, b.logprobs, b.stop)
+            continue
+        assert b.tokens == [eos[0]] and b.stop == "eos"
+        inputs = dict(batch)
+        inputs["input_ids"] = torch.cat([batch["input_ids"], torch.tensor([first[k // 4].tokens])], dim=1)
+        inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+        with torch.inference_mode():
+            logp = torch.log_softmax(policy.model(**inputs).logits[0, -1].float(), dim=-1)
+        assert b.logprobs == pytest.approx([float(logp[eos[0]])], abs=1e-4)
+
+
 def _cfg(**search) -> RunConfig:
     cfg = RunConfig()
     cfg.search = SearchConfig(filters=[], **search)
@@ -195,19 +224,22 @@ class _StubCtx:
         return [self.clip[t] for t in texts]
 
 
-@pytest.mark.parametrize("end_reward, end_r", [("neutral", -0.1), ("zero", -1.9)])
-def test_step_reward_end_and_repeat_are_neutral(end_reward, end_r):
+@pytest.mark.parametrize("end_reward, end_self_score, end_r",
+                         [("neutral", True, -0.1), ("zero", True, -1.9), ("neutral", False, 0.0)])
+def test_step_reward_end_and_repeat_are_neutral(end_reward, end_self_score, end_r):
     """center, tau 20, scale 10, lam 0.9; every sentence has mean log-prob -1 -> (1 - lam) * R_T = -0.1.
     "A dog." repeats the answer -> R_I = tau -> 0.9 * 0 - 0.1 = -0.1.
     "A red car." CLIP 35 -> 0.9 * (35 - 20) / 10 - 0.1 = 1.25.
     "Blue sky." CLIP -5 -> clamped to 0 -> 0.9 * (0 - 20) / 10 - 0.1 = -1.9.
-    EOS alone ends the answer: neutral -> R_I = tau -> -0.1; zero -> R_I = 0 -> -1.9."""
+    EOS alone ends the answer: neutral -> R_I = tau -> -0.1; zero -> R_I = 0 -> -1.9;
+    neutral without the end's self-score (R_T 0) -> exactly 0."""
     from csr_vlm.config import RewardConfig
     from csr_vlm.expand import Candidate
     from csr_vlm.search import Answer, Sentence, _score_step
 
     cfg = RunConfig(reward=RewardConfig(lam=0.9, normalize="center", tau=20.0, scale=10.0, end_reward=end_reward,
-                                        self_score="mean"), search=SearchConfig(filters=[]))
+                                        end_self_score=end_self_score, self_score="mean"),
+                    search=SearchConfig(filters=[]))
     ctx = _StubCtx(cfg, {1: "A dog.", 2: "A red car.", 4: "Blue sky."}, {"A red car.": 35.0, "Blue sky.": -5.0})
     parent = Answer(sentences=[Sentence("There is a dog.", -1.0, 30.0, 1.0)], reward=1.0)
     cands = [Candidate(0, [1], [-1.0], "delimiter"), Candidate(0, [2], [-0.5, -1.5], "delimiter"),

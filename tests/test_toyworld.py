@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -118,6 +119,8 @@ def test_select_checkpoint_rule():
     assert toyllava.select_checkpoint(m[:1] + m[3:]) == 0  # none qualifies: nearest the band among fluent
     m[2]["pope_acc"] = 0.65  # yes/no below 0.7: not a base
     assert toyllava.select_checkpoint(m) == 1
+    m[1]["dup_rate"] = 0.06  # repeats above 5%: not a base either -> the fallback, nearest the band
+    assert not toyllava.passes(m[1]) and toyllava.select_checkpoint(m) == 1
 
 
 def test_select_checkpoint_fallback_skips_mute_and_prefers_pope():
@@ -130,6 +133,24 @@ def test_select_checkpoint_fallback_skips_mute_and_prefers_pope():
     near = {"chair_i": 0.12, "wellformed": 1.0, "recall": 0.9, "mentions_per_caption": 2.0, "pope_acc": 0.5}
     far = {"chair_i": 0.30, "wellformed": 1.0, "recall": 0.9, "mentions_per_caption": 2.0, "pope_acc": 0.75}
     assert toyllava.select_checkpoint([mute, talk, near, far]) == 3
+
+
+def test_clip_is_reused_only_when_its_parameters_match(tmp_path, monkeypatch):
+    """_clip trains once, reuses the CLIP when only LLaVA parameters change, retrains when clip_steps does."""
+    trained = []
+
+    def fake_train(out, p):
+        (out / "clip").mkdir(parents=True)
+        trained.append(p.clip_steps)
+        return {"tau": float(p.clip_steps)}
+
+    monkeypatch.setattr(toyclip, "train_clip", fake_train)
+    p = tw.WorldParams.make(0, True)
+    assert tw._clip(tmp_path, p) == {"tau": 30.0}
+    assert tw._clip(tmp_path, replace(p, llava_steps=99, qa_fraction=0.1)) == {"tau": 30.0}
+    assert trained == [30]
+    assert tw._clip(tmp_path, replace(p, clip_steps=31)) == {"tau": 31.0} and trained == [30, 31]
+    assert p.digest() != replace(p, llava_steps=99).digest()
 
 
 def test_garbled_sentences_name_no_object():

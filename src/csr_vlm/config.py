@@ -54,13 +54,19 @@ class RewardConfig:
     tau: float | None = None
     """CLIP threshold for normalize=center; None estimates it from reward.tau_calibration."""
     tau_calibration: str = ""
-    """JSONL of labelled (image, text, present) sentences; tau = mean(true R_I) - tau_sd * sd(true R_I)."""
+    """JSONL of labelled (image, text, present) sentences from which tau is estimated."""
+    tau_rule: str = "true_sd"
+    """true_sd: tau = mean(true R_I) - tau_sd * sd(true R_I); youden: the cut maximising TPR - FPR."""
     tau_sd: float = 3.0
-    """Standard deviations below the true-sentence mean at which tau is set (prototype: 3 beat the midpoint)."""
+    """Standard deviations below the true-sentence mean at which tau is set (tau_rule=true_sd)."""
     scale: float = 10.0
     """Divisor of (R_I - tau) for normalize=center."""
     end_reward: str = "neutral"
     """R_I of the end-of-answer step: neutral (tau under center, else the step mean) or zero."""
+    end_self_score: bool = True
+    """R_T of the end-of-answer step is the policy's log-prob of stopping; false makes it 0, so that under
+    center stopping is exactly neutral however unlikely the model finds it (a model that always names a
+    partner otherwise pays more for stopping than for a hallucination CLIP scores a little below tau)."""
     repeat_neutral: bool = True
     """A sentence that repeats what the answer already said gets a neutral R_I, so repeating earns nothing."""
     repeat_penalty: float = 0.0
@@ -77,6 +83,9 @@ class SearchConfig:
     """How candidate sentences are proposed: sample (temperature) or diverse_beam (own Hamming-diverse beams)."""
     num_candidates: int = 5
     """Candidate next sentences proposed per live partial answer per step."""
+    offer_end: bool = False
+    """The last of each answer's candidates is always "end the answer here" (EOS, with its real log-prob),
+    so stopping competes at every step even where sampling would rarely draw it."""
     temperature: float = 0.7
     """Sampling temperature for sampler=sample."""
     top_p: float = 1.0
@@ -213,6 +222,8 @@ class LoopConfig:
     """Stop after this many rounds without dev improvement; 0 = never stop early."""
     guards: dict[str, float] = field(default_factory=dict)
     """Dev-metric bounds a round must meet to be selected, e.g. {dup_rate: 0.05} (max for lower-is-better)."""
+    relative_guards: dict[str, float] = field(default_factory=dict)
+    """Bounds as multiples of the base model's dev metric, e.g. {recall: 0.9}: at least 0.9 x base recall."""
     dev: dict[str, Any] = field(default_factory=dict)
     """Eval-section overrides for the dev evaluation used by select_on (e.g. {annotations: dev.json})."""
 
@@ -336,7 +347,7 @@ def field_docs(cls: type) -> dict[str, str]:
     for node, nxt in zip(body, body[1:]):
         if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
             if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
-                docs[node.target.id] = nxt.value.value
+                docs[node.target.id] = " ".join(nxt.value.value.split())
     return docs
 
 

@@ -30,7 +30,9 @@ from .data import InputError, read_jsonl, write_json
 
 log = logging.getLogger(__name__)
 
-ARMS = {"csr": [], "lam0": ["reward.lam=0"]}
+# lam0 is self-rewarding by likelihood alone, stopping included: with the centred reward's neutral stop
+# (end_self_score=false) and no image term, ending would outscore every sentence.
+ARMS = {"csr": [], "lam0": ["reward.lam=0", "reward.end_self_score=true"]}
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 COLUMNS = ("chair_i", "chair_s", "recall", "pope_f1", "dup_rate", "wellformed", "pair_chosen_chair_i",
            "pair_rejected_chair_i")

@@ -6,10 +6,11 @@ a `BeamState` is one partial answer: its keys/values in a batched `DynamicCache`
 is not yet in the cache. `expand` feeds the B last tokens once, repeats the cache K times
 (`batch_repeat_interleave`) and decodes all B*K candidate sentences together with its own token loop,
 so R_T comes from the raw (untempered) logits and stops are exact: a delimiter token, an EOS, or
-`max_new_tokens`. `select` keeps the surviving rows (`batch_select_indices`) and `crop`s trailing
-columns no survivor uses. Nothing is ever re-encoded. `prefill` installs kvcache.py's layers: new tokens
-are written in place (no `torch.cat` per token) and the image + prompt keys/values are kept once per
-prompt, not once per row (`_forward` switches on kvcache.shared_prefix_attention for that).
+`max_new_tokens` (with `search.offer_end` the K-th candidate of each row is EOS itself). `select`
+keeps the surviving rows (`batch_select_indices`) and `crop`s trailing columns no survivor uses.
+Nothing is ever re-encoded. `prefill` installs kvcache.py's layers: new tokens are written in place
+(no `torch.cat` per token) and the image + prompt keys/values are kept once per prompt, not once per
+row (`_forward` switches on kvcache.shared_prefix_attention for that).
 
 Several prompts: `concat_states` stacks the prefilled states of several prompts (left-padded holes),
 and `expand_groups` decodes all their rows together, one forward per token; each `Group` (one
@@ -181,6 +182,8 @@ def expand_groups(policy, state: BeamState, cfg: SearchConfig, stop_ids: list[in
         logp = torch.log_softmax(logits, dim=-1)  # raw, untempered: R_T
         blocks = [(a, b, g.generator) for (a, b), g in zip(bounds, groups) if any(live_rows[a:b])]
         tokens = _choose(logits, logp, cfg, bias, None, k, blocks)
+        if step == 0 and cfg.offer_end and eos_ids:
+            tokens[k - 1::k] = eos_ids[0]
         tokens = torch.where(running, tokens, last)
         picked = logp.gather(1, tokens[:, None]).squeeze(1).tolist()  # one device sync per step, not per row
         for r, (tok, lp, live) in enumerate(zip(tokens.tolist(), picked, live_rows)):

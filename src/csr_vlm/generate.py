@@ -35,7 +35,7 @@ from .data import (InputError, append_jsonl, is_done, load_image, mark_done, rea
                    write_json, write_jsonl)
 from .filters import check_filters
 from .models import check_model_path
-from .reward import NORMALIZE_MODES
+from .reward import NORMALIZE_MODES, TAU_RULES
 
 log = logging.getLogger(__name__)
 _OWN_GROUP = False  # whether this module started the process group (and so should end it)
@@ -43,7 +43,7 @@ _OWN_GROUP = False  # whether this module started the process group (and so shou
 CHOICES = {
     "search.mode": ("paper", "official"), "search.sampler": ("sample", "diverse_beam"),
     "reward.normalize": NORMALIZE_MODES, "reward.self_score": ("sum", "mean"),
-    "reward.end_reward": ("neutral", "zero"),
+    "reward.end_reward": ("neutral", "zero"), "reward.tau_rule": TAU_RULES,
 }
 
 
@@ -118,8 +118,10 @@ def _load_models(cfg: RunConfig, rank: int, world: int):
     tau_stats = None
     if cfg.reward.normalize == "center" and cfg.reward.tau is None:
         calib = read_calibration(cfg.reward.tau_calibration)
-        cfg.reward.tau, tau_stats = estimate_tau(scorer, calib, cfg.reward.tau_sd, cfg.data.max_image_pixels)
-        log.info("generate: tau = %.3f estimated from %s", cfg.reward.tau, cfg.reward.tau_calibration)
+        cfg.reward.tau, tau_stats = estimate_tau(scorer, calib, cfg.reward.tau_sd, cfg.data.max_image_pixels,
+                                                 cfg.reward.tau_rule)
+        log.info("generate: tau = %.3f (%s) estimated from %s", cfg.reward.tau, cfg.reward.tau_rule,
+                 cfg.reward.tau_calibration)
     return policy, scorer, tau_stats
 
 

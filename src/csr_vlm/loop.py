@@ -19,8 +19,10 @@ and the duplicate rate (`LOWER_IS_BETTER`) are better when lower; every other me
 acc, precision) is better when higher. Only a strict improvement moves `best_round`, so ties keep
 the earlier round, and round 0 (the base model) competes. `loop.patience` > 0 stops the loop after
 that many rounds without improvement. Without `select_on`, the last round is the best. `loop.guards`
-bounds other dev metrics (e.g. {dup_rate: 0.05}): a round that breaks one cannot be picked, so a
-round that lowers CHAIR by repeating itself is not chosen.
+bounds other dev metrics (e.g. {dup_rate: 0.05}) and `loop.relative_guards` bounds them relative to
+the base model (e.g. {recall: 0.9}: at least 90% of round 0's): a round that breaks one cannot be
+picked, so a round that lowers CHAIR by repeating itself, or by naming fewer objects (a mute model has
+CHAIR 0), is not chosen.
 """
 
 from __future__ import annotations
@@ -124,10 +126,12 @@ def dev_metrics(cfg: RunConfig, k: int) -> dict[str, float]:
     """The select_on metric and the guarded metrics of round k's dev evaluation."""
     path = round_dir(Path(cfg.out), k) / "dev_eval" / "metrics.json"
     flat = json.loads(path.read_text()).get("flat", {})
-    for key, name in [("loop.select_on", cfg.loop.select_on)] + [("loop.guards", g) for g in cfg.loop.guards]:
+    names = [("loop.select_on", cfg.loop.select_on)] + [("loop.guards", g) for g in cfg.loop.guards]
+    names += [("loop.relative_guards", g) for g in cfg.loop.relative_guards]
+    for key, name in names:
         if name not in flat:
             raise InputError(f"{key}: {name!r} is not a metric of {path} (choose from {', '.join(sorted(flat))})")
-    return {name: float(flat[name]) for name in (cfg.loop.select_on, *cfg.loop.guards)}
+    return {name: float(flat[name]) for _, name in names}
 
 
 def passes_guards(metrics: dict[str, float], guards: dict[str, float]) -> bool:
@@ -135,15 +139,27 @@ def passes_guards(metrics: dict[str, float], guards: dict[str, float]) -> bool:
     return all(metrics[m] <= bound if lower_is_better(m) else metrics[m] >= bound for m, bound in guards.items())
 
 
-def pick_best(values: dict[int, dict[str, float]], metric: str, guards: dict[str, float] | None = None
-              ) -> tuple[int, int]:
+def guard_bounds(values: dict[int, dict[str, float]], guards: dict[str, float] | None,
+                 relative: dict[str, float] | None = None) -> dict[str, float]:
+    """The absolute guards plus the relative ones turned into bounds by round 0's values (when it was measured)."""
+    bounds = dict(guards or {})
+    if relative and 0 in values:
+        for m, factor in relative.items():
+            bound = factor * values[0][m]
+            bounds[m] = min(bounds.get(m, bound), bound) if lower_is_better(m) else max(bounds.get(m, bound), bound)
+    return bounds
+
+
+def pick_best(values: dict[int, dict[str, float]], metric: str, guards: dict[str, float] | None = None,
+              relative: dict[str, float] | None = None) -> tuple[int, int]:
     """(best round, rounds since it improved) over rounds in order; only strict improvements count.
 
     Rounds that break a guard cannot be picked (round 0 always can: it is the fallback)."""
     sign = -1.0 if lower_is_better(metric) else 1.0
+    bounds = guard_bounds(values, guards, relative)
     best, since = None, 0
     for k in sorted(values):
-        eligible = k == 0 or passes_guards(values[k], guards or {})
+        eligible = k == 0 or passes_guards(values[k], bounds)
         if best is None or (eligible and sign * values[k][metric] > sign * values[best][metric]):
             best, since = k, 0
         else:
@@ -219,8 +235,9 @@ def run(cfg: RunConfig, from_round: int | None = None) -> Path:
         if select:
             do_stage(cfg, k, "dev_eval", manifest)
             dev[k] = dev_metrics(cfg, k)
-            best, since = pick_best(dev, cfg.loop.select_on, cfg.loop.guards)
-            manifest.data["rounds"][str(k)] = {**dev[k], "passes_guards": passes_guards(dev[k], cfg.loop.guards),
+            best, since = pick_best(dev, cfg.loop.select_on, cfg.loop.guards, cfg.loop.relative_guards)
+            bounds = guard_bounds(dev, cfg.loop.guards, cfg.loop.relative_guards)
+            manifest.data["rounds"][str(k)] = {**dev[k], "passes_guards": passes_guards(dev[k], bounds),
                                                "best_so_far": best}
             if cfg.loop.patience and since >= cfg.loop.patience and k < cfg.loop.rounds:
                 print(f"[loop] stopping after round {k}: {cfg.loop.select_on} has not improved for {since} "

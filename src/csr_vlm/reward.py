@@ -13,6 +13,7 @@ The official code instead ranks siblings after the search (`sibling_ranks`, `pat
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 from collections.abc import Sequence
@@ -237,21 +238,52 @@ def calibration_scores(scorer: ClipScorer, records: list[dict], max_pixels: int 
     return present, absent
 
 
-def estimate_tau(scorer: ClipScorer, records: list[dict], sd: float = 3.0, max_pixels: int = 50_000_000):
-    """tau = mean(R_I of present sentences) - sd * std(R_I of present sentences).
+TAU_RULES = ("true_sd", "youden")
+
+
+def pick_tau(true_scores: list[float], false_scores: list[float], rule: str = "true_sd", sd: float = 3.0) -> float:
+    """The CLIP threshold from labelled R_I values.
+
+    true_sd: mean(true) - sd * stdev(true) (sample stdev); needs no absent sentences.
+    youden: the cut that maximises TPR - FPR (a sentence passes when R_I >= tau), placed halfway
+    between the lowest passing score and the highest score below it; needs absent sentences. It
+    adapts to how far the absent scores reach up, which a rule on the true scores alone cannot.
+    """
+    if rule not in TAU_RULES:
+        raise InputError(f"reward.tau_rule: unknown rule {rule!r} (choose from {', '.join(TAU_RULES)})")
+    if len(true_scores) < 2:
+        raise InputError("reward.tau_calibration: needs at least 2 sentences with present=true")
+    if rule == "true_sd":
+        mean = sum(true_scores) / len(true_scores)
+        return mean - sd * math.sqrt(sum((v - mean) ** 2 for v in true_scores) / (len(true_scores) - 1))
+    if not false_scores:
+        raise InputError("reward.tau_rule=youden: the calibration file needs sentences with present=false")
+    cuts = sorted(set(true_scores) | set(false_scores))
+    true_sorted, false_sorted = sorted(true_scores), sorted(false_scores)
+
+    def youden(cut: float) -> int:
+        """(TPR - FPR) * n_true * n_false, in integers so that ties are exact."""
+        true_pass = len(true_sorted) - bisect.bisect_left(true_sorted, cut)
+        false_pass = len(false_sorted) - bisect.bisect_left(false_sorted, cut)
+        return true_pass * len(false_sorted) - false_pass * len(true_sorted)
+
+    best = max(range(len(cuts)), key=lambda i: (youden(cuts[i]), -i))
+    return (cuts[best] + cuts[best - 1]) / 2 if best > 0 else cuts[0]
+
+
+def estimate_tau(scorer: ClipScorer, records: list[dict], sd: float = 3.0, max_pixels: int = 50_000_000,
+                 rule: str = "true_sd"):
+    """tau by `pick_tau(rule)` from CLIP's R_I of the calibration sentences.
 
     records: read_calibration's. Returns (tau, stats) with the miss rate of true sentences and the
     pass rate of absent ones at that tau.
     """
     true_scores, false_scores = calibration_scores(scorer, records, max_pixels)
-    if len(true_scores) < 2:
-        raise InputError("reward.tau_calibration: needs at least 2 sentences with present=true")
+    tau = pick_tau(true_scores, false_scores, rule, sd)
     mean = sum(true_scores) / len(true_scores)
-    std = math.sqrt(sum((v - mean) ** 2 for v in true_scores) / (len(true_scores) - 1))
-    tau = mean - sd * std
     stats = {
-        "tau": tau, "sd": sd, "n_true": len(true_scores), "n_false": len(false_scores),
-        "mean_true": mean, "std_true": std,
+        "tau": tau, "rule": rule, "sd": sd, "n_true": len(true_scores), "n_false": len(false_scores),
+        "mean_true": mean, "std_true": math.sqrt(sum((v - mean) ** 2 for v in true_scores) / (len(true_scores) - 1)),
         "mean_false": sum(false_scores) / len(false_scores) if false_scores else None,
         "miss_rate_true": sum(v < tau for v in true_scores) / len(true_scores),
         "pass_rate_false": sum(v >= tau for v in false_scores) / len(false_scores) if false_scores else None,

@@ -3,14 +3,15 @@
     csr score chair --captions F --instances F [--gt-captions F] [--synonyms F] [--out F]
     csr score pope  --questions F [F ...] --answers F [F ...] [--parser default|llava|vlmevalkit] [--out F]
     csr score pairs RUN_OR_GEN_DIR --instances F [--gt-captions F] [--synonyms F] [--greedy samples.jsonl] [--out F]
-    csr score clip  --clip DIR --calibration F.jsonl [--tau T] [--sd 3] [--out F]
+    csr score clip  --clip DIR --calibration F.jsonl [--tau T] [--rule true_sd|youden] [--sd 3] [--out F]
 
 `pairs` measures preference pairs against ground truth: CHAIR_i / recall of the chosen vs the
 rejected answers, how often the chosen one is the cleaner of the two, of all candidates, and (with
 --greedy, an eval samples.jsonl) of the model's own greedy caption of the same image. `clip`
 checks a CLIP scorer on labelled sentences: R_I (max(100 * cos, 0), as in the reward) of present vs
-absent objects, AUC, false-positive rate at --tau and the suggested tau = mean(present) - sd *
-stdev(present) (sample stdev, as reward.estimate_tau). Each prints a table and, with --out, writes the numbers as JSON.
+absent objects, AUC, false-positive rate at --tau and the tau reward.pick_tau suggests (--rule true_sd:
+mean(present) - sd * stdev(present); youden: the cut maximising TPR - FPR). Each prints a table and,
+with --out, writes the numbers as JSON.
 """
 
 from __future__ import annotations
@@ -48,7 +49,9 @@ def cli(argv: list[str]) -> int:
     p.add_argument("--image-root", default="", help="root of relative image paths (default: the working "
                    "directory, else the calibration file's folder)")
     p.add_argument("--tau", type=float, default=None, help="threshold for the false-positive rate")
-    p.add_argument("--sd", type=float, default=3.0, help="suggested tau = mean(present) - SD * stdev(present)")
+    p.add_argument("--rule", default="true_sd", choices=("true_sd", "youden"),
+                   help="how the suggested tau is picked (as reward.tau_rule)")
+    p.add_argument("--sd", type=float, default=3.0, help="rule true_sd: tau = mean(present) - SD * stdev(present)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", help="write the numbers as JSON here")
     args = parser.parse_args(argv)
@@ -228,14 +231,18 @@ def auc(pos: list[float], neg: list[float]) -> float:
     return wins / (len(pos) * len(neg))
 
 
-def clip_summary(present: list[float], absent: list[float], tau: float | None, sd: float) -> dict:
+def clip_summary(present: list[float], absent: list[float], tau: float | None, sd: float,
+                 rule: str = "true_sd") -> dict:
     """The numbers of `csr score clip` from R_I values of present and absent sentences."""
+    from .reward import pick_tau
+
     def stats(v):
         return {"n": len(v), "mean": statistics.fmean(v) if v else 0.0,
                 "sd": statistics.stdev(v) if len(v) > 1 else 0.0}
 
     out = {"present": stats(present), "absent": stats(absent), "auc": auc(present, absent)}
-    out["suggested_tau"] = out["present"]["mean"] - sd * out["present"]["sd"]
+    out["tau_rule"] = rule
+    out["suggested_tau"] = pick_tau(present, absent, rule, sd)
     for name, t in (("tau", tau), ("suggested_tau", out["suggested_tau"])):
         if t is not None:
             out[f"fpr_at_{name}"] = sum(a >= t for a in absent) / len(absent) if absent else 0.0
@@ -249,10 +256,10 @@ def score_clip(args) -> dict:
 
     records = read_calibration(args.calibration, args.image_root)
     present, absent = calibration_scores(ClipScorer(args.clip, device=args.device), records)
-    out = clip_summary(present, absent, args.tau, args.sd)
+    out = clip_summary(present, absent, args.tau, args.sd, args.rule)
     rows = [["present R_I mean / sd", f"{out['present']['mean']:.2f} / {out['present']['sd']:.2f}"],
             ["absent R_I mean / sd", f"{out['absent']['mean']:.2f} / {out['absent']['sd']:.2f}"],
-            ["AUC", out["auc"]], ["suggested tau", out["suggested_tau"]],
+            ["AUC", out["auc"]], [f"suggested tau ({out['tau_rule']})", out["suggested_tau"]],
             ["FPR at suggested tau", out["fpr_at_suggested_tau"]]]
     if args.tau is not None:
         rows.append([f"FPR at tau={args.tau}", out["fpr_at_tau"]])

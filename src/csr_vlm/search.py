@@ -253,7 +253,8 @@ def _score_step(ctx: SearchContext, beams: list[Answer], cands: list[Candidate],
     neutral = neutral_image_value([v for v in r_i if v is not None], rcfg)
     end_value = 0.0 if rcfg.end_reward == "zero" else neutral
     filled = [v if v is not None else (end_value if kept[k][3] else neutral) for k, v in enumerate(r_i)]
-    r_t = [self_score(cand.logprobs, rcfg.self_score) for _, cand, _, _ in kept]
+    r_t = [0.0 if is_end and not rcfg.end_self_score else self_score(cand.logprobs, rcfg.self_score)
+           for _, cand, _, is_end in kept]
     rewards = penalize_repeats(step_rewards(filled, r_t, rcfg), repeats, rcfg.repeat_penalty)
     ctx.events["candidates"] += len(cands)
     ctx.events["repeats"] += sum(repeats)

@@ -9,8 +9,8 @@ loss of each image against the 10 type sentences, plus 1x against 32 sentences n
 untrained-on CLIP scored arbitrarily), on scenes drawn on the fly from the world seed.
 (The prototype's multi-positive softmax lets an image match ONE of its objects and ignore the
 others: true-sentence scores came out bimodal, AUC 0.88. Independent sigmoids score every present
-object high, which is what a threshold tau needs.) Calibration on the calib split gives
-tau = mean(true) - 3 sd(true) (toyworld.md).
+object high, which is what a threshold tau needs.) Calibration on the calib split reports
+tau = mean(true) - 3 sd(true) (toyworld.md) and the Youden cut configs/toy.yaml uses.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from . import toyworld as tw
+from .reward import pick_tau
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +190,10 @@ def calibration_stats(model, tok, world: Path) -> dict:
                            for r in rows])
     t_scores, f_scores = scores[true], scores[~true]
     tau = float(t_scores.mean() - 3 * t_scores.std())
+    youden = pick_tau(t_scores.tolist(), f_scores.tolist(), "youden")
     return {"true_mean": float(t_scores.mean()), "true_sd": float(t_scores.std()),
+            "tau_youden": youden, "false_above_tau_youden": float((f_scores >= youden).mean()),
+            "true_below_tau_youden": float((t_scores < youden).mean()),
             "false_mean": float(f_scores.mean()), "partner_mean": float(scores[is_partner].mean()),
             "auc_all": auc(t_scores, f_scores), "auc_partner": auc(t_scores, scores[is_partner]), "tau": tau,
             "garbled_mean": float(junk.mean()), "garbled_above_tau": float((junk > tau).mean()),

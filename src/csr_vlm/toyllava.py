@@ -5,14 +5,15 @@ layer -2, CLS dropped, 64 image tokens), a 2-layer MLP projector and a 2-layer, 
 learns from scenes drawn on the fly: noisy captions (absent partners named, see toyworld) for the
 describe prompt, and POPE's exact question + eval suffix answered "yes."/"no." for a `qa_fraction` of
 examples. Prompts and completions are rendered with the processor's chat template exactly as TRL renders
-DPO pairs. Checkpoints are scored on dev; the base is the one with dev CHAIR_i in [0.12, 0.25]
-(toyworld.md used 0.15; the yes/no phase lowers CHAIR_i), well-formed >= 0.95 and POPE accuracy >= 0.7
-with the highest recall. Training has two phases: `llava_steps` on captions + `qa_fraction` yes/no
-(cosine lr), then `qa_steps` at lr 1e-3 with `qa_phase_fraction` yes/no: the yes/no skill (matching the
-question's noun against the image) is learned late, after captioning (measured: POPE stayed at 0.50
-after 400 mixed steps and reached 0.77 after 120 more yes/no-heavy ones). A yes/no example weighs
-`qa_weight` in the loss from the start (its answer is one informative token); the weight alone did not
-move POPE off chance in the first phase (seed 0: yes-ratio 1.0 at steps 400 and 440).
+DPO pairs. Checkpoints are scored on the first `llava_eval_images` dev images; the base is the one with
+dev CHAIR_i in [0.12, 0.25] (toyworld.md used 0.15; the yes/no task lowers CHAIR_i), well-formed >= 0.95,
+repeats <= 5% and POPE accuracy >= 0.7 with the highest recall. One phase at a constant lr (`llava_lr`
+after a short warm-up) with `qa_fraction` 0.7 yes/no, each yes/no example weighing `qa_weight` (its answer is one
+informative token). The yes/no skill (matching the question's noun against the image) appears after a
+plateau of seed-dependent length: with the earlier schedule (400 steps of 50% yes/no under a cosine lr,
+then 80% at 1e-3) seed 0's base had P(yes) - P(no) independent of the image (AUC 0.54) at step 680,
+while 80% yes/no at a constant 1e-3 from step 1 left the plateau at about step 250. So training runs
+`llava_steps`, then continues, checkpoint by checkpoint up to `llava_max_steps`, until one passes the rule.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import math
 import random
 import re
 import time
@@ -36,10 +36,13 @@ log = logging.getLogger(__name__)
 POPE_SUFFIX = " Please answer yes or no."
 CHAIR_BAND = (0.12, 0.25)
 POPE_MIN = 0.7
+DUP_MAX = 0.05
 
 
-def build_llava(clip, size: int):
-    """A LLaVA-1.5-layout model whose vision tower is `clip`'s vision encoder, with its LlavaProcessor."""
+def build_llava(clip, size: int, select_strategy: str = "default"):
+    """A LLaVA-1.5-layout model whose vision tower is `clip`'s vision encoder, with its LlavaProcessor.
+
+    select_strategy "default" drops the CLS token (LLaVA-1.5); "full" keeps it as a 65th image token."""
     from transformers import LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
     from .tiny import LLAVA_TEMPLATE, _set_generation_ids
@@ -54,8 +57,8 @@ def build_llava(clip, size: int):
                                 bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                                 pad_token_id=tok.pad_token_id),
         image_token_index=tok.convert_tokens_to_ids("<image>"),
-        image_seq_length=(size // vcfg.patch_size) ** 2,
-        vision_feature_select_strategy="default",
+        image_seq_length=(size // vcfg.patch_size) ** 2 + (select_strategy == "full"),
+        vision_feature_select_strategy=select_strategy,
         vision_feature_layer=-2,
         pad_token_id=tok.pad_token_id,
     )
@@ -65,7 +68,7 @@ def build_llava(clip, size: int):
     model.model.vision_tower.requires_grad_(False)
     _set_generation_ids(model, tok)
     processor = LlavaProcessor(image_processor=toyclip.image_processor(size), tokenizer=tok,
-                               patch_size=vcfg.patch_size, vision_feature_select_strategy="default",
+                               patch_size=vcfg.patch_size, vision_feature_select_strategy=select_strategy,
                                num_additional_image_tokens=1, chat_template=LLAVA_TEMPLATE)
     return model, processor
 
@@ -161,24 +164,34 @@ def train_llava(out: Path, p, batch_size: int = 64) -> dict:
     rng = random.Random(tw.split_seed(p.seed, "llava-train"))
     nrng = np.random.default_rng(tw.split_seed(p.seed, "llava-train:noise"))
     params = [x for x in model.parameters() if x.requires_grad]
-    opt = torch.optim.AdamW(params, lr=2e-3, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, p.llava_steps))
-    dev = tw.load_scenes(out, "dev")
-    checkpoints, start, total = [], time.time(), p.llava_steps + p.qa_steps
-    for step in tqdm(range(1, total + 1), desc="toy LLaVA", mininterval=5):
+    opt = torch.optim.AdamW(params, lr=p.llava_lr, weight_decay=0.0)
+    warmup = max(1, p.llava_steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
+    dev = tw.load_scenes(out, "dev")[:p.llava_eval_images]
+    checkpoints, start = [], time.time()
+    bar = tqdm(total=p.llava_steps, desc="toy LLaVA", mininterval=5)
+    for step in range(1, p.llava_max_steps + 1):
         model.train()
-        qa = p.qa_fraction if step <= p.llava_steps else p.qa_phase_fraction
-        loss = _loss(model, *llava_batch(rng, nrng, p, renderer, batch_size, qa), qa_weight=p.qa_weight)
+        batch = llava_batch(rng, nrng, p, renderer, batch_size, p.qa_fraction)
+        loss = _loss(model, *batch, qa_weight=p.qa_weight)
         opt.zero_grad()
         loss.backward()
         opt.step()
         sched.step()
-        if step >= p.llava_eval_from and (step % p.llava_eval_every == 0 or step == total):
+        bar.update()
+        if step >= p.llava_eval_from and (step % p.llava_eval_every == 0 or step == p.llava_steps):
             m, _ = describe_metrics(model, processor, out, dev)
-            m.update(pope_metrics(model, processor, out, "dev", p.seed))
+            m.update(pope_metrics(model, processor, out, "dev", p.seed, p.llava_eval_images))
             m.update(step=step, loss=round(float(loss.detach()), 4), seconds=round(time.time() - start, 1))
             log.info("toy LLaVA checkpoint %s", m)
             checkpoints.append((m, copy.deepcopy(model.state_dict())))
+            if step >= p.llava_steps and any(passes(m) for m, _ in checkpoints):
+                break
+            if step >= p.llava_steps:
+                bar.total = p.llava_max_steps
+                log.info("toy LLaVA: no checkpoint meets the base rule yet; training on (at most %d steps)",
+                         p.llava_max_steps)
+    bar.close()
     chosen = select_checkpoint([m for m, _ in checkpoints])
     model.load_state_dict(checkpoints[chosen][1])
     model.eval()
@@ -191,20 +204,19 @@ def train_llava(out: Path, p, batch_size: int = 64) -> dict:
             "clip_on_hallucinations": clip_on_hallucinations(clip, out, dev, answers)}
 
 
-def _lr_factor(step: int, main_steps: int) -> float:
-    """Warm-up, cosine from 1 to 0.1 over the main phase; then 0.5 (lr 1e-3) for the yes/no phase."""
-    if step >= main_steps:
-        return 0.5
-    warm = max(1, main_steps // 15)
-    return min(1.0, (step + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / main_steps)))
+def passes(m: dict) -> bool:
+    """A checkpoint that can be the base: CHAIR_i in the band, well-formed >= 0.95, repeats <= 5%, POPE
+    accuracy >= 0.7 (a base that already repeats itself more than the demo's dup guard allows leaves CSR
+    no round it may select)."""
+    return (CHAIR_BAND[0] <= m["chair_i"] <= CHAIR_BAND[1] and m["wellformed"] >= 0.95
+            and m.get("dup_rate", 0.0) <= DUP_MAX and m.get("pope_acc", 1.0) >= POPE_MIN)
 
 
 def select_checkpoint(metrics: list[dict]) -> int:
     """Index of the base: CHAIR_i in the band, well-formed >= 0.95 and POPE acc >= 0.7, highest recall;
     else, among checkpoints that name objects (a mute one has CHAIR_i 0 and no recall), the fluent one
     nearest the band, preferring those whose POPE acc passes."""
-    ok = [i for i, m in enumerate(metrics) if CHAIR_BAND[0] <= m["chair_i"] <= CHAIR_BAND[1]
-          and m["wellformed"] >= 0.95 and m.get("pope_acc", 1.0) >= POPE_MIN]
+    ok = [i for i, m in enumerate(metrics) if passes(m)]
     if ok:
         return max(ok, key=lambda i: (metrics[i]["recall"], i))
     talking = [i for i, m in enumerate(metrics) if m.get("mentions_per_caption", 1.0) > 0] or list(range(len(metrics)))
@@ -270,14 +282,19 @@ def describe_metrics(model, processor, world: Path, scenes: list[dict], split: s
     return {k: round(v, 4) for k, v in m.items()}, answers
 
 
-def pope_metrics(model, processor, world: Path, split: str, seed: int) -> dict:
-    """csr_vlm.pope's random/popular/adversarial questions on the split (images with 3 objects), greedy answers."""
+def pope_metrics(model, processor, world: Path, split: str, seed: int, num_images: int | None = None) -> dict:
+    """csr_vlm.pope's random/popular/adversarial questions on the split's first `num_images` images (those
+    with 3 objects), greedy answers."""
     from PIL import Image
 
     from . import pope
 
     instances = json.loads((Path(world) / f"instances_{split}.json").read_text())
-    questions = [q for qs in pope.build_questions(instances, len(instances["images"]), seed).values() for q in qs]
+    n = min(num_images or len(instances["images"]), len(instances["images"]))
+    keep = {im["id"] for im in instances["images"][:n]}
+    instances = {**instances, "images": instances["images"][:n],
+                 "annotations": [a for a in instances["annotations"] if a["image_id"] in keep]}
+    questions = [q for qs in pope.build_questions(instances, n, seed).values() for q in qs]
     if not questions:
         return {}
     images = {q["image"]: Image.open(Path(world) / q["image"]).convert("RGB") for q in questions}

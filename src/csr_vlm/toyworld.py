@@ -55,26 +55,32 @@ class WorldParams:
     p_extra: float = 0.35
     noise_partner: float = 0.8
     noise_random: float = 0.03
-    qa_fraction: float = 0.5
+    qa_fraction: float = 0.7
     qa_weight: float = 3.0
-    qa_phase_fraction: float = 0.8
     splits: dict = field(default_factory=lambda: {"train": 400, "dev": 500, "test": 1000, "calib": 600})
     clip_steps: int = 360
-    llava_steps: int = 400
-    qa_steps: int = 280
+    llava_lr: float = 1e-3
+    llava_steps: int = 600
+    llava_max_steps: int = 840
     llava_eval_every: int = 40
-    llava_eval_from: int = 440
+    llava_eval_from: int = 360
+    llava_eval_images: int = 250
 
     @classmethod
     def make(cls, seed: int, quick: bool) -> "WorldParams":
         if not quick:
             return cls(seed=seed)
         return cls(seed=seed, quick=True, splits={"train": 24, "dev": 40, "test": 60, "calib": 40},
-                   clip_steps=30, llava_steps=40, qa_steps=20, llava_eval_every=20, llava_eval_from=60,
-                   qa_weight=1.0)  # 60 steps: with yes/no weighted 3x the describe answers are still empty
+                   clip_steps=30, llava_steps=60, llava_max_steps=60, llava_eval_every=20, llava_eval_from=60,
+                   qa_fraction=0.3, qa_weight=1.0, llava_lr=2e-3)  # 60 steps: more yes/no leaves the captions empty
 
-    def digest(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+    def digest(self, keys: tuple[str, ...] = ()) -> str:
+        """Hash of every parameter, or of `keys` only (the CLIP depends on fewer than the world)."""
+        values = {k: v for k, v in asdict(self).items() if not keys or k in keys}
+        return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+
+
+CLIP_PARAMS = ("seed", "quick", "image_size", "p_pair", "p_extra", "splits", "clip_steps")
 
 
 def type_name(t: int) -> str:
@@ -280,11 +286,14 @@ def load_scenes(world: Path, split: str) -> list[dict]:
 # ---------------------------------------------------------------------------- build
 
 
-def build(out: str | Path, seed: int = 0, quick: bool = False) -> Path:
-    """Build (or reuse) the world in OUT: split files, clip/, policy/, world.json. Returns OUT."""
+def build(out: str | Path, seed: int = 0, quick: bool = False, threads: int = 0) -> Path:
+    """Build (or reuse) the world in OUT: split files, clip/, policy/, world.json. Returns OUT.
+
+    A CLIP built with the same CLIP_PARAMS is kept when only the LLaVA's parameters changed.
+    threads: torch threads (0: torch's default, all cores)."""
     import torch
 
-    from . import toyclip, toyllava
+    from . import toyllava
 
     out = Path(out)
     p = WorldParams.make(seed, quick)
@@ -292,11 +301,11 @@ def build(out: str | Path, seed: int = 0, quick: bool = False) -> Path:
         log.info("toy world %s is built (seed %d, digest %s): reusing it", out, seed, p.digest())
         return out
     if out.exists():
-        for child in ("DONE", "clip", "policy", "images"):
+        for child in ("DONE", "policy", "images"):
             target = out / child
             shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads or torch.get_num_threads())
     start = time.time()
     scenes = {}
     for k, (split, n) in enumerate(p.splits.items()):
@@ -308,12 +317,26 @@ def build(out: str | Path, seed: int = 0, quick: bool = False) -> Path:
             "pairs": [[type_name(a), type_name(b)] for a, b in PAIRS],
             "prompts": {"chair": DESCRIBE_PROMPT, "pope": POPE_QUESTION},
             "model_training_data": "generated on the fly from the seed (scenes as above, noisy captions)"}
-    info["clip"] = toyclip.train_clip(out, p)
+    info["clip"] = _clip(out, p)
     info["llava"] = toyllava.train_llava(out, p)
     info["seconds"] = round(time.time() - start, 1)
     write_json(out / "world.json", info)
     mark_done(out, {"digest": p.digest(), "seed": seed, "quick": quick})
     return out
+
+
+def _clip(out: Path, p: WorldParams) -> dict:
+    """Train the tiny CLIP into OUT/clip, or reuse the one there if it was built from the same CLIP_PARAMS."""
+    from . import toyclip
+
+    stamp, digest = out / "clip" / "toyworld.json", p.digest(CLIP_PARAMS)
+    if stamp.is_file() and json.loads(stamp.read_text()).get("digest") == digest:
+        log.info("toy world: reusing the CLIP in %s (same CLIP parameters)", out / "clip")
+        return json.loads(stamp.read_text())["stats"]
+    shutil.rmtree(out / "clip", ignore_errors=True)
+    stats = toyclip.train_clip(out, p)
+    write_json(stamp, {"digest": digest, "stats": stats})
+    return stats
 
 
 def cli(argv: list[str]) -> int:
@@ -323,10 +346,11 @@ def cli(argv: list[str]) -> int:
     b.add_argument("--out", required=True, help="world directory")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--quick", action="store_true", help="a small world in well under a minute (for CI)")
+    b.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
     args = parser.parse_args(argv)
     if args.seed < 0:
         raise InputError("--seed must be >= 0")
-    out = build(args.out, args.seed, args.quick)
+    out = build(args.out, args.seed, args.quick, args.threads)
     info = json.loads((out / "world.json").read_text())
     print(summary_text(info))
     return 0
@@ -337,7 +361,8 @@ def summary_text(info: dict) -> str:
     return "\n".join([
         f"toy world: {info['split_sizes']} (seed {info['params']['seed']}, {info['seconds']} s)",
         f"CLIP: true-vs-false AUC {c['auc_all']:.3f}, vs absent partner {c['auc_partner']:.3f}, "
-        f"tau (mean - 3 sd) {c['tau']:.1f}; on the base model's own hallucinations: "
+        f"tau: mean - 3 sd {c['tau']:.1f}, Youden {c.get('tau_youden', math.nan):.1f} (absent objects above it "
+        f"{c.get('false_above_tau_youden', math.nan):.3f}); on the base model's own hallucinations: "
         f"paired acc {h.get('paired_acc', math.nan):.3f}, AUC {h.get('auc', math.nan):.3f}",
         f"base LLaVA (dev, step {info['llava']['selected_step']}): CHAIR_i {m['chair_i']:.3f}, "
         f"CHAIR_s {m['chair_s']:.3f}, recall {m['recall']:.3f}, well-formed {m['wellformed']:.3f}, "
