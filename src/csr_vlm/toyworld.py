@@ -346,7 +346,8 @@ def cli(argv: list[str]) -> int:
     b.add_argument("--out", required=True, help="world directory")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--quick", action="store_true", help="a small world in well under a minute (for CI)")
-    b.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores); a build is deterministic per thread count")
+    b.add_argument("--threads", type=int, default=0,
+                   help="torch threads (default: all cores); a build is deterministic per thread count")
     args = parser.parse_args(argv)
     if args.seed < 0:
         raise InputError("--seed must be >= 0")
