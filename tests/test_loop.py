@@ -55,8 +55,8 @@ def test_relative_guard_is_a_multiple_of_the_base():
     dev = {0: {"chair_i": 0.18, "recall": 0.95}, 1: {"chair_i": 0.0, "recall": 0.85},
            2: {"chair_i": 0.09, "recall": 0.90}}
     assert loop.guard_bounds(dev, None, {"recall": 0.9}) == {"recall": pytest.approx(0.855)}
-    assert loop.pick_best(dev, "chair_i", None, {"recall": 0.9}) == (2, 0)
-    assert loop.pick_best(dev, "chair_i", {"recall": 0.92}, {"recall": 0.9}) == (0, 2)
+    assert loop.pick_best(dev, "chair_i", loop.guard_bounds(dev, None, {"recall": 0.9})) == (2, 0)
+    assert loop.pick_best(dev, "chair_i", loop.guard_bounds(dev, {"recall": 0.92}, {"recall": 0.9})) == (0, 2)
 
 
 def test_stage_configs_chain_the_rounds(tmp_path):

@@ -150,16 +150,15 @@ def guard_bounds(values: dict[int, dict[str, float]], guards: dict[str, float] |
     return bounds
 
 
-def pick_best(values: dict[int, dict[str, float]], metric: str, guards: dict[str, float] | None = None,
-              relative: dict[str, float] | None = None) -> tuple[int, int]:
+def pick_best(values: dict[int, dict[str, float]], metric: str, bounds: dict[str, float] | None = None
+              ) -> tuple[int, int]:
     """(best round, rounds since it improved) over rounds in order; only strict improvements count.
 
-    Rounds that break a guard cannot be picked (round 0 always can: it is the fallback)."""
+    Rounds that break a bound (`guard_bounds`) cannot be picked (round 0 always can: it is the fallback)."""
     sign = -1.0 if lower_is_better(metric) else 1.0
-    bounds = guard_bounds(values, guards, relative)
     best, since = None, 0
     for k in sorted(values):
-        eligible = k == 0 or passes_guards(values[k], bounds)
+        eligible = k == 0 or passes_guards(values[k], bounds or {})
         if best is None or (eligible and sign * values[k][metric] > sign * values[best][metric]):
             best, since = k, 0
         else:
@@ -235,8 +234,8 @@ def run(cfg: RunConfig, from_round: int | None = None) -> Path:
         if select:
             do_stage(cfg, k, "dev_eval", manifest)
             dev[k] = dev_metrics(cfg, k)
-            best, since = pick_best(dev, cfg.loop.select_on, cfg.loop.guards, cfg.loop.relative_guards)
             bounds = guard_bounds(dev, cfg.loop.guards, cfg.loop.relative_guards)
+            best, since = pick_best(dev, cfg.loop.select_on, bounds)
             manifest.data["rounds"][str(k)] = {**dev[k], "passes_guards": passes_guards(dev[k], bounds),
                                                "best_so_far": best}
             if cfg.loop.patience and since >= cfg.loop.patience and k < cfg.loop.rounds:

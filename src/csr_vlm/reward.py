@@ -16,6 +16,7 @@ from __future__ import annotations
 import bisect
 import logging
 import math
+import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -254,8 +255,7 @@ def pick_tau(true_scores: list[float], false_scores: list[float], rule: str = "t
     if len(true_scores) < 2:
         raise InputError("reward.tau_calibration: needs at least 2 sentences with present=true")
     if rule == "true_sd":
-        mean = sum(true_scores) / len(true_scores)
-        return mean - sd * math.sqrt(sum((v - mean) ** 2 for v in true_scores) / (len(true_scores) - 1))
+        return statistics.fmean(true_scores) - sd * statistics.stdev(true_scores)
     if not false_scores:
         raise InputError("reward.tau_rule=youden: the calibration file needs sentences with present=false")
     cuts = sorted(set(true_scores) | set(false_scores))
@@ -280,10 +280,9 @@ def estimate_tau(scorer: ClipScorer, records: list[dict], sd: float = 3.0, max_p
     """
     true_scores, false_scores = calibration_scores(scorer, records, max_pixels)
     tau = pick_tau(true_scores, false_scores, rule, sd)
-    mean = sum(true_scores) / len(true_scores)
     stats = {
         "tau": tau, "rule": rule, "sd": sd, "n_true": len(true_scores), "n_false": len(false_scores),
-        "mean_true": mean, "std_true": math.sqrt(sum((v - mean) ** 2 for v in true_scores) / (len(true_scores) - 1)),
+        "mean_true": statistics.fmean(true_scores), "std_true": statistics.stdev(true_scores),
         "mean_false": sum(false_scores) / len(false_scores) if false_scores else None,
         "miss_rate_true": sum(v < tau for v in true_scores) / len(true_scores),
         "pass_rate_false": sum(v >= tau for v in false_scores) / len(false_scores) if false_scores else None,

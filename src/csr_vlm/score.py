@@ -24,6 +24,7 @@ from typing import Any
 
 from . import chair, pope
 from .data import InputError, read_jsonl, write_json
+from .reward import TAU_RULES, pick_tau
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ def cli(argv: list[str]) -> int:
     p.add_argument("--image-root", default="", help="root of relative image paths (default: the working "
                    "directory, else the calibration file's folder)")
     p.add_argument("--tau", type=float, default=None, help="threshold for the false-positive rate")
-    p.add_argument("--rule", default="true_sd", choices=("true_sd", "youden"),
+    p.add_argument("--rule", default="true_sd", choices=TAU_RULES,
                    help="how the suggested tau is picked (as reward.tau_rule)")
     p.add_argument("--sd", type=float, default=3.0, help="rule true_sd: tau = mean(present) - SD * stdev(present)")
     p.add_argument("--device", default="auto")
@@ -234,8 +235,6 @@ def auc(pos: list[float], neg: list[float]) -> float:
 def clip_summary(present: list[float], absent: list[float], tau: float | None, sd: float,
                  rule: str = "true_sd") -> dict:
     """The numbers of `csr score clip` from R_I values of present and absent sentences."""
-    from .reward import pick_tau
-
     def stats(v):
         return {"n": len(v), "mean": statistics.fmean(v) if v else 0.0,
                 "sd": statistics.stdev(v) if len(v) > 1 else 0.0}

@@ -189,7 +189,7 @@ def calibration_stats(model, tok, world: Path) -> dict:
                                                     for t in scenes[r["image"]] if tw.partner(t) is not None)
                            for r in rows])
     t_scores, f_scores = scores[true], scores[~true]
-    tau = float(t_scores.mean() - 3 * t_scores.std())
+    tau = pick_tau(t_scores.tolist(), f_scores.tolist(), "true_sd", 3.0)
     youden = pick_tau(t_scores.tolist(), f_scores.tolist(), "youden")
     return {"true_mean": float(t_scores.mean()), "true_sd": float(t_scores.std()),
             "tau_youden": youden, "false_above_tau_youden": float((f_scores >= youden).mean()),

@@ -39,10 +39,8 @@ POPE_MIN = 0.7
 DUP_MAX = 0.05
 
 
-def build_llava(clip, size: int, select_strategy: str = "default"):
-    """A LLaVA-1.5-layout model whose vision tower is `clip`'s vision encoder, with its LlavaProcessor.
-
-    select_strategy "default" drops the CLS token (LLaVA-1.5); "full" keeps it as a 65th image token."""
+def build_llava(clip, size: int):
+    """A LLaVA-1.5-layout model whose vision tower is `clip`'s vision encoder, with its LlavaProcessor."""
     from transformers import LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
     from .tiny import LLAVA_TEMPLATE, _set_generation_ids
@@ -57,8 +55,8 @@ def build_llava(clip, size: int, select_strategy: str = "default"):
                                 bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                                 pad_token_id=tok.pad_token_id),
         image_token_index=tok.convert_tokens_to_ids("<image>"),
-        image_seq_length=(size // vcfg.patch_size) ** 2 + (select_strategy == "full"),
-        vision_feature_select_strategy=select_strategy,
+        image_seq_length=(size // vcfg.patch_size) ** 2,
+        vision_feature_select_strategy="default",
         vision_feature_layer=-2,
         pad_token_id=tok.pad_token_id,
     )
@@ -68,7 +66,7 @@ def build_llava(clip, size: int, select_strategy: str = "default"):
     model.model.vision_tower.requires_grad_(False)
     _set_generation_ids(model, tok)
     processor = LlavaProcessor(image_processor=toyclip.image_processor(size), tokenizer=tok,
-                               patch_size=vcfg.patch_size, vision_feature_select_strategy=select_strategy,
+                               patch_size=vcfg.patch_size, vision_feature_select_strategy="default",
                                num_additional_image_tokens=1, chat_template=LLAVA_TEMPLATE)
     return model, processor
 
@@ -185,9 +183,9 @@ def train_llava(out: Path, p, batch_size: int = 64) -> dict:
             m.update(step=step, loss=round(float(loss.detach()), 4), seconds=round(time.time() - start, 1))
             log.info("toy LLaVA checkpoint %s", m)
             checkpoints.append((m, copy.deepcopy(model.state_dict())))
-            if step >= p.llava_steps and any(passes(m) for m, _ in checkpoints):
-                break
             if step >= p.llava_steps:
+                if any(passes(m) for m, _ in checkpoints):
+                    break
                 bar.total = p.llava_max_steps
                 log.info("toy LLaVA: no checkpoint meets the base rule yet; training on (at most %d steps)",
                          p.llava_max_steps)
@@ -213,9 +211,9 @@ def passes(m: dict) -> bool:
 
 
 def select_checkpoint(metrics: list[dict]) -> int:
-    """Index of the base: CHAIR_i in the band, well-formed >= 0.95 and POPE acc >= 0.7, highest recall;
-    else, among checkpoints that name objects (a mute one has CHAIR_i 0 and no recall), the fluent one
-    nearest the band, preferring those whose POPE acc passes."""
+    """Index of the base: among checkpoints that `passes`, the one with the highest recall; else, among
+    checkpoints that name objects (a mute one has CHAIR_i 0 and no recall), the fluent one nearest the
+    band, preferring those whose POPE acc passes."""
     ok = [i for i, m in enumerate(metrics) if passes(m)]
     if ok:
         return max(ok, key=lambda i: (metrics[i]["recall"], i))
