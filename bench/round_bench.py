@@ -2,7 +2,7 @@
 
 Default: the --quick toy world (csr_vlm.toyworld.build, reused from --world when already built) with
 configs/toy-quick.yaml: round_0 eval + dev_eval (the base model), then round_1 generate -> train -> eval ->
-dev_eval. --quick: random-weight tiny llava (csr_vlm.tiny.build_tiny), 2 prompts, generate -> train only
+dev_eval. --quick: random-weight tiny llava (csr_vlm.models.tiny.build_tiny), 2 prompts, generate -> train only
 (no evaluation data), to exercise the script in seconds.
 
 The world is built (or found built) by `csr toyworld build` in a child process. Peak memory is the manifest's
@@ -45,7 +45,7 @@ def toy_config(world: Path, out: Path):
 
 def quick_config(root: Path, out: Path):
     from csr_vlm.config import load_config
-    from csr_vlm.tiny import build_tiny
+    from csr_vlm.models.tiny import build_tiny
 
     build_tiny(root, family="llava", seed=0)
     return load_config(None, [f"model.path={root / 'policy'}", f"reward.clip_path={root / 'clip'}",

@@ -72,7 +72,7 @@ def write_result(name: str, data: dict, out: Path | None = None) -> Path:
 
 def build_models(root: Path, geometry: dict) -> Path:
     """Random-weight llava (policy/) and CLIP of the same image geometry (clip/) under root."""
-    from csr_vlm.tiny import build_clip, build_llava
+    from csr_vlm.models.tiny import build_clip, build_llava
 
     torch.manual_seed(0)
     model, proc = build_llava(**geometry)
@@ -85,8 +85,7 @@ def build_models(root: Path, geometry: dict) -> Path:
 
 def load_models(root: Path):
     from csr_vlm.config import ModelConfig
-    from csr_vlm.models import load_policy
-    from csr_vlm.reward import ClipScorer
+    from csr_vlm.models import ClipScorer, load_policy
 
     policy = load_policy(ModelConfig(path=str(root / "policy"), device="cpu", dtype="float32"))
     scorer = ClipScorer(str(root / "clip"), device="cpu", dtype="float32")
@@ -108,24 +107,24 @@ def make_image(size: int, seed: int = 0):
 
 
 def make_cfg(k: int = 5, keep_top: int = 1, keep_bottom: int = 2, sentences: int = 6, tokens: int = 20):
-    from csr_vlm.config import RunConfig
+    from csr_vlm.config import load_config
 
-    cfg = RunConfig()
-    s = cfg.search
-    s.mode, s.sampler, s.num_candidates, s.keep_top, s.keep_bottom = "paper", "sample", k, keep_top, keep_bottom
-    s.max_sentences, s.max_new_tokens, s.filters = sentences, tokens, []
-    cfg.reward.repeat_neutral = False
-    return cfg
+    return load_config(None, ["search.mode=paper", "search.sampler=sample", f"search.num_candidates={k}",
+                              f"search.keep_top={keep_top}", f"search.keep_bottom={keep_bottom}",
+                              f"search.max_sentences={sentences}", f"search.max_new_tokens={tokens}",
+                              "search.filters=[]", "reward.repeat_neutral=false"])
 
 
 # ---------------------------------------------------------------------------- the two searches
 
 
 def run_ours(policy, scorer, image, cfg, seed: int) -> dict:
-    from csr_vlm.search import search_prompt
+    from csr_vlm.search.driver import search_prompt
+    from csr_vlm.search.hf_engine import HFEngine
 
+    engine = HFEngine(policy, cfg.search)  # scans the vocabulary for sentence ends once, outside the timing
     t0 = time.perf_counter()
-    result = search_prompt(policy, scorer, image, PROMPT, cfg, seed)
+    result = search_prompt(engine, scorer, image, PROMPT, cfg.search, cfg.reward, seed)
     wall = time.perf_counter() - t0
     st = result.stats
     sentences = st["events"].get("candidates", 0)
@@ -136,10 +135,12 @@ def run_ours(policy, scorer, image, cfg, seed: int) -> dict:
 
 def run_ours_batch(policy, scorer, image, cfg, seed: int, batch: int) -> dict:
     """search_prompts over `batch` prompts at once (search.prompt_batch_size in `csr generate`); per-prompt time."""
-    from csr_vlm.search import search_prompts
+    from csr_vlm.search.driver import search_prompts
+    from csr_vlm.search.hf_engine import HFEngine
 
+    engine = HFEngine(policy, cfg.search)
     t0 = time.perf_counter()
-    results = search_prompts(policy, scorer, [image] * batch, [PROMPT] * batch, cfg,
+    results = search_prompts(engine, scorer, [image] * batch, [PROMPT] * batch, cfg.search, cfg.reward,
                              [seed * 1000 + i for i in range(batch)])
     wall = time.perf_counter() - t0
     return {"wall_s": wall, "per_prompt_s": wall / batch, "batch": batch,

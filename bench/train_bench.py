@@ -29,7 +29,7 @@ LORA = dict(r=16, alpha=32, dropout=0.05)
 
 
 def write_pairs(root: Path, n: int, image_size: int) -> Path:
-    from csr_vlm.tiny import CORPUS
+    from csr_vlm.models.tiny import CORPUS
 
     rng = random.Random(0)
     (root / "images").mkdir(parents=True, exist_ok=True)

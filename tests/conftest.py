@@ -30,7 +30,7 @@ def _reset_seed():
 @pytest.fixture(scope="session")
 def tiny_llava(tmp_path_factory):
     """Directory with policy/ (LLaVA-1.5 layout) and clip/ (matching geometry)."""
-    from csr_vlm.tiny import build_tiny
+    from csr_vlm.models.tiny import build_tiny
 
     return build_tiny(tmp_path_factory.mktemp("tiny_llava"), family="llava", seed=0)
 
@@ -38,7 +38,7 @@ def tiny_llava(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_gemma3(tmp_path_factory):
     """Directory with policy/ (Gemma3 layout) and clip/."""
-    from csr_vlm.tiny import build_tiny
+    from csr_vlm.models.tiny import build_tiny
 
     return build_tiny(tmp_path_factory.mktemp("tiny_gemma3"), family="gemma3", seed=0)
 
@@ -47,3 +47,4 @@ def tiny_gemma3(tmp_path_factory):
 def tiny_family(request, tiny_llava, tiny_gemma3):
     """Both tiny families, one after the other: the code path must be the same for each."""
     return {"llava": tiny_llava, "gemma3": tiny_gemma3}[request.param]
+

@@ -6,13 +6,13 @@ import json
 
 import pytest
 
-from csr_vlm import demo
-from csr_vlm import toyworld as tw
+from csr_vlm.toyworld import demo
+from csr_vlm.toyworld.build import build
 
 
 @pytest.fixture(scope="session")
 def quick_world(tmp_path_factory):
-    return tw.build(tmp_path_factory.getbasetemp() / "toy-quick-world", seed=0, quick=True)
+    return build(tmp_path_factory.getbasetemp() / "toy-quick-world", seed=0, quick=True)
 
 
 def test_world_overrides_point_every_path_into_the_world(tmp_path):

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from csr_vlm import chair, evaluate, pope
+from csr_vlm.eval import chair, evaluate, pope
+from csr_vlm.eval.registry import flat_metrics
 from csr_vlm.config import load_config
 
 
@@ -57,7 +58,7 @@ def test_outputs_and_consistency(eval_run):
     rnd = [q for q in qs if q["category"] == "random" and (q["image"], q["text"] + cfg.eval.pope_suffix) in answered]
     preds = [pope.parse_default(answered[(q["image"], q["text"] + cfg.eval.pope_suffix)]) for q in rnd]
     assert pope.metrics([q["label"] for q in rnd], preds)["f1"] == m["pope"]["random"]["f1"]
-    assert m["flat"] == evaluate.flat_metrics(m) and m["flat"]["pope_f1"] == m["pope"]["mean"]["f1"]
+    assert m["flat"] == flat_metrics(m, ["chair", "pope"]) and m["flat"]["pope_f1"] == m["pope"]["mean"]["f1"]
 
 
 def test_resume_returns_at_once(eval_run, monkeypatch):
@@ -70,10 +71,12 @@ def test_resume_returns_at_once(eval_run, monkeypatch):
 
 
 def test_flat_metrics():
+    """Each task's registered metrics, read from its section at their source path, in task order."""
     m = {"chair": {"chair_s": 0.5, "chair_i": 0.25, "recall": 0.75, "dup_rate": 0.1, "n_captions": 2},
          "pope": {"mean": {"f1": 0.8, "accuracy": 0.7, "yes_ratio": 0.4}}}
-    assert evaluate.flat_metrics(m) == {"chair_s": 0.5, "chair_i": 0.25, "recall": 0.75, "dup_rate": 0.1,
-                                        "pope_f1": 0.8, "pope_acc": 0.7, "pope_yes_ratio": 0.4}
+    assert flat_metrics(m, ["chair", "pope"]) == {"chair_s": 0.5, "chair_i": 0.25, "recall": 0.75, "dup_rate": 0.1,
+                                                  "pope_f1": 0.8, "pope_acc": 0.7, "pope_yes_ratio": 0.4}
+    assert list(flat_metrics(m, ["pope", "chair"]))[:3] == ["pope_f1", "pope_acc", "pope_yes_ratio"]
 
 
 class _OraclePolicy:

@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from csr_vlm.cli import main
+from helpers import assert_close
 
 SEARCH = ["search.num_candidates=3", "search.keep_top=1", "search.keep_bottom=1", "search.max_sentences=2",
           "search.max_new_tokens=4", "search.filters=[]"]
@@ -227,7 +228,8 @@ def test_centred_reward_with_estimated_tau_and_config_guard(tiny_llava, tmp_path
     """normalize=center without tau: tau comes from reward.tau_calibration (relative images resolve beside the
     file) and every sentence gets R = 0.9 * (R_I - tau) / 10 + 0.1 * R_T. Re-running into the same out with
     another seed is refused instead of mixing two runs."""
-    from csr_vlm.reward import ClipScorer, estimate_tau
+    from csr_vlm.calibration import estimate_tau
+    from csr_vlm.models import ClipScorer
 
     (tmp_path / "images").mkdir()
     for i in (0, 1):
@@ -269,22 +271,21 @@ def test_prompt_batches_equal_one_at_a_time(tiny_llava, many_prompts, reference_
     """search.prompt_batch_size=8 over 20 prompts (chunks of 8, 8, 4): the same candidates, pairs and skips as
     the one-at-a-time reference run, floats within 1e-6 (the wider batch rounds differently), and the same
     minimal token count."""
-    import csr_vlm.search
-    from test_search import _close
+    import csr_vlm.search.driver as driver
 
-    sizes, batched = [], csr_vlm.search.search_prompts
-    def spy(policy, scorer, images, *rest):
+    sizes, batched = [], driver.search_prompts
+    def spy(engine, scorer, images, *rest):
         sizes.append(len(images))
-        return batched(policy, scorer, images, *rest)
+        return batched(engine, scorer, images, *rest)
 
-    monkeypatch.setattr(csr_vlm.search, "search_prompts", spy)
+    monkeypatch.setattr(driver, "search_prompts", spy)
     out = tmp_path / "gen"
     assert main(["generate", *_args(tiny_llava, out, "search.prompt_batch_size=8", prompts=many_prompts)]) == 0
     assert sizes == [8, 8, 4]
     for name in ("candidates.jsonl", "pairs.jsonl", "skipped.jsonl"):
         ours, ref = _lines(out / name), _lines(reference_run / name)
         assert [c["id"] for c in ours] == [c["id"] for c in ref]
-        _close(ours, ref, name)
+        assert_close(ours, ref, name)
     assert len(_lines(out / "pairs.jsonl")) >= 4
     stats, ref = (json.loads((d / "stats.json").read_text())["tokens"] for d in (out, reference_run))
     assert stats["minimal"] == ref["minimal"] and stats["forwarded"] >= ref["forwarded"]

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import torch
 from transformers.cache_utils import DynamicLayer
 
-from csr_vlm.kvcache import GrowingLayer, SharedPrefixLayer, install, shared_prefix_attention
+from csr_vlm.search.kvcache import GrowingLayer, SharedPrefixLayer, install, shared_prefix_attention
 
 
 def _layer(rows: int, heads: int, n: int, dim: int = 4) -> DynamicLayer:

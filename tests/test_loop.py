@@ -11,8 +11,10 @@ import pytest
 from csr_vlm import loop
 from csr_vlm.cli import main
 from csr_vlm.config import load_config
-from csr_vlm.data import InputError, mark_done, write_json
-from test_train import TINY, write_pairs
+from csr_vlm.data import mark_done, write_json
+from csr_vlm.errors import ConfigError, InputError
+from helpers import TINY_TRAIN as TINY
+from helpers import write_pairs
 
 LOOP_TINY = [*TINY, "search.num_candidates=3", "search.keep_top=1", "search.keep_bottom=1", "search.max_sentences=2",
              "search.max_new_tokens=6", "search.filters=[]", "data.max_prompts=3"]
@@ -71,9 +73,8 @@ def test_stage_configs_chain_the_rounds(tmp_path):
     assert (dev.model.path, dev.eval.num_images, dev.eval.prompt, dev.out) == ("base", 7, "dev prompt",
                                                                               str(tmp_path / "round_0" / "dev_eval"))
     assert cfg.eval.num_images == 500 and cfg.model.path == "base"  # the loop's own config is untouched
-    bad = load_config(None, [f"out={tmp_path}", "model.path=base", "loop.dev={num_imgs: 7}"])
-    with pytest.raises(Exception, match="num_imgs"):
-        loop.run(bad)
+    with pytest.raises(ConfigError, match="unknown config key 'loop.dev.num_imgs'; did you mean 'loop.dev.num_images'"):
+        load_config(None, [f"out={tmp_path}", "model.path=base", "loop.dev={num_imgs: 7}"])
 
 
 @pytest.fixture
@@ -81,6 +82,7 @@ def fake_stages(monkeypatch, tiny_llava):
     """Real training; generate writes fixed pairs, evaluations report chair_i from a per-round table."""
     import torch
 
+    before = torch.get_num_threads()
     torch.set_num_threads(1)
     chair_i = {0: 10.0, 1: 6.0, 2: 8.0, 3: 9.0, 4: 5.0}
     calls: list[str] = []
@@ -101,13 +103,14 @@ def fake_stages(monkeypatch, tiny_llava):
 
     runners = {"generate": generate, "train": train.run, "eval": evaluate, "dev_eval": evaluate}
     monkeypatch.setattr(loop, "stage_runner", runners.__getitem__)
-    return calls
+    yield calls
+    torch.set_num_threads(before)
 
 
 def test_loop_selects_on_dev_with_patience_and_resumes(tiny_llava, tmp_path, fake_stages, capsys):
     out = tmp_path / "loop"
     args = [f"out={out}", f"model.path={tiny_llava / 'policy'}", *TINY, "loop.rounds=4", "loop.select_on=chair_i",
-            "loop.patience=2", "loop.dev={num_images: 3}"]
+            "loop.patience=2", "loop.dev={num_images: 3}", f"eval.annotations={write_annotations(tiny_llava)}"]
     loop.run(load_config(None, args))
     # chair_i 10 (base), 6, 8, 9: round 1 best, rounds 2 and 3 do not improve -> stop after round 3 (patience 2)
     assert not (out / "round_4").exists()

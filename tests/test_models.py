@@ -13,7 +13,7 @@ from PIL import Image
 
 from csr_vlm.cli import main
 from csr_vlm.config import ModelConfig
-from csr_vlm.data import InputError
+from csr_vlm.errors import InputError
 from csr_vlm.models import load_clip, load_policy
 
 

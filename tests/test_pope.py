@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from csr_vlm import pope
+from csr_vlm.eval import pope
 from csr_vlm.cli import main
 
 # first-seen order: person, dog, cat, car, bus, bench, apple

@@ -112,7 +112,7 @@ def test_clip_summary_hand_worked():
     """present R_I 30, 32, 34 (mean 32, sample sd 2); absent 25, 31, 33.
     AUC: pairs present > absent: 30 > 25; 32 > 25, 31; 34 > all 3 -> 6 of 9 -> 2/3.
     suggested tau (sd=1) = 32 - 2 = 30: FPR = absent >= 30 -> 31, 33 -> 2/3; at tau=32: 33 -> 1/3."""
-    from csr_vlm.score import clip_summary
+    from csr_vlm.calibration import clip_summary
 
     s = clip_summary([30.0, 32.0, 34.0], [25.0, 31.0, 33.0], tau=32.0, sd=1.0)
     assert s["auc"] == pytest.approx(2 / 3) and s["suggested_tau"] == pytest.approx(30.0)
@@ -125,7 +125,8 @@ def test_clip_summary_hand_worked():
 def test_score_clip_cli(tiny_llava, tmp_path):
     """`csr score clip` on the tiny CLIP: its present mean equals ClipScorer's own scores of those sentences."""
     from csr_vlm.data import load_image
-    from csr_vlm.reward import ClipScorer, image_relevance
+    from csr_vlm.models import ClipScorer
+    from csr_vlm.reward import image_relevance
 
     img = str(tiny_llava / "images" / "000.png")
     recs = [{"image": img, "text": "a red circle.", "present": True},

@@ -9,13 +9,16 @@ import pytest
 import torch
 from PIL import Image
 
-from csr_vlm.config import ModelConfig, RunConfig, SearchConfig
-from csr_vlm.expand import TokenCounter, expand, prefill, select
-from csr_vlm.filters import junk_reason
-from csr_vlm.models import load_policy
-from csr_vlm.official import Node, path_answers, rank_tree
-from csr_vlm.reward import ClipScorer
-from csr_vlm.search import is_repeat, search_prompt
+from helpers import assert_close
+
+from csr_vlm.config import ModelConfig, RewardConfig, SearchConfig
+from csr_vlm.models import ClipScorer, load_policy
+from csr_vlm.search.driver import search_prompt, search_prompts
+from csr_vlm.search.filters import junk_reason
+from csr_vlm.search.hf_engine import HFEngine, _choose, expand, prefill, select
+from csr_vlm.search.official import Node, path_answers, rank_tree
+from csr_vlm.search.paper import is_repeat, score_step
+from csr_vlm.search.types import Answer, Candidate, Sentence, TokenCounter
 
 PROMPT = "Describe this image."
 
@@ -113,18 +116,17 @@ def test_offer_end_makes_every_kth_candidate_the_end_with_its_real_logprob(loade
         assert b.logprobs == pytest.approx([float(logp[eos[0]])], abs=1e-4)
 
 
-def _cfg(**search) -> RunConfig:
-    cfg = RunConfig()
-    cfg.search = SearchConfig(filters=[], **search)
-    return cfg
+def _search(policy, scorer, image, search: SearchConfig, seed: int, reward: RewardConfig = RewardConfig()):
+    return search_prompt(HFEngine(policy, search), scorer, image, PROMPT, search, reward, seed)
 
 
 def test_paper_search_keeps_top_and_bottom_and_is_seeded(loaded):
     """K 3, keep 1 + 1, 3 sentences: 3 children, 2 kept -> 6 children, 2 kept -> 6 complete answers of 3
     sentences (when no EOS comes earlier). Same seed, same answers; another seed, other answers."""
     policy, scorer, image = loaded["llava"]
-    cfg = _cfg(num_candidates=3, keep_top=1, keep_bottom=1, max_sentences=3, max_new_tokens=4, temperature=1.5)
-    result = search_prompt(policy, scorer, image, PROMPT, cfg, seed=7)
+    cfg = SearchConfig(filters=[], num_candidates=3, keep_top=1, keep_bottom=1, max_sentences=3, max_new_tokens=4,
+                       temperature=1.5)
+    result = _search(policy, scorer, image, cfg, seed=7)
     full = [a for a in result.answers if len(a.sentences) == 3]
     assert len(full) + sum(a.ended for a in result.answers) == len(result.answers) and len(full) <= 6
     assert len(full) == 6 - result.stats["events"].get("duplicate", 0)
@@ -133,9 +135,9 @@ def test_paper_search_keeps_top_and_bottom_and_is_seeded(loaded):
     for a in result.answers:  # cumulative R is the sum of the sentences' R
         assert a.reward == pytest.approx(sum(s.r for s in a.sentences))
         assert all(s.r == pytest.approx(0.9 * s.r_i + 0.1 * s.r_t) for s in a.sentences)
-    again = search_prompt(policy, scorer, image, PROMPT, cfg, seed=7)
+    again = _search(policy, scorer, image, cfg, seed=7)
     assert [a.to_dict() for a in again.answers] == [a.to_dict() for a in result.answers]
-    other = search_prompt(policy, scorer, image, PROMPT, cfg, seed=8)
+    other = _search(policy, scorer, image, cfg, seed=8)
     assert [a.text for a in other.answers] != [a.text for a in result.answers]
 
 
@@ -143,9 +145,9 @@ def test_official_search_prunes_to_one_best_two_worst(loaded):
     """5 diverse beams from the root; the pool of 5 (>= num_candidates) keeps the best + the 2 worst by
     cumulative self-score; 3 x 5 children at the last depth are final: 1 + 5 + 15 = 21 nodes."""
     policy, scorer, image = loaded["gemma3"]
-    cfg = _cfg(mode="official", sampler="diverse_beam", num_candidates=5, keep_top=1, keep_bottom=2,
-               max_sentences=2, max_new_tokens=3)
-    result = search_prompt(policy, scorer, image, PROMPT, cfg, seed=0)
+    cfg = SearchConfig(filters=[], mode="official", sampler="diverse_beam", num_candidates=5, keep_top=1,
+                       keep_bottom=2, max_sentences=2, max_new_tokens=3)
+    result = _search(policy, scorer, image, cfg, seed=0)
     tree = result.tree
     depth1 = [n for n in tree if n["parent"] == 0]
     # seed 0 on the fixed tiny model proposes no EOS at depth 1, so the pool has exactly 5 members
@@ -210,12 +212,12 @@ def test_repeat_detection():
 
 
 class _StubCtx:
-    """What _score_step asks of a SearchContext: config, decode, CLIP scores, event counters."""
+    """What score_step asks of a SearchContext: settings, decode, CLIP scores, event counters."""
 
-    def __init__(self, cfg, texts, clip):
+    def __init__(self, search, reward, texts, clip):
         from collections import Counter
 
-        self.cfg, self.texts, self.clip, self.events = cfg, texts, clip, Counter()
+        self.search, self.reward, self.texts, self.clip, self.events = search, reward, texts, clip, Counter()
 
     def decode(self, tokens):
         return self.texts[tokens[0]] if tokens[0] in self.texts else ""
@@ -233,18 +235,14 @@ def test_step_reward_end_and_repeat_are_neutral(end_reward, end_self_score, end_
     "Blue sky." CLIP -5 -> clamped to 0 -> 0.9 * (0 - 20) / 10 - 0.1 = -1.9.
     EOS alone ends the answer: neutral -> R_I = tau -> -0.1; zero -> R_I = 0 -> -1.9;
     neutral without the end's self-score (R_T 0) -> exactly 0."""
-    from csr_vlm.config import RewardConfig
-    from csr_vlm.expand import Candidate
-    from csr_vlm.search import Answer, Sentence, _score_step
-
-    cfg = RunConfig(reward=RewardConfig(lam=0.9, normalize="center", tau=20.0, scale=10.0, end_reward=end_reward,
-                                        end_self_score=end_self_score, self_score="mean"),
-                    search=SearchConfig(filters=[]))
-    ctx = _StubCtx(cfg, {1: "A dog.", 2: "A red car.", 4: "Blue sky."}, {"A red car.": 35.0, "Blue sky.": -5.0})
+    reward = RewardConfig(lam=0.9, normalize="center", tau=20.0, scale=10.0, end_reward=end_reward,
+                          end_self_score=end_self_score, self_score="mean")
+    ctx = _StubCtx(SearchConfig(filters=[]), reward, {1: "A dog.", 2: "A red car.", 4: "Blue sky."},
+                   {"A red car.": 35.0, "Blue sky.": -5.0})
     parent = Answer(sentences=[Sentence("There is a dog.", -1.0, 30.0, 1.0)], reward=1.0)
     cands = [Candidate(0, [1], [-1.0], "delimiter"), Candidate(0, [2], [-0.5, -1.5], "delimiter"),
              Candidate(0, [3], [-1.0], "eos"), Candidate(0, [4], [-1.0], "delimiter")]
-    out = _score_step(ctx, [parent], cands, None)
+    out = score_step(ctx, [parent], cands, None)
     assert [a.sentences[-1].r for a in out] == pytest.approx([-0.1, 1.25, end_r, -1.9])
     assert [a.reward for a in out] == pytest.approx([0.9, 2.25, 1 + end_r, -0.9])  # cumulative: 1 + R
     assert out[0].sentences[-1].repeat and out[2].sentences[-1].end and out[2].ended
@@ -254,8 +252,6 @@ def test_step_reward_end_and_repeat_are_neutral(end_reward, end_self_score, end_
 def test_diverse_beam_penalises_tokens_earlier_groups_took():
     """One parent, 2 groups, log-probs [-0.1, -0.5, -3]. Group 0 takes token 0.
     penalty 3: group 1 sees [-3.1, -0.5, -3] -> token 1. penalty 0.3: [-0.4, -0.5, -3] -> token 0 again."""
-    from csr_vlm.expand import _choose
-
     logp = torch.tensor([[-0.1, -0.5, -3.0], [-0.1, -0.5, -3.0]])
     def pick(penalty, suppress):
         return _choose(logp, logp, SearchConfig(sampler="diverse_beam", diversity_penalty=penalty), suppress, None, 2)
@@ -267,51 +263,33 @@ def test_diverse_beam_penalises_tokens_earlier_groups_took():
 
 def test_top_p_sampling_never_leaves_the_nucleus():
     """probs [0.6, 0.3, 0.1] at temperature 1: top_p 0.5 keeps only token 0; top_p 0.8 keeps tokens 0 and 1."""
-    from csr_vlm.expand import _choose
-
     logits = torch.log(torch.tensor([[0.6, 0.3, 0.1]])).repeat(200, 1)
     gen = torch.Generator().manual_seed(0)
     assert set(_choose(logits, logits, SearchConfig(temperature=1.0, top_p=0.5), [], gen, 1).tolist()) == {0}
     assert set(_choose(logits, logits, SearchConfig(temperature=1.0, top_p=0.8), [], gen, 1).tolist()) == {0, 1}
 
 
-def _close(a, b, path="result"):
-    """Equal structures; floats (log-prob sums, rewards) within 1e-6: the batched forward rounds differently."""
-    if isinstance(a, float) or isinstance(b, float):
-        assert a == pytest.approx(b, abs=1e-6), path
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        for key in a:
-            _close(a[key], b[key], f"{path}.{key}")
-    elif isinstance(a, list):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            _close(x, y, f"{path}[{i}]")
-    else:
-        assert a == b, path
-
-
 @pytest.mark.parametrize("family", ["llava", "gemma3"])
 @pytest.mark.parametrize("mode, sampler", [("paper", "sample"), ("paper", "diverse_beam"), ("official", "sample")])
-def test_search_prompts_equal_one_at_a_time(loaded, monkeypatch, family, mode, sampler):
+def test_search_prompts_equal_one_at_a_time(loaded, family, mode, sampler):
     """3 prompts of different lengths (left-padded holes), frequent stops and EOS (rows and whole prompts end at
     different tokens and depths): search_prompts gives each prompt the texts, tokens, choices and token counts that
     search_prompt gives it alone, in either batch order (each prompt samples with its own generator)."""
-    from csr_vlm.search import search_prompts
-
     policy, scorer, image = loaded[family]
     special = set(policy.tokenizer.all_special_ids)
     words = [i for i in range(len(policy.tokenizer)) if i not in special]
-    monkeypatch.setitem(policy.__dict__, "eos_ids", sorted({i for i in words if i % 4 == 0} | set(policy.eos_ids)))
-    monkeypatch.setitem(policy.__dict__, "_sentence_end_ids", {(".",): [i for i in words if i % 3 == 1]})
-    cfg = _cfg(mode=mode, sampler=sampler, num_candidates=3, keep_top=1, keep_bottom=1, max_sentences=3,
-               max_new_tokens=6, temperature=1.5, delimiters=["."])
+    cfg = SearchConfig(filters=[], mode=mode, sampler=sampler, num_candidates=3, keep_top=1, keep_bottom=1,
+                       max_sentences=3, max_new_tokens=6, temperature=1.5, delimiters=["."])
+    engine = HFEngine(policy, cfg)
+    engine.eos_ids = sorted({i for i in words if i % 4 == 0} | set(policy.eos_ids))  # frequent ends: ragged rows
+    engine.stop_ids = [i for i in words if i % 3 == 1]
     images = [image, image.transpose(Image.Transpose.FLIP_LEFT_RIGHT), image]
     prompts = [PROMPT, "What do you see in this picture, in a few words?", "Hi"]
     seeds = [3, 4, 5]
-    alone = [search_prompt(policy, scorer, im, p, cfg, s) for im, p, s in zip(images, prompts, seeds)]
-    together = search_prompts(policy, scorer, images, prompts, cfg, seeds)
-    backwards = search_prompts(policy, scorer, images[::-1], prompts[::-1], cfg, seeds[::-1])[::-1]
+    reward = RewardConfig()
+    alone = [search_prompt(engine, scorer, im, p, cfg, reward, s) for im, p, s in zip(images, prompts, seeds)]
+    together = search_prompts(engine, scorer, images, prompts, cfg, reward, seeds)
+    backwards = search_prompts(engine, scorer, images[::-1], prompts[::-1], cfg, reward, seeds[::-1])[::-1]
     assert len({r.stats["tokens_prompt"] for r in alone}) == 3, "prompts of different lengths: padding must bite"
     depths = {len(a.sentences) for r in alone for a in r.answers if a.ended}
     assert depths and min(depths) < 3, "some answers must end before max_sentences"
@@ -319,8 +297,8 @@ def test_search_prompts_equal_one_at_a_time(loaded, monkeypatch, family, mode, s
         assert [a.text for a in batch.answers] == [a.text for a in one.answers]
         assert [a.tokens for a in batch.answers] == [a.tokens for a in one.answers]
         assert (batch.chosen, batch.rejected) == (one.chosen, one.rejected)
-        _close([a.to_dict() for a in batch.answers], [a.to_dict() for a in one.answers])
-        _close(batch.tree, one.tree)
+        assert_close([a.to_dict() for a in batch.answers], [a.to_dict() for a in one.answers])
+        assert_close(batch.tree, one.tree)
         for key in ("tokens_minimal", "tokens_prompt", "tokens_generated"):
             assert batch.stats[key] == one.stats[key], key
         assert batch.stats["tokens_forwarded"] >= one.stats["tokens_forwarded"]

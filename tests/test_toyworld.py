@@ -10,14 +10,16 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from csr_vlm import toyclip, toyllava
-from csr_vlm import toyworld as tw
+from csr_vlm.toyworld import build, measure
+from csr_vlm.toyworld import clip as toyclip
+from csr_vlm.toyworld import llava as toyllava
+from csr_vlm.toyworld import scenes as tw
 
 
 @pytest.fixture(scope="session")
 def quick_world(tmp_path_factory):
     """The --quick world; test_demo.py builds the same path, so the second user finds it cached."""
-    return tw.build(tmp_path_factory.getbasetemp() / "toy-quick-world", seed=0, quick=True)
+    return build.build(tmp_path_factory.getbasetemp() / "toy-quick-world", seed=0, quick=True)
 
 
 def _split_files(d, split):
@@ -69,7 +71,7 @@ def test_annotations_match_rendered_pixels(tmp_path):
             assert near < 3
     caps = json.loads((tmp_path / "captions_test.json").read_text())["annotations"]
     for cap, s in zip(caps, scenes):  # reference captions are truthful: exactly the scene's nouns
-        assert sorted(toyllava.parse_answer(cap["caption"])[1]) == sorted(tw.TYPES[o["type"]][1] for o in s["objects"])
+        assert sorted(measure.parse_answer(cap["caption"])[1]) == sorted(tw.TYPES[o["type"]][1] for o in s["objects"])
 
 
 def test_caption_noise_rate():
@@ -108,7 +110,7 @@ def test_score_answers_by_hand(tmp_path):
     (tmp_path / "instances_x.json").write_text(json.dumps({"images": [{"id": 7}], "annotations": anns,
                                                             "categories": cats}))
     answers = ["there is a red circle . i see a blue square . a red circle is here .", "a white tee"]
-    m = toyllava.score_answers(answers, [7, 7], tmp_path, "x")
+    m = measure.score_answers(answers, [7, 7], tmp_path, "x")
     assert (m["chair_i"], m["chair_s"], m["recall"], m["dup_rate"], m["wellformed"]) == (0.25, 0.5, 0.5, 0.25, 0.5)
 
 
@@ -146,10 +148,10 @@ def test_clip_is_reused_only_when_its_parameters_match(tmp_path, monkeypatch):
 
     monkeypatch.setattr(toyclip, "train_clip", fake_train)
     p = tw.WorldParams.make(0, True)
-    assert tw._clip(tmp_path, p) == {"tau": 30.0}
-    assert tw._clip(tmp_path, replace(p, llava_steps=99, qa_fraction=0.1)) == {"tau": 30.0}
+    assert build._clip(tmp_path, p) == {"tau": 30.0}
+    assert build._clip(tmp_path, replace(p, llava_steps=99, qa_fraction=0.1)) == {"tau": 30.0}
     assert trained == [30]
-    assert tw._clip(tmp_path, replace(p, clip_steps=31)) == {"tau": 31.0} and trained == [30, 31]
+    assert build._clip(tmp_path, replace(p, clip_steps=31)) == {"tau": 31.0} and trained == [30, 31]
     assert p.digest() != replace(p, llava_steps=99).digest()
 
 
@@ -157,7 +159,7 @@ def test_garbled_sentences_name_no_object():
     """The CLIP's negatives: 400 draws, none names a noun, several template kinds occur (incl. spliced ones)."""
     rng = random.Random(0)
     junk = [tw.garbled_sentence(rng) for _ in range(400)]
-    assert not any(toyllava.parse_answer(j)[1] for j in junk)
+    assert not any(measure.parse_answer(j)[1] for j in junk)
     assert "i see a is here." in junk and "there is a ." in junk and len(set(junk)) > 50
 
 
@@ -176,7 +178,7 @@ def test_quick_world_builds_caches_and_loads(quick_world):
     assert all(r["image"].startswith("images/calib/") and (quick_world / r["image"]).is_file() for r in calib)
     assert info["clip"]["garbled_mean"] >= 0.0
     start, done = time.time(), (quick_world / "DONE").stat().st_mtime_ns
-    tw.build(quick_world, seed=0, quick=True)  # cached: nothing rebuilt
+    build.build(quick_world, seed=0, quick=True)  # cached: nothing rebuilt
     assert time.time() - start < 5 and (quick_world / "DONE").stat().st_mtime_ns == done
 
     policy = load_policy(ModelConfig(device="cpu"), str(quick_world / "policy"))

@@ -14,26 +14,9 @@ import torch
 from csr_vlm import train
 from csr_vlm.cli import main
 from csr_vlm.config import load_config
-from csr_vlm.data import InputError
-
-TINY = ["train.lora_r=4", "train.lora_alpha=8", "train.learning_rate=1e-3", "train.max_length=256"]
-
-
-def write_pairs(path: Path, images_dir: Path, n: int = 4, missing: int = 0) -> Path:
-    """n pairs on the fixture's images (absolute paths) plus `missing` pairs whose image does not exist."""
-    def pair(i, image):
-        return {"id": f"p{i}", "images": [str(image)],
-                "prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "describe it."}]}],
-                "chosen": [{"role": "assistant", "content": [{"type": "text", "text": "a red circle on the left."}]}],
-                "rejected": [{"role": "assistant", "content": [{"type": "text", "text": "a dog on the grass."}]}],
-                "chosen_reward": 1.0, "rejected_reward": 0.0, "margin": 1.0, "round": 1}
-
-    rows = [pair(i, images_dir / f"{i:03d}.png") for i in range(n)]
-    rows += [pair(n + i, images_dir / f"gone{i}.png") for i in range(missing)]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
+from csr_vlm.errors import InputError
+from helpers import TINY_TRAIN as TINY
+from helpers import write_pairs
 
 def make_cfg(tiny, tmp_path, *extra, pairs=None):
     pairs = pairs or write_pairs(tmp_path / "pairs.jsonl", tiny / "images")

@@ -16,19 +16,19 @@ import importlib
 import logging
 import sys
 
-from .config import ConfigError, describe, load_config
-from .data import InputError
+from .config import describe, load_config
+from .errors import ConfigError, InputError
 
 # name -> (module, kind, one-line help). kind "stage": module.run(cfg, round); kind "tool": module.cli(argv).
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "generate": ("csr_vlm.generate", "stage", "sentence-level calibrated search -> candidates.jsonl, pairs.jsonl"),
     "train": ("csr_vlm.train", "stage", "DPO + LoRA on the pairs -> merged checkpoint"),
-    "eval": ("csr_vlm.evaluate", "stage", "generate with a model and score CHAIR / POPE"),
+    "eval": ("csr_vlm.eval.evaluate", "stage", "generate with a model and score CHAIR / POPE"),
     "loop": ("csr_vlm.loop", "stage", "rounds of generate -> train -> eval, resumable"),
     "score": ("csr_vlm.score", "tool", "score existing outputs: chair, pope, pairs, clip (calibration)"),
     "report": ("csr_vlm.report", "tool", "report.md and plots for a run directory"),
-    "toyworld": ("csr_vlm.toyworld", "tool", "build the synthetic world and its tiny CLIP + LLaVA"),
-    "demo": ("csr_vlm.demo", "tool", "toy world + CSR loop + lam=0 ablation + report, on a CPU"),
+    "toyworld": ("csr_vlm.toyworld.build", "tool", "build the synthetic world and its tiny CLIP + LLaVA"),
+    "demo": ("csr_vlm.toyworld.demo", "tool", "toy world + CSR loop + lam=0 ablation + report, on a CPU"),
     "models": ("csr_vlm.cli", "tool", "build-tiny: random-weight tiny policy + CLIP for tests"),
 }
 
@@ -78,7 +78,7 @@ def models_cli(argv: list[str]) -> int:
     build.add_argument("--family", default="llava", help="llava (LLaVA-1.5 layout) or gemma3")
     build.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    from .tiny import FAMILIES, build_tiny
+    from .models.tiny import FAMILIES, build_tiny
 
     if args.family not in FAMILIES:
         raise InputError(f"--family: unknown family {args.family!r}; choose from {', '.join(FAMILIES)}")

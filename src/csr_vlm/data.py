@@ -1,8 +1,11 @@
-"""Files that stages exchange: prompt records, JSONL/JSON I/O that survives a kill, and images.
+"""Files that stages exchange: prompt records, JSON/JSONL I/O that survives a kill and bad bytes, and images.
 
 Every stage talks to the next through small JSONL records. Writers here are atomic (write to
-`x.tmp`, then rename) or append-only with one complete line per record, and readers drop a
-half-written last line, so a killed run never leaves a file that resume would trust wrongly.
+`x.tmp`, then rename) or append-only with one complete line per record. There is one reader of
+record files, `read_entries`: a JSON list or JSONL, read entry by entry, where a line that is not
+UTF-8 or not JSON costs that line only (it comes back with its number and the reason), and a
+half-written last line (a write cut off by a kill) is dropped. `read_jsonl` and `read_records` are
+built on it.
 """
 
 from __future__ import annotations
@@ -15,13 +18,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import InputError
+
 log = logging.getLogger(__name__)
 
 DONE_MARKER = "DONE"
-
-
-class InputError(ValueError):
-    """A problem with the user's input files; the CLI prints it as one line."""
 
 
 @dataclass(frozen=True)
@@ -68,33 +69,86 @@ def append_jsonl(fh, record: dict[str, Any]) -> None:
     os.fsync(fh.fileno())
 
 
-def read_jsonl(path: str | Path, *, strict: bool = False) -> Iterator[dict[str, Any]]:
-    """Yield the records of a JSONL file; malformed lines are logged with their number and skipped.
+@dataclass(frozen=True)
+class Entry:
+    """One entry of a record file: its line (or list position), the parsed value, or why it is unusable."""
 
-    A final line without a newline is a write cut off by a kill: it is dropped silently when it
-    does not parse. With strict=True a malformed line raises InputError instead.
+    line: int
+    value: Any = None
+    error: str | None = None
+
+
+def read_json(path: str | Path, what: str = "file") -> Any:
+    """The parsed content of a JSON file; InputError (one line) when it is missing or not JSON."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what} not found: {path}" if not path.is_dir() else f"{what} is a directory: {path}")
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+
+
+def read_entries(path: str | Path, what: str = "file") -> Iterator[Entry]:
+    """Every entry of a JSON-list or JSONL file, in order; one bad line never stops the others.
+
+    A file whose first non-blank character is `[` is one JSON list (entry i at "line" i, 1-based);
+    otherwise each non-blank line is one entry. A line that is not UTF-8 or not JSON (a write cut
+    off by a kill included) yields an Entry with `error` set.
+
+    Raises:
+        InputError: the file is missing, a directory, or a JSON list that does not parse.
     """
     path = Path(path)
-    with path.open("rb") as fh:
-        data = fh.read()
+    if not path.is_file():
+        raise InputError(f"{what} not found: {path}" if not path.is_dir() else f"{what} is a directory: {path}")
+    data = path.read_bytes()
+    if data.lstrip()[:1] == b"[":
+        for i, value in enumerate(read_json(path, what), 1):
+            yield Entry(i, value)
+        return
     lines = data.split(b"\n")
     for lineno, raw in enumerate(lines, 1):
         if not raw.strip():
             continue
         try:
-            rec = json.loads(raw)
-            if not isinstance(rec, dict):
-                raise ValueError("not an object")
-        except (ValueError, UnicodeDecodeError) as exc:
-            last = lineno == len(lines)
-            if last:
-                log.warning("%s:%d: dropping a half-written last line", path, lineno)
-                continue
-            if strict:
-                raise InputError(f"{path}:{lineno}: malformed JSON line ({exc})") from None
-            log.warning("%s:%d: skipping malformed line (%s)", path, lineno, exc)
+            value = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            yield Entry(lineno, error=f"not UTF-8 text (byte {exc.object[exc.start]:#04x} at column {exc.start + 1})")
             continue
-        yield rec
+        except json.JSONDecodeError as exc:
+            yield Entry(lineno, error=f"malformed JSON line ({exc.msg})")
+            continue
+        yield Entry(lineno, value)
+
+
+def read_jsonl(path: str | Path, *, strict: bool = False) -> Iterator[dict[str, Any]]:
+    """The JSON objects of a record file; bad lines are logged with their number and skipped.
+
+    With strict=True a bad line (or one that is not an object) raises InputError instead.
+    """
+    for entry in read_entries(path):
+        problem = entry.error or (None if isinstance(entry.value, dict) else "not a JSON object")
+        if problem:
+            if strict:
+                raise InputError(f"{path}:{entry.line}: {problem}")
+            log.warning("%s:%d: skipping a line: %s", path, entry.line, problem)
+            continue
+        yield entry.value
+
+
+def read_records(path: str | Path, required: tuple[str, ...], what: str) -> list[dict]:
+    """The objects of a record file that have every `required` field; the others are logged and skipped."""
+    records = []
+    for entry in read_entries(path, what):
+        if entry.error or not isinstance(entry.value, dict) or any(k not in entry.value for k in required):
+            log.warning("%s:%d: skipping a record: %s", path, entry.line,
+                        entry.error or f"needs {' / '.join(required)}")
+            continue
+        records.append(entry.value)
+    return records
 
 
 def repair_jsonl(path: str | Path) -> None:
@@ -130,26 +184,13 @@ def read_prompts(path: str | Path, image_root: str = "", image_prefix: str = ""
     entry: malformed line, missing field, empty prompt, duplicate id. Image files are checked
     later, when they are opened.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"prompts file not found: {path}")
-    text = path.read_text()
-    stripped = text.lstrip()
     entries: list[tuple[int, Any]] = []
     skipped: list[dict] = []
-    if stripped.startswith("["):
-        try:
-            entries = list(enumerate(json.loads(text), 1))
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{path}: not valid JSON ({exc})") from None
-    else:
-        for lineno, raw in enumerate(text.split("\n"), 1):
-            if not raw.strip():
-                continue
-            try:
-                entries.append((lineno, json.loads(raw)))
-            except json.JSONDecodeError as exc:
-                skipped.append({"id": None, "line": lineno, "reason": f"malformed JSON line ({exc.msg})"})
+    for entry in read_entries(path, "prompts file"):
+        if entry.error:
+            skipped.append({"id": None, "line": entry.line, "reason": entry.error})
+        else:
+            entries.append((entry.line, entry.value))
     records: list[PromptRecord] = []
     seen: set[str] = set()
     for lineno, entry in entries:

@@ -3,13 +3,15 @@
     csr generate --config configs/tiny.yaml [search.mode=official ...]
     torchrun --nproc_per_node 2 -m csr_vlm generate --config configs/tiny.yaml
 
-Setup checks the config, reads the prompts and loads the policy and CLIP (a wrong path is a one-line
-error before any work), and estimates tau when normalize=center has none. Work: prompt i goes to
-rank i % world_size; each rank searches its prompts (search.search_prompt, seeded per prompt from
-cfg.seed, the round and the prompt id) and appends one complete line per prompt to its own shard
-`shards/rank-<r>.jsonl`. With search.prompt_batch_size = P > 1 a rank searches its prompts in chunks of P
-(search.search_prompts: one forward per token step for all P prompts' candidate rows, the same
-candidates as one at a time up to float rounding) and appends a chunk's lines when the chunk is done.
+Setup checks the input paths, reads the prompts and loads the policy and CLIP (a wrong path is a one-line
+error before any work), and estimates tau when normalize=center has none: the estimate goes into the
+reward section the search gets, stats.json and the saved config.yaml, never into the config passed
+in. Work: prompt i goes to rank i % world_size; each rank searches its prompts
+(search.driver.search_prompts on the transformers engine, seeded per prompt from cfg.seed, the round
+and the prompt id) and appends one complete line per prompt to its own shard `shards/rank-<r>.jsonl`.
+With search.prompt_batch_size = P > 1 a rank searches its prompts in chunks of P (one forward per
+token step for all P prompts' candidate rows, the same candidates as one at a time up to float
+rounding) and appends a chunk's lines when the chunk is done.
 Re-running the same command skips prompts found in any shard (a half-written
 last line is dropped first), so a killed run resumes to the output an uninterrupted run gives.
 Save: rank 0 merges the shards in prompt order into candidates.jsonl, pairs.jsonl (TRL conversational
@@ -19,6 +21,7 @@ then writes DONE. Bad images, empty prompts, malformed lines and duplicate ids a
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -30,28 +33,23 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig, save_config, to_dict
-from .data import (InputError, append_jsonl, is_done, load_image, mark_done, read_jsonl, read_prompts, repair_jsonl,
-                   write_json, write_jsonl)
-from .filters import check_filters
+from .config import save_config, to_dict
+from .data import (append_jsonl, is_done, load_image, mark_done, read_jsonl, read_prompts, repair_jsonl, write_json,
+                   write_jsonl)
+from .errors import InputError
 from .models import check_model_path
-from .reward import NORMALIZE_MODES, TAU_RULES
+from .schema import RewardConfig, RunConfig
 
 log = logging.getLogger(__name__)
 _OWN_GROUP = False  # whether this module started the process group (and so should end it)
-
-CHOICES = {
-    "search.mode": ("paper", "official"), "search.sampler": ("sample", "diverse_beam"),
-    "reward.normalize": NORMALIZE_MODES, "reward.self_score": ("sum", "mean"),
-    "reward.end_reward": ("neutral", "zero"), "reward.tau_rule": TAU_RULES,
-}
 
 
 def run(cfg: RunConfig, round: int = 1) -> Path:
     """Search every prompt of data.prompts and write the stage directory cfg.out; returns it."""
     out = Path(cfg.out)
+    cfg.validate()
     rank, world, dist = _distributed()
-    _check_config(cfg)
+    _check_inputs(cfg)
     fingerprint = _fingerprint(cfg, round)
     if not cfg.overwrite and _finished(out, fingerprint):
         log.info("generate: %s is complete (DONE); overwrite=true redoes it", out)
@@ -59,16 +57,17 @@ def run(cfg: RunConfig, round: int = 1) -> Path:
     records, input_skips = read_prompts(cfg.data.prompts, cfg.data.image_root, cfg.data.image_prefix)
     if cfg.data.max_prompts is not None:
         records = records[: cfg.data.max_prompts]
-    policy, scorer, tau_stats = _load_models(cfg, rank, world)
+    policy, scorer = _load_models(cfg, rank, world)
+    reward, tau_stats = _resolve_reward(cfg, scorer)
     if rank == 0:
-        _prepare_dir(out, cfg, fingerprint)
+        _prepare_dir(out, dataclasses.replace(cfg, reward=reward), fingerprint)
     _barrier(dist)
     started = time.perf_counter()
-    searched = _search_shard(cfg, round, records, policy, scorer, out, rank, world)
+    searched = _search_shard(cfg, reward, round, records, policy, scorer, out, rank, world)
     _barrier(dist)
     if rank == 0:
         wall = time.perf_counter() - started
-        _merge(cfg, round, out, records, input_skips, tau_stats, wall, searched, world)
+        _merge(cfg, reward, round, out, records, input_skips, tau_stats, wall, searched, world)
         mark_done(out, {"round": round})
         log.info("generate: %d prompts -> %s", len(records), out)
     _barrier(dist)
@@ -80,49 +79,41 @@ def run(cfg: RunConfig, round: int = 1) -> Path:
 # ---------------------------------------------------------------------------- setup
 
 
-def _check_config(cfg: RunConfig) -> None:
-    for key, allowed in CHOICES.items():
-        section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
-        if value not in allowed:
-            raise InputError(f"{key}: unknown value {value!r}; choose from {', '.join(allowed)}")
-    check_filters(cfg.search.filters)
-    check_model_path(cfg.model.path, "model.path")  # both paths before loading either, so one line says it all
+def _check_inputs(cfg: RunConfig) -> None:
+    """The files the stage reads exist (both model paths checked before loading either, so one line says it all)."""
+    check_model_path(cfg.model.path, "model.path")
     check_model_path(cfg.reward.clip_path, "reward.clip_path")
     if not cfg.data.prompts:
         raise InputError("data.prompts is not set")
-    s = cfg.search
-    if s.prompt_batch_size < 1:
-        raise InputError("search.prompt_batch_size must be >= 1")
-    if s.num_candidates < 1 or s.max_sentences < 1 or s.max_new_tokens < 1 or s.keep_top + s.keep_bottom < 1:
-        raise InputError("search: num_candidates, max_sentences, max_new_tokens and keep_top + keep_bottom "
-                         "must be >= 1")
-    if cfg.reward.normalize == "center" and cfg.reward.tau is None and not cfg.reward.tau_calibration:
-        raise InputError("reward.normalize=center needs reward.tau or reward.tau_calibration")
     if cfg.reward.tau_calibration and not Path(cfg.reward.tau_calibration).is_file():
         raise InputError(f"reward.tau_calibration: file not found: {cfg.reward.tau_calibration}")
 
 
 def _load_models(cfg: RunConfig, rank: int, world: int):
-    """Policy, CLIP scorer and (normalize=center without tau) the estimated tau; all fail before any work."""
+    """(policy, CLIP scorer) on this rank's device; both fail before any work."""
     import torch
 
-    from .models import load_policy
-    from .reward import ClipScorer, estimate_tau, read_calibration
+    from .models import ClipScorer, load_policy
 
+    device = None
     if world > 1 and cfg.model.device == "auto" and torch.cuda.is_available():
-        cfg.model.device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank)) % torch.cuda.device_count()}"
-    policy = load_policy(cfg.model)
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank)) % torch.cuda.device_count()}"
+    policy = load_policy(cfg.model, device=device)
     scorer = ClipScorer(cfg.reward.clip_path, device=str(policy.device), dtype=cfg.model.dtype,
                         batch_size=cfg.reward.clip_batch_size)
-    tau_stats = None
-    if cfg.reward.normalize == "center" and cfg.reward.tau is None:
-        calib = read_calibration(cfg.reward.tau_calibration)
-        cfg.reward.tau, tau_stats = estimate_tau(scorer, calib, cfg.reward.tau_sd, cfg.data.max_image_pixels,
-                                                 cfg.reward.tau_rule)
-        log.info("generate: tau = %.3f (%s) estimated from %s", cfg.reward.tau, cfg.reward.tau_rule,
-                 cfg.reward.tau_calibration)
-    return policy, scorer, tau_stats
+    return policy, scorer
+
+
+def _resolve_reward(cfg: RunConfig, scorer) -> tuple[RewardConfig, dict | None]:
+    """The reward section the search runs with: tau estimated from reward.tau_calibration when center needs it."""
+    if cfg.reward.normalize != "center" or cfg.reward.tau is not None:
+        return cfg.reward, None
+    from .calibration import estimate_tau, read_calibration
+
+    calib = read_calibration(cfg.reward.tau_calibration)
+    tau, stats = estimate_tau(scorer, calib, cfg.reward.tau_sd, cfg.data.max_image_pixels, cfg.reward.tau_rule)
+    log.info("generate: tau = %.3f (%s) estimated from %s", tau, cfg.reward.tau_rule, cfg.reward.tau_calibration)
+    return dataclasses.replace(cfg.reward, tau=tau), stats
 
 
 def _prepare_dir(out: Path, cfg: RunConfig, fingerprint: dict[str, Any]) -> None:
@@ -180,9 +171,12 @@ def prompt_seed(seed: int, round: int, prompt_id: str) -> int:
 # ---------------------------------------------------------------------------- work
 
 
-def _search_shard(cfg: RunConfig, round: int, records, policy, scorer, out: Path, rank: int, world: int) -> int:
+def _search_shard(cfg: RunConfig, reward: RewardConfig, round: int, records, policy, scorer, out: Path, rank: int,
+                  world: int) -> int:
     """Search this rank's prompts not yet in any shard; append one line per prompt to shards/rank-<r>.jsonl."""
     from tqdm import tqdm
+
+    from .search.hf_engine import HFEngine
 
     shard = out / "shards" / f"rank-{rank}.jsonl"
     repair_jsonl(shard)
@@ -190,11 +184,12 @@ def _search_shard(cfg: RunConfig, round: int, records, policy, scorer, out: Path
     mine = [rec for i, rec in enumerate(records) if i % world == rank and rec.id not in done]
     if done:
         log.info("generate: resuming, %d prompts already done, %d left on rank %d", len(done), len(mine), rank)
-    pairs, size = 0, max(cfg.search.prompt_batch_size, 1)
+    engine = HFEngine(policy, cfg.search)
+    pairs, size = 0, cfg.search.prompt_batch_size
     bar = tqdm(total=len(mine), desc="generate", unit="prompt", disable=rank != 0)
     with shard.open("a") as fh:
         for start in range(0, len(mine), size):
-            for line in _process_chunk(cfg, round, mine[start: start + size], policy, scorer):
+            for line in _process_chunk(cfg, reward, round, mine[start: start + size], engine, scorer):
                 append_jsonl(fh, line)
                 pairs += line["pair"] is not None
                 bar.update(1)
@@ -203,12 +198,12 @@ def _search_shard(cfg: RunConfig, round: int, records, policy, scorer, out: Path
     return len(mine)
 
 
-def _process_chunk(cfg: RunConfig, round: int, chunk, policy, scorer) -> list[dict[str, Any]]:
+def _process_chunk(cfg: RunConfig, reward: RewardConfig, round: int, chunk, engine, scorer) -> list[dict[str, Any]]:
     """Up to search.prompt_batch_size prompts -> their shard lines {id, candidate, pair, skip, stats}, in order.
 
     The prompts with a readable image are searched together (search.search_prompts); if that batch
     fails, each is searched alone, so one bad prompt only costs its own line."""
-    from .search import search_prompt, search_prompts
+    from .search.driver import search_prompts
 
     lines = [{"id": rec.id, "candidate": None, "pair": None, "skip": None, "stats": {}} for rec in chunk]
     todo = []
@@ -221,8 +216,8 @@ def _process_chunk(cfg: RunConfig, round: int, chunk, policy, scorer) -> list[di
     results = None
     if len(todo) > 1:
         try:
-            results = search_prompts(policy, scorer, [im for _, _, im in todo], [rec.prompt for _, rec, _ in todo],
-                                     cfg, seeds)
+            results = search_prompts(engine, scorer, [im for _, _, im in todo], [rec.prompt for _, rec, _ in todo],
+                                     cfg.search, reward, seeds)
         except Exception:  # noqa: BLE001 - retried one prompt at a time below
             log.exception("generate: batched search of %d prompts failed; searching them one at a time", len(todo))
     for i, (line, rec, image) in enumerate(todo):
@@ -230,7 +225,7 @@ def _process_chunk(cfg: RunConfig, round: int, chunk, policy, scorer) -> list[di
             _fill(cfg, round, rec, line, results[i])
             continue
         try:
-            result = search_prompt(policy, scorer, image, rec.prompt, cfg, seeds[i])
+            result = search_prompts(engine, scorer, [image], [rec.prompt], cfg.search, reward, [seeds[i]])[0]
         except Exception as exc:  # noqa: BLE001 - one prompt (out of memory, odd input) must not stop the run
             log.exception("generate: search failed on prompt %s", rec.id)
             line["skip"] = {"id": rec.id, "reason": f"search failed ({type(exc).__name__}: {str(exc)[:200]})"}
@@ -282,8 +277,8 @@ def _pair(rec, round: int, chosen, rejected) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- save
 
 
-def _merge(cfg: RunConfig, round: int, out: Path, records, input_skips: list[dict], tau_stats, wall: float,
-           searched: int, world: int) -> None:
+def _merge(cfg: RunConfig, reward: RewardConfig, round: int, out: Path, records, input_skips: list[dict], tau_stats,
+           wall: float, searched: int, world: int) -> None:
     """Shards -> candidates/pairs/skipped in prompt order, plus stats.json."""
     lines: dict[str, dict] = {}
     for path in sorted((out / "shards").glob("*.jsonl")):
@@ -298,11 +293,12 @@ def _merge(cfg: RunConfig, round: int, out: Path, records, input_skips: list[dic
     write_jsonl(out / "candidates.jsonl", [ln["candidate"] for ln in ordered if ln["candidate"]])
     write_jsonl(out / "pairs.jsonl", pairs)
     write_jsonl(out / "skipped.jsonl", skipped)
-    write_json(out / "stats.json", _stats(cfg, round, ordered, input_skips, skipped, pairs, tau_stats, wall,
+    write_json(out / "stats.json", _stats(cfg, reward, round, ordered, input_skips, skipped, pairs, tau_stats, wall,
                                           searched, world, len(records)))
 
 
-def _stats(cfg, round, ordered, input_skips, skipped, pairs, tau_stats, wall, searched, world, n_valid) -> dict:
+def _stats(cfg, reward, round, ordered, input_skips, skipped, pairs, tau_stats, wall, searched, world,
+           n_valid) -> dict:
     tokens, times, events = Counter(), Counter(), Counter()
     for ln in ordered:
         st = ln["stats"]
@@ -314,7 +310,7 @@ def _stats(cfg, round, ordered, input_skips, skipped, pairs, tau_stats, wall, se
     margins = [p["margin"] for p in pairs]
     return {
         "round": round, "mode": cfg.search.mode, "world_size": world,
-        "tau": cfg.reward.tau, "tau_calibration": tau_stats,
+        "tau": reward.tau, "tau_calibration": tau_stats,
         "counts": {"inputs": n_valid + len(input_skips), "prompts_valid": n_valid,
                    "prompts_searched": sum(ln["candidate"] is not None for ln in ordered), "pairs": len(pairs),
                    "skipped": len(skipped)},

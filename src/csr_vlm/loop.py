@@ -14,9 +14,9 @@ stages and re-enters the interrupted one (the stage itself resumes what it can).
 deletes the stage dirs of rounds K and later first. Nothing finished is redone unless overwrite=true.
 
 Selection: `loop.select_on` names a key of evaluate's "flat" metrics, measured by a dev evaluation
-(`eval` fields overridden by `loop.dev`, in `round_<k>/dev_eval/`). Direction rule: the CHAIR rates
-and the duplicate rate (`LOWER_IS_BETTER`) are better when lower; every other metric (recall, f1,
-acc, precision) is better when higher. Only a strict improvement moves `best_round`, so ties keep
+(`eval` fields overridden by `loop.dev`, in `round_<k>/dev_eval/`). Each metric's direction comes from
+the benchmark that reports it (eval/registry.py: the CHAIR rates and the duplicate rate are better
+when lower; recall and the POPE scores when higher). Only a strict improvement moves `best_round`, so ties keep
 the earlier round, and round 0 (the base model) competes. `loop.patience` > 0 stops the loop after
 that many rounds without improvement. Without `select_on`, the last round is the best. `loop.guards`
 bounds other dev metrics (e.g. {dup_rate: 0.05}) and `loop.relative_guards` bounds them relative to
@@ -27,26 +27,23 @@ CHAIR 0), is not chosen.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import json
 import logging
 import shutil
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig, apply_override, save_config
-from .data import InputError, is_done, write_json
-from .manifest import Manifest, key_numbers, summary_line, table
+from .config import save_config
+from .data import is_done, read_json, write_json
+from .errors import InputError
+from .eval.registry import lower_is_better
+from .manifest import Manifest, key_numbers, summary_line
+from .schema import RunConfig
+from .tables import dict_rows, text_table
 
 log = logging.getLogger(__name__)
 
 STAGES = ("generate", "train", "eval", "dev_eval")
-LOWER_IS_BETTER = {"chair_s", "chair_i", "dup_rate"}
-
-
-def lower_is_better(metric: str) -> bool:
-    return metric in LOWER_IS_BETTER
 
 
 # ---------------------------------------------------------------------------- stage configs
@@ -67,19 +64,11 @@ def stage_cfg(cfg: RunConfig, k: int, stage: str) -> RunConfig:
     model = dataclasses.replace(cfg.model, path=policy_path(cfg, k))
     if stage in ("eval", "dev_eval") and k > 0:
         model = dataclasses.replace(cfg.model, path=str(rdir / "train" / "checkpoint"))
-    new = dataclasses.replace(copy.deepcopy(cfg), out=str(rdir / stage), model=model)  # stages may fill in values
+    new = dataclasses.replace(cfg, out=str(rdir / stage), model=model)
     if stage == "train":
-        new.train = dataclasses.replace(cfg.train, pairs=str(rdir / "generate" / "pairs.jsonl"))
+        new = dataclasses.replace(new, train=dataclasses.replace(cfg.train, pairs=str(rdir / "generate" / "pairs.jsonl")))
     if stage == "dev_eval":
-        new = dev_cfg(new)
-    return new
-
-
-def dev_cfg(cfg: RunConfig) -> RunConfig:
-    """cfg with the eval section overridden by loop.dev (keys checked like command-line overrides)."""
-    new = copy.deepcopy(cfg)
-    for key, value in cfg.loop.dev.items():
-        apply_override(new, f"eval.{key}={json.dumps(value)}")
+        new = dataclasses.replace(new, eval=cfg.dev_eval())
     return new
 
 
@@ -87,7 +76,7 @@ def stage_runner(stage: str):
     """The stage's run(cfg, round) -> Path, imported only when needed."""
     import importlib
 
-    module = {"generate": "generate", "train": "train", "eval": "evaluate", "dev_eval": "evaluate"}[stage]
+    module = {"generate": "generate", "train": "train", "eval": "eval.evaluate", "dev_eval": "eval.evaluate"}[stage]
     return importlib.import_module(f"csr_vlm.{module}").run
 
 
@@ -125,7 +114,7 @@ def do_stage(cfg: RunConfig, k: int, stage: str, manifest: Manifest) -> Path:
 def dev_metrics(cfg: RunConfig, k: int) -> dict[str, float]:
     """The select_on metric and the guarded metrics of round k's dev evaluation."""
     path = round_dir(Path(cfg.out), k) / "dev_eval" / "metrics.json"
-    flat = json.loads(path.read_text()).get("flat", {})
+    flat = read_json(path, "dev metrics").get("flat", {})
     names = [("loop.select_on", cfg.loop.select_on)] + [("loop.guards", g) for g in cfg.loop.guards]
     names += [("loop.relative_guards", g) for g in cfg.loop.relative_guards]
     for key, name in names:
@@ -177,7 +166,7 @@ def round_row(cfg: RunConfig, k: int, dev: dict[int, dict[str, float]], best: in
     train = key_numbers(rdir / "train")
     row: dict[str, Any] = {"round": k, "pairs": train.get("pairs", ""), "train_loss": train.get("train_loss", "")}
     if (rdir / "eval" / "metrics.json").is_file():
-        flat = json.loads((rdir / "eval" / "metrics.json").read_text()).get("flat", {})
+        flat = read_json(rdir / "eval" / "metrics.json", "metrics").get("flat", {})
         row.update({k_: v for k_, v in flat.items() if isinstance(v, (int, float))})
     if k in dev:
         row.update({f"dev_{m}": v for m, v in dev[k].items()})
@@ -189,23 +178,19 @@ def round_row(cfg: RunConfig, k: int, dev: dict[int, dict[str, float]], best: in
 
 
 def check(cfg: RunConfig, from_round: int | None) -> None:
-    if cfg.loop.rounds < 1:
-        raise InputError(f"loop.rounds must be >= 1, got {cfg.loop.rounds}")
+    """Everything that can be checked before the first stage: the config and the input paths."""
+    cfg.validate_loop()
     if from_round is not None and not 0 <= from_round <= cfg.loop.rounds:
         raise InputError(f"--from-round must be between 0 and loop.rounds={cfg.loop.rounds}, got {from_round}")
-    if cfg.loop.patience < 0:
-        raise InputError(f"loop.patience must be >= 0, got {cfg.loop.patience}")
     from .models import check_model_path
 
-    dev_cfg(cfg)  # unknown loop.dev keys fail now, not after a round of training
     check_model_path(cfg.model.path, "model.path")  # a wrong path fails here, before any directory is made
     if cfg.reward.clip_path:
         check_model_path(cfg.reward.clip_path, "reward.clip_path")
-    for key, path in (("data.prompts", cfg.data.prompts), ("eval.annotations", cfg.eval.annotations)):
+    for key, path in (("data.prompts", cfg.data.prompts), ("eval.annotations", cfg.eval.annotations),
+                      ("reward.tau_calibration", cfg.reward.tau_calibration)):
         if path and not Path(path).is_file():
             raise InputError(f"{key}: file not found: {path}")
-    if cfg.loop.rounds > 1 and cfg.train.use_lora and not cfg.train.merge:
-        raise InputError("train.merge=false keeps only the adapter, but round 2 starts from a full checkpoint")
 
 
 def run(cfg: RunConfig, from_round: int | None = None) -> Path:
@@ -246,6 +231,6 @@ def run(cfg: RunConfig, from_round: int | None = None) -> Path:
     write_best(cfg, best, dev[best][cfg.loop.select_on] if best in dev else None)
     manifest.finish(best)
     rows = [round_row(cfg, k, dev, best) for k in range(0 if (cfg.loop.evaluate or select) else 1, last + 1)]
-    print(table(rows), flush=True)
+    print(text_table(*dict_rows(rows)), flush=True)
     print(f"[loop] best round: {best} -> {out / 'best.json'}", flush=True)
     return out

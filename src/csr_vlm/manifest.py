@@ -19,8 +19,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig, to_dict
+from .config import to_dict
 from .data import DONE_MARKER, write_json
+from .schema import RunConfig
+from .tables import cell
 
 PACKAGES = ("csr-vlm", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "tokenizers", "pillow")
 
@@ -117,25 +119,8 @@ def key_numbers(stage_dir: Path) -> dict[str, Any]:
     return numbers
 
 
-def fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
 def summary_line(name: str, seconds: float | None, numbers: dict[str, Any], limit: int = 8) -> str:
+    """One line such as `[round_1/train] 12.3s: pairs=400, ...` (at most `limit` numbers)."""
     took = "reused (already done)" if seconds is None else f"{seconds:.1f}s"
-    shown = ", ".join(f"{k}={fmt(v)}" for k, v in list(numbers.items())[:limit])
+    shown = ", ".join(f"{k}={cell(v)}" for k, v in list(numbers.items())[:limit])
     return f"[{name}] {took}" + (f": {shown}" if shown else "")
-
-
-def table(rows: list[dict[str, Any]]) -> str:
-    """A plain fixed-width table of dict rows (columns in first-seen order)."""
-    columns: list[str] = []
-    for row in rows:
-        columns += [c for c in row if c not in columns]
-    cells = [[fmt(row.get(c, "")) for c in columns] for row in rows]
-    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in cells]
-    return "\n".join(lines)

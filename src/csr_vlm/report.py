@@ -13,26 +13,24 @@ never fatal; a folder that is no run at all is an error.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import statistics
 from pathlib import Path
 from typing import Any
 
-from .data import InputError, read_jsonl
+from .data import read_json, read_jsonl
+from .errors import InputError
+from .eval.registry import metrics as registered_metrics
+from .tables import markdown_table
 
 log = logging.getLogger(__name__)
 
-METRIC_DOCS = {
-    "chair_s": "CHAIR_s: share of captions naming at least one object that is not in the image (lower is better)",
-    "chair_i": "CHAIR_i: share of object mentions that are hallucinated (lower is better)",
-    "recall": "recall: share of the image's ground-truth objects that the caption names (higher is better)",
-    "pope_f1": "POPE F1: yes/no questions about objects, F1 of answering 'yes' (higher is better)",
-    "pope_acc": "POPE accuracy (higher is better)",
-    "pope_yes_ratio": "POPE yes-ratio: share of 'yes' answers; 0.5 is ideal, the questions are balanced",
-}
-PLOTTED = ("chair_s", "chair_i", "recall", "pope_f1")
+
+def metric_doc(name: str) -> str:
+    """The registry's line for a metric, with its direction."""
+    metric = registered_metrics()[name]
+    return f"{metric.doc} ({'lower' if metric.lower_is_better else 'higher'} is better)"
 
 
 def cli(argv: list[str]) -> int:
@@ -51,9 +49,10 @@ def cli(argv: list[str]) -> int:
 
 
 def _json(path: Path) -> Any:
+    """The JSON in path, or None when it is missing or unreadable (a report notes what is missing)."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        return read_json(path)
+    except InputError:
         return None
 
 
@@ -90,16 +89,22 @@ def _mean(values: list[float]) -> float | None:
     return statistics.fmean(values) if values else None
 
 
+def _flat(r: dict) -> dict:
+    return (r.get("eval") or {}).get("flat") or {}
+
+
 def round_table(rounds: dict[int, dict]) -> tuple[list[str], list[list[Any]]]:
-    """Columns and rows of the all-numbers table (one row per round)."""
-    cols = ["round", "chair_s", "chair_i", "recall", "dup_rate", "pope_f1", "pope_acc", "pope_yes_ratio",
-            "n_pairs", "chosen_r_i", "rejected_r_i", "margin", "dpo_loss", "reward_acc", "reward_margin"]
+    """Columns and rows of the all-numbers table (one row per round): every registered metric the run measured,
+    then the pairs' and the training's numbers."""
+    measured = [m for m in registered_metrics() if any(m in _flat(r) for r in rounds.values())]
+    cols = ["round", *measured, "n_pairs", "chosen_r_i", "rejected_r_i", "margin", "dpo_loss", "reward_acc",
+            "reward_margin"]
     rows = []
     for k, r in rounds.items():
-        flat = (r.get("eval") or {}).get("flat") or {}
+        flat = _flat(r)
         train = r.get("train") or []
         last = train[-1] if train else {}
-        rows.append([k] + [flat.get(c) for c in cols[1:8]] + [
+        rows.append([k] + [flat.get(c) for c in measured] + [
             r.get("n_pairs"), _mean(r.get("chosen_r_i", [])), _mean(r.get("rejected_r_i", [])),
             _mean(r.get("margin", [])), last.get("loss"), last.get("rewards/accuracies"),
             last.get("rewards/margins")])
@@ -125,16 +130,21 @@ def _plt():
     return plt
 
 
+def plotted() -> list[str]:
+    """The registered metrics drawn in the per-round plot."""
+    return [name for name, m in registered_metrics().items() if m.plot]
+
+
 def plot_metrics(rounds: dict[int, dict], out: Path) -> Path | None:
-    series = {m: [(k, ((r.get("eval") or {}).get("flat") or {}).get(m)) for k, r in rounds.items()] for m in PLOTTED}
+    series = {m: [(k, _flat(r).get(m)) for k, r in rounds.items()] for m in plotted()}
     series = {m: [(k, v) for k, v in s if v is not None] for m, s in series.items()}
     if not any(series.values()):
         return None
     plt = _plt()
-    fig, axes = plt.subplots(1, 4, figsize=(14, 3.4))
-    for ax, (m, pts) in zip(axes, series.items()):
-        better = "lower" if m.startswith("chair") else "higher"
-        ax.set_title(f"{METRIC_DOCS[m].split(':')[0]} ({better} is better)")
+    fig, axes = plt.subplots(1, len(series), figsize=(3.5 * len(series), 3.4), squeeze=False)
+    for ax, (m, pts) in zip(axes[0], series.items()):
+        better = "lower" if registered_metrics()[m].lower_is_better else "higher"
+        ax.set_title(f"{registered_metrics()[m].doc.split(':')[0]} ({better} is better)")
         ax.set_xlabel("round (0 = base model)")
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o")
@@ -227,11 +237,6 @@ def _fmt(v: Any, digits: int = 4) -> str:
     return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
-def _md_table(cols: list[str], rows: list[list[Any]]) -> list[str]:
-    return ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)] + [
-        "| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
-
-
 def _manifest_lines(manifest: Any) -> list[str]:
     if not isinstance(manifest, dict):
         return ["_No manifest.json: the run's config and stage timings are not shown._", ""]
@@ -256,13 +261,11 @@ def _manifest_lines(manifest: Any) -> list[str]:
 
 
 def _pair_quality(run_dir: Path, instances: str, gt_captions: str | None, synonyms: str | None) -> list[str]:
-    from . import chair
-    from .score import generate_dirs, pair_quality
+    from .eval.chair import load_ground_truth
+    from .score import file_ids, generate_dirs, pair_quality
 
-    vocab = chair.load_vocabulary(synonyms)
-    inst = chair.load_instances(instances)
-    gt = chair.ground_truth(inst, vocab, chair.read_json(gt_captions, "captions file") if gt_captions else None)
-    files = {Path(im.get("file_name", "")).name: im["id"] for im in inst.get("images", []) if im.get("file_name")}
+    vocab, inst, gt = load_ground_truth(instances, gt_captions, synonyms)
+    files = file_ids(inst)
     cols = ["round", "n_pairs", "chosen_chair_i", "rejected_chair_i", "chosen_recall", "rejected_recall",
             "chosen_cleaner_rate"]
     rows = []
@@ -272,7 +275,7 @@ def _pair_quality(run_dir: Path, instances: str, gt_captions: str | None, synony
     return ["## Pair quality against ground truth", "",
             "CHAIR of the chosen and the rejected answers against the annotated objects of the training images. "
             "A good reward picks chosen answers with a lower CHAIR_i; `chosen_cleaner_rate` is the share of pairs "
-            "whose chosen answer hallucinates strictly less than its rejected one.", "", *_md_table(cols, rows), ""]
+            "whose chosen answer hallucinates strictly less than its rejected one.", "", markdown_table(cols, rows), ""]
 
 
 def write_report(run_dir: str | Path, instances: str | None = None, gt_captions: str | None = None,
@@ -297,7 +300,7 @@ def write_report(run_dir: str | Path, instances: str | None = None, gt_captions:
             notes.append(f"round {k}: no {', '.join(r['missing'])} output (unfinished or not run); left out.")
     figures = [
         ("Hallucination metrics per round", plot_metrics, "report_metrics.png",
-         "\n".join(f"- {METRIC_DOCS[m]}" for m in PLOTTED)),
+         "\n".join(f"- {metric_doc(m)}" for m in plotted())),
         ("Image relevance of chosen vs rejected answers", plot_r_i, "report_r_i.png",
          "R_I is 100 x the CLIP cosine between the image and each sentence, averaged over the answer. The reward "
          "should choose answers that CLIP finds more relevant (green above red); the paper's Figure 1 (right) "
@@ -317,7 +320,7 @@ def write_report(run_dir: str | Path, instances: str | None = None, gt_captions:
     cols, rows = round_table(rounds)
     lines += ["## All numbers per round", "",
               "Eval metrics come from round_<k>/eval/metrics.json; R_I and margin are means over the round's pairs; "
-              "DPO columns are the last logged training step. `-` = not available.", "", *_md_table(cols, rows), ""]
+              "DPO columns are the last logged training step. `-` = not available.", "", markdown_table(cols, rows), ""]
     protocols = {k: (r.get("eval") or {}).get("protocol") for k, r in rounds.items() if (r.get("eval") or {})}
     if protocols:
         p = next(iter(protocols.values())) or {}

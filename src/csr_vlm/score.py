@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-import statistics
 from pathlib import Path
 from typing import Any
 
-from . import chair, pope
-from .data import InputError, read_jsonl, write_json
-from .reward import TAU_RULES, pick_tau
+from .calibration import clip_summary
+from .data import read_jsonl, write_json
+from .errors import InputError
+from .eval import chair, pope
+from .schema import TAU_RULES
+from .tables import text_table
 
 log = logging.getLogger(__name__)
 
@@ -71,19 +73,11 @@ def _gt_args(p: argparse.ArgumentParser) -> None:
 
 
 def _print_table(rows: list[list[Any]], header: list[str]) -> None:
-    cells = [[f"{c:.4f}" if isinstance(c, float) else str(c) for c in row] for row in [header, *rows]]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    for k, row in enumerate(cells):
-        print("  ".join(c.rjust(w) if k and j else c.ljust(w) for j, (c, w) in enumerate(zip(row, widths))))
-        if k == 0:
-            print("  ".join("-" * w for w in widths))
+    print(text_table(header, rows))
 
 
 def _load_gt(args) -> tuple[chair.Vocabulary, dict, dict]:
-    vocab = chair.load_vocabulary(args.synonyms)
-    instances = chair.load_instances(args.instances)
-    captions = chair.read_json(args.gt_captions, "captions file") if args.gt_captions else None
-    return vocab, instances, chair.ground_truth(instances, vocab, captions)
+    return chair.load_ground_truth(args.instances, args.gt_captions, args.synonyms)
 
 
 # ---------------------------------------------------------------------------- chair, pope
@@ -137,6 +131,11 @@ def _text(messages: Any) -> str:
         else:
             parts.extend(c.get("text", "") for c in content if c.get("type") == "text")
     return " ".join(parts)
+
+
+def file_ids(instances: dict) -> dict[str, Any]:
+    """{image file name: COCO image id} of an instances file."""
+    return {Path(im.get("file_name", "")).name: im["id"] for im in instances.get("images", []) if im.get("file_name")}
 
 
 def image_key(image: str, files: dict[str, Any]) -> Any:
@@ -208,7 +207,7 @@ def _candidate_quality(path: Path, gt: dict, vocab: chair.Vocabulary, files: dic
 
 def score_pairs(args) -> dict:
     vocab, instances, gt = _load_gt(args)
-    files = {Path(im.get("file_name", "")).name: im["id"] for im in instances.get("images", []) if im.get("file_name")}
+    files = file_ids(instances)
     greedy = None
     if args.greedy:
         greedy = {image_key(s.get("image", s.get("image_id", "")), files): s.get("answer", "")
@@ -224,41 +223,17 @@ def score_pairs(args) -> dict:
 # ---------------------------------------------------------------------------- clip
 
 
-def auc(pos: list[float], neg: list[float]) -> float:
-    """P(score of a present sentence > score of an absent one), ties counting one half (Mann-Whitney)."""
-    if not pos or not neg:
-        return 0.0
-    wins = sum((p > q) + 0.5 * (p == q) for p in pos for q in neg)
-    return wins / (len(pos) * len(neg))
-
-
-def clip_summary(present: list[float], absent: list[float], tau: float | None, sd: float,
-                 rule: str = "true_sd") -> dict:
-    """The numbers of `csr score clip` from R_I values of present and absent sentences."""
-    def stats(v):
-        return {"n": len(v), "mean": statistics.fmean(v) if v else 0.0,
-                "sd": statistics.stdev(v) if len(v) > 1 else 0.0}
-
-    out = {"present": stats(present), "absent": stats(absent), "auc": auc(present, absent)}
-    out["tau_rule"] = rule
-    out["suggested_tau"] = pick_tau(present, absent, rule, sd)
-    for name, t in (("tau", tau), ("suggested_tau", out["suggested_tau"])):
-        if t is not None:
-            out[f"fpr_at_{name}"] = sum(a >= t for a in absent) / len(absent) if absent else 0.0
-            out[f"tpr_at_{name}"] = sum(p >= t for p in present) / len(present) if present else 0.0
-    out["tau"] = tau
-    return out
-
-
 def score_clip(args) -> dict:
-    from .reward import ClipScorer, calibration_scores, read_calibration
+    from .calibration import calibration_scores, read_calibration
+    from .models import ClipScorer
 
     records = read_calibration(args.calibration, args.image_root)
     present, absent = calibration_scores(ClipScorer(args.clip, device=args.device), records)
     out = clip_summary(present, absent, args.tau, args.sd, args.rule)
     rows = [["present R_I mean / sd", f"{out['present']['mean']:.2f} / {out['present']['sd']:.2f}"],
             ["absent R_I mean / sd", f"{out['absent']['mean']:.2f} / {out['absent']['sd']:.2f}"],
-            ["AUC", out["auc"]], [f"suggested tau ({out['tau_rule']})", out["suggested_tau"]],
+            ["AUC", out["auc"] if out["auc"] is not None else "- (needs present and absent sentences)"],
+            [f"suggested tau ({out['tau_rule']})", out["suggested_tau"]],
             ["FPR at suggested tau", out["fpr_at_suggested_tau"]]]
     if args.tau is not None:
         rows.append([f"FPR at tau={args.tau}", out["fpr_at_tau"]])

@@ -39,8 +39,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig, check_reusable, save_config
-from .data import InputError, is_done, mark_done, read_jsonl
+from .config import check_reusable, save_config
+from .data import is_done, mark_done, read_jsonl
+from .errors import InputError
+from .schema import RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +207,7 @@ def save_checkpoint(trainer, processor, out: Path, merge: bool) -> Path:
 def run(cfg: RunConfig, round: int = 1) -> Path:
     """Train on the pairs and save <out>/checkpoint; returns the stage directory."""
     out = Path(cfg.out)
+    cfg.validate()
     if is_done(out) and not cfg.overwrite:
         check_reusable(out, cfg, ("seed", "model.path", "train"))
         log.info("train: %s is complete; skipping (overwrite=true redoes it)", out)

@@ -13,8 +13,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 
-from .data import InputError
-
 _SCRIPT = re.compile("[\u3130-\u318F\uAC00-\uD7AF\u3040-\u30FF\u0400-\u04FF]")  # Korean, kana, Cyrillic
 _EMOJI = re.compile("[\U0001F300-\U0001F6FF\U0001F700-\U0001F77F\U0001F900-\U0001F9FF\u2600-\u27BF]")
 _WORD_REPEAT = re.compile(r"(\b\w+\b)(?:\s+\1){5,}", re.IGNORECASE)  # same word 6+ times in a row
@@ -34,12 +32,6 @@ FILTERS: dict[str, Callable[[str, int], bool]] = {
     "newlines": _newlines,
     "short": lambda text, min_chars: len(text.strip()) < min_chars,
 }
-
-
-def check_filters(names: Sequence[str]) -> None:
-    unknown = [n for n in names if n not in FILTERS]
-    if unknown:
-        raise InputError(f"search.filters: unknown filter(s) {', '.join(unknown)}; choose from {', '.join(FILTERS)}")
 
 
 def junk_reason(text: str, names: Sequence[str], min_chars: int = 4) -> str | None:

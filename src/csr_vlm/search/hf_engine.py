@@ -1,4 +1,6 @@
-"""Propose next sentences for every live partial answer of a prompt, from cached keys/values.
+"""The transformers engine: next sentences for every live partial answer, from cached keys/values.
+
+`HFEngine(policy, search_cfg)` implements engine.py's Protocol with the functions below.
 
 The image + prompt go through the policy once (`prefill`, over prompt[:-1]); afterwards each row of
 a `BeamState` is one partial answer: its keys/values in a batched `DynamicCache`, an attention mask
@@ -24,13 +26,15 @@ diversity_penalty times the number of earlier groups that chose that token at th
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from .config import SearchConfig
+from ..schema import SearchConfig
+from .engine import Group, PromptItem
 from .kvcache import SharedPrefixLayer, install, shared_prefix_mode
+from .types import Candidate, TokenCounter
 
 
 @dataclass
@@ -45,29 +49,6 @@ class BeamState:
     @property
     def rows(self) -> int:
         return int(self.last.shape[0])
-
-
-@dataclass
-class Candidate:
-    """One proposed sentence: its tokens, their raw log-probs, and why it stopped."""
-
-    parent: int
-    tokens: list[int] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)
-    stop: str = "max"  # delimiter | eos | max
-
-
-@dataclass
-class TokenCounter:
-    """Tokens actually sent through the LM (pads and repeats included) vs the minimum possible."""
-
-    forwarded: int = 0
-    prompt: int = 0
-    generated: int = 0
-
-    @property
-    def minimal(self) -> int:
-        return self.prompt + self.generated
 
 
 def prefill(policy, image, prompt: str, counter: TokenCounter) -> BeamState:
@@ -137,7 +118,7 @@ def _forward(policy, state: BeamState, tokens: torch.Tensor, live: torch.Tensor,
 
 
 @dataclass
-class Group:
+class RowBlock:
     """A block of consecutive rows that belongs to one prompt: its sampler RNG and its token counter."""
 
     rows: int
@@ -148,14 +129,14 @@ class Group:
 def expand(policy, state: BeamState, cfg: SearchConfig, stop_ids: list[int], eos_ids: list[int],
            suppress_ids: list[int], generator: torch.Generator | None, counter: TokenCounter) -> list[Candidate]:
     """Propose cfg.num_candidates sentences per row; `state` becomes the B*K candidate rows (parent-major)."""
-    return expand_groups(policy, state, cfg, stop_ids, eos_ids, suppress_ids, [Group(state.rows, generator, counter)])
+    return expand_groups(policy, state, cfg, stop_ids, eos_ids, suppress_ids, [RowBlock(state.rows, generator, counter)])
 
 
 def expand_groups(policy, state: BeamState, cfg: SearchConfig, stop_ids: list[int], eos_ids: list[int],
-                  suppress_ids: list[int], groups: list[Group]) -> list[Candidate]:
+                  suppress_ids: list[int], groups: list[RowBlock]) -> list[Candidate]:
     """`expand` over the rows of several prompts at once (one forward per token for all of them).
 
-    Each group samples its own block of rows with its own generator, and only while one of its rows
+    Each block samples its own rows with its own generator, and only while one of its rows
     still runs, so a prompt draws exactly the random numbers it draws when expanded alone.
     """
     k = cfg.num_candidates
@@ -212,7 +193,7 @@ def expand_groups(policy, state: BeamState, cfg: SearchConfig, stop_ids: list[in
     return cands
 
 
-def _count_forward(groups: list[Group], repeat: int) -> None:
+def _count_forward(groups: list[RowBlock], repeat: int) -> None:
     for g in groups:
         g.counter.forwarded += g.rows * repeat
 
@@ -276,3 +257,45 @@ def select(state: BeamState, rows: list[int]) -> BeamState:
         mask = mask[:, :width]
     return BeamState(cache=state.cache, mask=mask, last=state.last.index_select(0, index),
                      pos=state.pos.index_select(0, index))
+
+
+# ---------------------------------------------------------------------------- the engine
+
+
+@dataclass
+class _Batch:
+    """An opened batch: the rows' continuation state and, per prompt, its sampler RNG and token counter."""
+
+    state: BeamState
+    generators: list[torch.Generator | None]
+    counters: list[TokenCounter]
+
+
+class HFEngine:
+    """engine.py's Engine on a transformers policy: one cached prefill per prompt, candidates decoded in batch."""
+
+    def __init__(self, policy, search: SearchConfig):
+        self.policy, self.search = policy, search
+        self.stop_ids = policy.delimiter_ids(search.delimiters)
+        self.eos_ids = policy.eos_ids
+        self.suppress_ids = policy.suppressed_ids()
+
+    def decode(self, tokens: list[int]) -> str:
+        text_ids = [t for t in tokens if t not in self.eos_ids]
+        return self.policy.tokenizer.decode(text_ids, skip_special_tokens=True).strip()
+
+    def open(self, items: list[PromptItem]) -> _Batch:
+        states = [prefill(self.policy, item.image, item.prompt, item.counter) for item in items]
+        sample = self.search.sampler == "sample"
+        generators = [torch.Generator(device=self.policy.device).manual_seed(item.seed) if sample else None
+                      for item in items]
+        return _Batch(concat_states(states), generators, [item.counter for item in items])
+
+    def propose(self, batch: _Batch, groups: list[Group]) -> list[Candidate]:
+        blocks = [RowBlock(g.rows, batch.generators[g.prompt], batch.counters[g.prompt]) for g in groups]
+        return expand_groups(self.policy, batch.state, self.search, self.stop_ids, self.eos_ids, self.suppress_ids,
+                             blocks)
+
+    def keep(self, batch: _Batch, rows: list[int]) -> _Batch:
+        batch.state = select(batch.state, rows)
+        return batch

@@ -25,7 +25,6 @@ Answer parsers (the conventions are incompatible; the one used is recorded with 
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import re
@@ -33,7 +32,9 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from .data import InputError
+from ..data import read_records, resolve_image, write_jsonl
+from ..errors import InputError
+from .task import Metric, Plan, Task, job_key
 
 log = logging.getLogger(__name__)
 
@@ -205,35 +206,6 @@ def score(questions: list[dict], answers: dict[tuple[str, Any], str], parser: st
 # ---------------------------------------------------------------------------- files
 
 
-def read_records(path: str | Path, required: tuple[str, ...], what: str) -> list[dict]:
-    """JSONL (or a JSON list) records; malformed lines and records missing a field are skipped with their line."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{what} not found: {path}")
-    text = path.read_text()
-    if text.lstrip().startswith("["):
-        try:
-            entries = list(enumerate(json.loads(text), 1))
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{path}: not valid JSON ({exc.msg})") from None
-    else:
-        entries = []
-        for lineno, raw in enumerate(text.splitlines(), 1):
-            if not raw.strip():
-                continue
-            try:
-                entries.append((lineno, json.loads(raw)))
-            except json.JSONDecodeError as exc:
-                log.warning("%s:%d: skipping malformed line (%s)", path, lineno, exc.msg)
-    records = []
-    for lineno, rec in entries:
-        if not isinstance(rec, dict) or any(k not in rec for k in required):
-            log.warning("%s:%d: skipping record without %s", path, lineno, "/".join(required))
-            continue
-        records.append(rec)
-    return records
-
-
 def split_of(path: str | Path) -> str:
     name = Path(path).stem.lower()
     return next((s for s in SPLITS if s in name), name)
@@ -252,3 +224,48 @@ def read_questions(path: str | Path) -> list[dict]:
 def read_answers(path: str | Path) -> dict[Any, str]:
     """Answer files (JSONL question_id, text) -> {question_id: text}."""
     return {a["question_id"]: str(a.get("text") or "") for a in read_records(path, ("question_id",), "answers file")}
+
+
+# ---------------------------------------------------------------------------- the task
+
+
+def _plan(ev, seed: int, instances: dict) -> Plan:
+    """The questions (eval.pope_questions, or built from the annotations) and one job per distinct (image, prompt):
+    the positives repeat across splits and are answered once."""
+    if ev.pope_questions:
+        questions = [q for q in read_questions(ev.pope_questions)
+                     if q["category"] in ev.pope_splits or q["category"] not in SPLITS]
+    else:
+        built = build_questions(instances, ev.num_images, seed, ev.pope_splits)
+        questions = [q for split in ev.pope_splits for q in built[split]]
+    jobs: dict[tuple[str, str], dict] = {}
+    for q in questions:
+        image = resolve_image(str(q.get("image", "")), ev.image_root)
+        prompt = q["text"] + ev.pope_suffix
+        jobs.setdefault((image, prompt), {"task": "pope", "image_id": q.get("image_id"), "image": image,
+                                          "prompt": prompt, "max_new_tokens": ev.pope_max_new_tokens})
+        q["_job"] = jobs[(image, prompt)]
+    return Plan(list(jobs.values()), questions)
+
+
+def _score(plan: Plan, answers: dict, ev, out: Path) -> dict:
+    """POPE metrics per split and their mean; the questions go to pope_questions.jsonl."""
+    questions = plan.context
+    found = {(q["category"], q["question_id"]): answers[job_key(q["_job"])] for q in questions
+             if job_key(q["_job"]) in answers}
+    clean = [{k: v for k, v in q.items() if k != "_job"} for q in questions]
+    write_jsonl(Path(out) / "pope_questions.jsonl", clean)
+    return score(clean, found, ev.pope_parser)
+
+
+TASK = Task(
+    name="pope", label="POPE answer", plan=_plan, score=_score,
+    needs_annotations=lambda ev: not ev.pope_questions,
+    metrics=(
+        Metric("pope_f1", False, "POPE F1: yes/no questions about objects, F1 of answering 'yes'", ("mean", "f1"),
+               plot=True),
+        Metric("pope_acc", False, "POPE accuracy", ("mean", "accuracy")),
+        Metric("pope_yes_ratio", False, "POPE yes-ratio: share of 'yes' answers; 0.5 is ideal, the questions are "
+               "balanced", ("mean", "yes_ratio")),
+    ),
+)

@@ -10,7 +10,7 @@ untrained-on CLIP scored arbitrarily), on scenes drawn on the fly from the world
 (The prototype's multi-positive softmax lets an image match ONE of its objects and ignore the
 others: true-sentence scores came out bimodal, AUC 0.88. Independent sigmoids score every present
 object high, which is what a threshold tau needs.) Calibration on the calib split reports
-tau = mean(true) - 3 sd(true) (toyworld.md) and the Youden cut configs/toy.yaml uses.
+tau = mean(true) - 3 sd(true) and the Youden cut configs/toy.yaml uses.
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import toyworld as tw
-from .reward import pick_tau
+from ..calibration import auc, pick_tau
+from ..data import read_jsonl
+from . import scenes as tw
 
 log = logging.getLogger(__name__)
 
@@ -163,21 +164,11 @@ def clip_scores(model, tok, images: list, texts: list[str], batch: int = 256) ->
     return np.concatenate(out) if out else np.zeros(0)
 
 
-def auc(pos: np.ndarray, neg: np.ndarray) -> float:
-    """P(score of a random positive > a random negative), ties counting half."""
-    if len(pos) == 0 or len(neg) == 0:
-        return float("nan")
-    diff = pos[:, None] - neg[None, :]
-    return float((diff > 0).mean() + 0.5 * (diff == 0).mean())
-
-
 def calibration_stats(model, tok, world: Path) -> dict:
     """Scores of the calib split's labelled sentences: means, sds, AUCs and tau = mean(true) - 3 sd."""
-    import json
-
     from PIL import Image
 
-    rows = [json.loads(line) for line in (world / "tau_calibration.jsonl").read_text().splitlines() if line]
+    rows = list(read_jsonl(world / "tau_calibration.jsonl", strict=True))
     opened = {path: Image.open(world / path).convert("RGB") for path in {r["image"] for r in rows}}
     images = [opened[r["image"]] for r in rows]
     scores = np.maximum(clip_scores(model, tok, images, [r["text"] for r in rows]), 0)
@@ -195,6 +186,7 @@ def calibration_stats(model, tok, world: Path) -> dict:
             "tau_youden": youden, "false_above_tau_youden": float((f_scores >= youden).mean()),
             "true_below_tau_youden": float((t_scores < youden).mean()),
             "false_mean": float(f_scores.mean()), "partner_mean": float(scores[is_partner].mean()),
-            "auc_all": auc(t_scores, f_scores), "auc_partner": auc(t_scores, scores[is_partner]), "tau": tau,
+            "auc_all": auc(t_scores.tolist(), f_scores.tolist()),
+            "auc_partner": auc(t_scores.tolist(), scores[is_partner].tolist()), "tau": tau,
             "garbled_mean": float(junk.mean()), "garbled_above_tau": float((junk > tau).mean()),
             "false_above_tau": float((f_scores > tau).mean()), "true_below_tau": float((t_scores < tau).mean())}

@@ -103,7 +103,7 @@ def build_llava(image_size: int = 64, patch_size: int = 8, text_hidden: int = 64
         pad_token_id=tok.pad_token_id,
     )
     model = LlavaForConditionalGeneration(config)
-    _set_generation_ids(model, tok)
+    set_generation_ids(model, tok)
     image_processor = CLIPImageProcessorPil(size={"shortest_edge": image_size},
                                             crop_size={"height": image_size, "width": image_size})
     processor = LlavaProcessor(image_processor=image_processor, tokenizer=tok, patch_size=patch_size,
@@ -141,7 +141,7 @@ def build_gemma3(image_size: int = 64, patch_size: int = 8, text_hidden: int = 6
         pad_token_id=tok.pad_token_id,
     )
     model = Gemma3ForConditionalGeneration(config)
-    _set_generation_ids(model, tok, extra_eos=[tok.convert_tokens_to_ids("<end_of_turn>")])
+    set_generation_ids(model, tok, extra_eos=[tok.convert_tokens_to_ids("<end_of_turn>")])
     image_processor = Gemma3ImageProcessorPil(size={"height": image_size, "width": image_size})
     processor = Gemma3Processor(image_processor=image_processor,
                                 tokenizer=tok, chat_template=GEMMA3_TEMPLATE, image_seq_length=mm_tokens)
@@ -171,7 +171,8 @@ def build_clip(image_size: int = 64, patch_size: int = 8, hidden: int = 64, laye
     return model, CLIPProcessor(image_processor=image_processor, tokenizer=tok)
 
 
-def _set_generation_ids(model, tok, extra_eos: list[int] = ()) -> None:
+def set_generation_ids(model, tok, extra_eos: list[int] = ()) -> None:
+    """bos/pad/eos ids of the generation config from the tokenizer (plus any extra end-of-turn ids)."""
     gen = model.generation_config
     gen.bos_token_id = tok.bos_token_id
     gen.pad_token_id = tok.pad_token_id

@@ -12,14 +12,9 @@ Maxlinn's CHAIR-metric-standalone): every mention counts, duplicates included.
   mentions; recall = sum |GT & mentioned| / sum |GT|; dup_rate = repeated mentions of an object the
   same caption already named / mentions.
 
-Differences from the original (nltk `word_tokenize` + `pattern.en.singularize`), all offline:
-- Tokeniser: a regex splitting words (hyphenated words stay whole, as in nltk), punctuation and the
-  clitics 's / n't / 're ... (as nltk's Treebank rules do). Sentences split at . ! ? before tokenising.
-- Singulariser: rules (men->man, ies->y, ves->f for a known list, (ss|us|x|ch|sh|z)es->drop es,
-  other s->drop s) plus irregulars (mice, geese, people, ...). A token that is already a word of the
-  synonym table is kept as is ("skis", "scissors", "people"), and words ending in ss/us/is stay
-  ("glass", "bus"). Unlike pattern.en it does not turn "glass" into "glas"; the `wine glas` rule is
-  kept anyway for text that already has it.
+Differences from the original, all offline (the tokeniser and singulariser are words.py's):
+- A token that is already a word of the synonym table is kept as is ("skis", "scissors", "people");
+  the `wine glas` rule is kept for text that already has the pattern.en spelling.
 - Every multi-word entry of the synonym table is matched as a phrase too (longest match first; the
   fixed double-word table wins on ties), so other tables (e.g. the toy world's) work. On the COCO
   table this changes only "stove top oven" (one oven instead of two mentions).
@@ -31,77 +26,20 @@ Differences from the original (nltk `word_tokenize` + `pattern.en.singularize`),
 
 from __future__ import annotations
 
-import json
 import logging
+import random
 import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .data import InputError, read_jsonl
+from ..data import read_entries, read_json, resolve_image, write_jsonl
+from ..errors import InputError
+from .task import Metric, Plan, Task, job_key
+from .words import singularize, tokenize
 
 log = logging.getLogger(__name__)
-
-# ---------------------------------------------------------------------------- tokenising, singularising
-
-_IRREGULAR = {
-    "men": "man", "women": "woman", "children": "child", "people": "person", "mice": "mouse", "geese": "goose",
-    "teeth": "tooth", "feet": "foot", "oxen": "ox", "dice": "die", "lice": "louse", "is": "is", "was": "was",
-}
-_UNINFLECTED = {"sheep", "deer", "fish", "bison", "moose", "series", "species", "news", "aircraft", "scissors",
-                "pants", "jeans", "shorts", "trousers", "clothes", "this", "has", "does", "its"}
-_F_PLURALS = {"knives": "knife", "wives": "wife", "lives": "life", "calves": "calf", "halves": "half",
-              "loaves": "loaf", "shelves": "shelf", "wolves": "wolf", "scarves": "scarf", "leaves": "leaf",
-              "thieves": "thief", "selves": "self", "elves": "elf", "hooves": "hoof"}
-_IE_NOUNS = {"cookie", "movie", "brownie", "zombie", "hippie", "rookie", "selfie", "hoodie", "goalie", "collie",
-             "doggie", "birdie", "veggie", "smoothie", "pie", "tie", "lie", "die", "bootie", "beanie", "prairie"}
-_O_ES = {"tomato", "potato", "hero", "buffalo", "volcano", "mango", "echo", "torpedo", "mosquito", "domino",
-         "cargo", "tornado", "flamingo"}
-_SES_KEEP_E = ("ouse", "ase", "ose", "urse", "ise", "ense", "apse", "eese", "ulse", "anse", "ease", "orse", "oise")
-_CHE_WORDS = {"headaches", "mustaches", "moustaches", "niches", "caches", "avalanches", "quiches", "cliches"}
-
-_CLITIC = re.compile(r"(?<=\w)(n't|'s|'re|'ve|'ll|'d|'m)\b")
-_TOKEN = re.compile(r"n't|'[a-z]+|[a-z0-9]+(?:[-'][a-z0-9]+)*|[^\sa-z0-9]")
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
-
-
-def split_sentences(text: str) -> list[str]:
-    return [s for s in _SENTENCE_END.split(text.strip()) if s.strip()]
-
-
-def tokenize(text: str) -> list[str]:
-    """Lower-cased word tokens in reading order, punctuation as separate tokens, sentence by sentence."""
-    tokens: list[str] = []
-    for sentence in split_sentences(text.lower()):
-        tokens.extend(_TOKEN.findall(_CLITIC.sub(r" \1", sentence)))
-    return tokens
-
-
-def singularize(word: str) -> str:
-    """Rule-based English singular of a lower-case noun (see the module docstring)."""
-    if word in _IRREGULAR:
-        return _IRREGULAR[word]
-    if word.endswith("men") and len(word) > 4 and word not in ("abdomen", "specimen", "stamen"):
-        return word[:-3] + "man"
-    if len(word) <= 3 or word in _UNINFLECTED or not word.endswith("s") or not word[-2].isalpha():
-        return word
-    if word.endswith(("ss", "us", "is")):
-        return word
-    if word in _F_PLURALS:
-        return _F_PLURALS[word]
-    if word.endswith("ies"):
-        return word[:-1] if word[:-1] in _IE_NOUNS or len(word) <= 4 else word[:-3] + "y"
-    if word.endswith("oes"):
-        return word[:-2] if word[:-2] in _O_ES else word[:-1]
-    if word.endswith("ses"):
-        return word[:-1] if word[:-1].endswith(_SES_KEEP_E) else word[:-2]
-    if word.endswith(("xes", "shes", "zzes")):
-        return word[:-2] if not word.endswith("zzes") else word[:-3]
-    if word.endswith("ches"):
-        return word[:-1] if word in _CHE_WORDS else word[:-2]
-    return word[:-1]
-
 
 # ---------------------------------------------------------------------------- vocabulary
 
@@ -215,17 +153,8 @@ def norm_image_id(value: Any) -> Any:
     return int(digits[-1]) if digits and Path(text).stem.endswith(digits[-1]) else text
 
 
-def read_json(path: str | Path, what: str) -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{what} not found: {path}")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-
-
 def load_instances(path: str | Path) -> dict:
+    """A COCO instances file, checked: images, annotations (image_id, category_id), categories (id, name)."""
     data = read_json(path, "annotations file")
     if not isinstance(data, dict) or not {"annotations", "categories"} <= set(data):
         raise InputError(f"{path}: not a COCO instances file (needs 'annotations' and 'categories')")
@@ -257,6 +186,20 @@ def ground_truth(instances: dict, vocab: Vocabulary, gt_captions: dict | None = 
     return gt
 
 
+def load_ground_truth(instances: str | Path, captions: str | Path | None = None,
+                      synonyms: str | Path | None = None) -> tuple[Vocabulary, dict, dict[Any, set[str]]]:
+    """(synonym table, instances, canonical objects per image) from the files CHAIR needs.
+
+    Args:
+        instances: COCO instances JSON. captions: COCO captions JSON (objects named there count too).
+        synonyms: synonym table (None: the shipped COCO table).
+    """
+    vocab = load_vocabulary(synonyms)
+    data = load_instances(instances)
+    caps = read_json(captions, "captions file") if captions else None
+    return vocab, data, ground_truth(data, vocab, caps)
+
+
 # ---------------------------------------------------------------------------- metrics
 
 
@@ -265,15 +208,13 @@ def read_captions(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"captions file not found: {path}")
-    text = path.read_text().lstrip()
-    if text.startswith("{") and '"imgToEval"' in text[:2000]:
-        records = list(read_json(path, "captions file")["imgToEval"].values())
-    elif text.startswith("["):
-        records = read_json(path, "captions file")
+    head = path.read_bytes()[:2000].lstrip()
+    if head.startswith(b"{") and b'"imgToEval"' in head:
+        records = list(enumerate(read_json(path, "captions file")["imgToEval"].values(), 1))
     else:
-        records = list(read_jsonl(path))
+        records = [(e.line, e.value) for e in read_entries(path, "captions file")]
     out = []
-    for i, rec in enumerate(records, 1):
+    for i, rec in records:
         if not isinstance(rec, dict) or "image_id" not in rec or "caption" not in rec:
             log.warning("%s: record %d has no image_id/caption; skipped", path, i)
             continue
@@ -331,3 +272,46 @@ def caption_chair_i(caption: str, objects: set[str], vocab: Vocabulary) -> tuple
 
 def _ratio(num: float, den: float) -> float:
     return num / den if den else 0.0
+
+
+# ---------------------------------------------------------------------------- the task
+
+
+def sample_images(instances: dict, num_images: int, seed: int) -> list[dict]:
+    """Seeded sample of the instances file's images (sorted by id first, so file order does not matter)."""
+    images = sorted(instances.get("images", []), key=lambda im: str(im["id"]).zfill(20))
+    return random.Random(seed).sample(images, min(num_images, len(images)))
+
+
+def _plan(ev, seed: int, instances: dict) -> Plan:
+    """One caption job per sampled image; the synonym table and reference captions load now (bad paths fail first)."""
+    vocab = load_vocabulary(ev.synonyms)
+    captions = read_json(ev.gt_captions, "eval.gt_captions") if ev.gt_captions else None
+    jobs = [{"task": "chair", "image_id": im["id"], "image": resolve_image(im.get("file_name", ""), ev.image_root),
+             "prompt": ev.prompt, "max_new_tokens": ev.max_new_tokens}
+            for im in sample_images(instances, ev.num_images, seed)]
+    return Plan(jobs, (vocab, captions, instances))
+
+
+def _score(plan: Plan, answers: dict, ev, out: Path) -> dict:
+    """CHAIR of the captions; per-caption objects go to chair_captions.jsonl."""
+    vocab, captions, instances = plan.context
+    gt = ground_truth(instances, vocab, captions)
+    caps = [{"image_id": j["image_id"], "caption": answers[job_key(j)]} for j in plan.jobs if job_key(j) in answers]
+    result = compute_chair(caps, gt, vocab)
+    write_jsonl(Path(out) / "chair_captions.jsonl", result.pop("per_caption"))
+    return result
+
+
+TASK = Task(
+    name="chair", label="CHAIR caption", plan=_plan, score=_score,
+    metrics=(
+        Metric("chair_s", True, "CHAIR_s: share of captions naming at least one object that is not in the image",
+               ("chair_s",), plot=True),
+        Metric("chair_i", True, "CHAIR_i: share of object mentions that are hallucinated", ("chair_i",), plot=True),
+        Metric("recall", False, "recall: share of the image's ground-truth objects that the caption names",
+               ("recall",), plot=True),
+        Metric("dup_rate", True, "dup_rate: share of object mentions that repeat an object the caption already "
+               "named", ("dup_rate",)),
+    ),
+)

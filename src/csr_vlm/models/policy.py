@@ -1,10 +1,9 @@
-"""Turn `model.path` / `reward.clip_path` into loaded models, the same way for every HF family.
+"""The policy: `model.path` loaded with transformers' Auto classes, the same way for every family.
 
-The policy is whatever `AutoModelForImageTextToText` + `AutoProcessor` load (LLaVA-1.5, Qwen2-VL,
+The policy is whatever `AutoModelForImageTextToText` + `AutoProcessor` load (LLaVA-1.5, Gemma 3,
 ...); prompts are built with the processor's own chat template and the sentence-delimiter token
-ids are looked up in the tokenizer, so no conversation template or token id is hard-coded. The
-scorer is whatever `AutoModel` loads with `get_image_features` / `get_text_features` (CLIP,
-SigLIP). Works offline from local directories exactly as with hub ids.
+ids are looked up in the tokenizer, so no conversation template or token id is hard-coded. Works
+offline from local directories exactly as with hub ids.
 """
 
 from __future__ import annotations
@@ -15,13 +14,14 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from .config import ModelConfig
-from .data import InputError
+from ..errors import InputError
+from ..schema import ModelConfig
 
 log = logging.getLogger(__name__)
 
 
 def resolve_device(device: str = "auto") -> str:
+    """"auto" -> cuda when a GPU is visible, else cpu; anything else as given."""
     import torch
 
     if device == "auto":
@@ -30,6 +30,7 @@ def resolve_device(device: str = "auto") -> str:
 
 
 def resolve_dtype(dtype: str, device: str):
+    """The torch dtype of model.dtype on `device` ("auto": bfloat16 on cuda, float32 elsewhere)."""
     import torch
 
     if dtype == "auto":
@@ -134,14 +135,21 @@ def sentence_end_ids(tokenizer, delimiters: list[str]) -> list[int]:
     return ids
 
 
-def load_policy(cfg: ModelConfig, path: str | None = None) -> Policy:
-    """Load the policy named by cfg.path (or `path`) with AutoModelForImageTextToText + AutoProcessor."""
+def load_policy(cfg: ModelConfig, path: str | None = None, device: str | None = None) -> Policy:
+    """Load the policy with AutoModelForImageTextToText + AutoProcessor.
+
+    Args:
+        cfg: the model section. path: load this instead of cfg.path. device: put it here instead of
+            cfg.device (e.g. one GPU per rank).
+    Raises:
+        InputError: the path is missing or not a loadable checkpoint (one line, no traceback).
+    """
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     path = path or cfg.path
     check_model_path(path, "model.path")
     path = str(Path(path).expanduser()) if path.startswith("~") else path
-    device = resolve_device(cfg.device)
+    device = resolve_device(device or cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": cfg.trust_remote_code}
     if cfg.attn_implementation:
@@ -157,22 +165,3 @@ def load_policy(cfg: ModelConfig, path: str | None = None) -> Policy:
         processor.tokenizer.pad_token = processor.tokenizer.eos_token
     model.to(device).eval()
     return Policy(model=model, processor=processor, path=str(path))
-
-
-def load_clip(path: str, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False):
-    """Load an image-text scorer (CLIP or SigLIP) and its processor: returns (model, processor)."""
-    from transformers import AutoModel, AutoProcessor
-
-    check_model_path(path, "reward.clip_path")
-    path = str(Path(path).expanduser()) if path.startswith("~") else path
-    device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, device)
-    try:
-        processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
-        model = AutoModel.from_pretrained(path, dtype=torch_dtype, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"reward.clip_path: cannot load {path} ({str(exc).splitlines()[0]})") from None
-    if not (hasattr(model, "get_image_features") and hasattr(model, "get_text_features")):
-        raise InputError(f"reward.clip_path: {path} is a {type(model).__name__}, not an image-text model")
-    model.to(device).eval()
-    return model, processor

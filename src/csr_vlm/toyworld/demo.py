@@ -3,7 +3,8 @@
     csr demo [--out runs/demo] [--seed 0] [--quick] [--world DIR] [--jobs 2]
 
 1. builds (or reuses) the toy world and its tiny CLIP + LLaVA (`csr toyworld build`);
-2. runs `csr loop` with configs/toy.yaml (configs/toy-quick.yaml with --quick) twice, as two
+2. runs `csr loop` with toy.yaml (toy-quick.yaml with --quick; both ship in this package's configs/ and
+   the repository's configs/) twice, as two
    processes: arm "csr" (calibrated reward, lam 0.9) and arm "lam0" (reward.lam=0: the model
    rewards itself with its own likelihood only); every round is evaluated on test, the round is
    picked on dev CHAIR_i;
@@ -26,41 +27,46 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
-from .data import InputError, read_jsonl, write_json
+from ..config import load_config
+from ..data import read_json, read_jsonl, write_json
+from ..errors import InputError
+from ..tables import markdown_table
 
 log = logging.getLogger(__name__)
 
 # lam0 is self-rewarding by likelihood alone, stopping included: with the centred reward's neutral stop
 # (end_self_score=false) and no image term, ending would outscore every sentence.
 ARMS = {"csr": [], "lam0": ["reward.lam=0", "reward.end_self_score=true"]}
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 COLUMNS = ("chair_i", "chair_s", "recall", "pope_f1", "dup_rate", "wellformed", "pair_chosen_chair_i",
            "pair_rejected_chair_i")
 
 
-def world_overrides(world: Path) -> list[str]:
-    """Point every path of the config at `world` (what `csr loop` reads; the stages know nothing of it)."""
+def world_overrides(world: Path, dev: dict) -> list[str]:
+    """Point every path of the config at `world` (what `csr loop` reads; the stages know nothing of it).
+
+    dev: the config's loop.dev, whose annotation files are pointed at the world's dev split.
+    """
     w = world.resolve()
+    dev = {**dev, "annotations": f"{w}/instances_dev.json", "gt_captions": f"{w}/captions_dev.json"}
     return [f"model.path={w}/policy", f"reward.clip_path={w}/clip",
             f"reward.tau_calibration={w}/tau_calibration.jsonl", f"data.prompts={w}/prompts_train.jsonl",
             f"data.image_root={w}", f"eval.annotations={w}/instances_test.json",
-            f"eval.gt_captions={w}/captions_test.json", f"eval.image_root={w}", f"eval.synonyms={w}/synonyms.txt"]
+            f"eval.gt_captions={w}/captions_test.json", f"eval.image_root={w}", f"eval.synonyms={w}/synonyms.txt",
+            f"loop.dev={json.dumps(dev)}"]
 
 
 def arm_config(config: Path, world: Path, out: Path, seed: int, arm: str):
-    from .config import load_config
-
-    cfg = load_config(config, [*world_overrides(world), f"out={out / arm}", f"seed={seed}", *ARMS[arm]])
-    w = world.resolve()
-    cfg.loop.dev = {**cfg.loop.dev, "annotations": f"{w}/instances_dev.json", "gt_captions": f"{w}/captions_dev.json"}
-    return cfg
+    """The loop config of one arm: the toy config pointed at the world, the arm's overrides on top."""
+    dev = load_config(config).loop.dev
+    return load_config(config, [*world_overrides(world, dev), f"out={out / arm}", f"seed={seed}", *ARMS[arm]])
 
 
 def run_arm(config: str, world: str, out: str, seed: int, arm: str) -> str:
     """One `csr loop` (in its own process, one thread)."""
     import torch
 
-    from . import loop
+    from .. import loop
 
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.WARNING)
@@ -72,7 +78,7 @@ def run_arm(config: str, world: str, out: str, seed: int, arm: str) -> str:
 
 def pair_chair(pairs_path: Path, world: Path) -> tuple[float | None, float | None]:
     """Ground-truth CHAIR_i of the chosen and of the rejected answers of a round's pairs."""
-    from .toyllava import score_answers
+    from .measure import score_answers
 
     if not pairs_path.is_file():
         return None, None
@@ -87,13 +93,13 @@ def pair_chair(pairs_path: Path, world: Path) -> tuple[float | None, float | Non
 
 
 def arm_rows(loop_dir: Path, world: Path) -> list[dict]:
-    from .toyllava import is_wellformed
+    from .measure import is_wellformed
 
     rows = []
     k = 0
     while (loop_dir / f"round_{k}" / "eval" / "metrics.json").is_file():
         rdir = loop_dir / f"round_{k}"
-        flat = json.loads((rdir / "eval" / "metrics.json").read_text())["flat"]
+        flat = read_json(rdir / "eval" / "metrics.json")["flat"]
         answers = [s["answer"] for s in read_jsonl(rdir / "eval" / "samples.jsonl") if s.get("task") == "chair"]
         chosen, rejected = pair_chair(rdir / "generate" / "pairs.jsonl", world)
         rows.append({"round": k, "chair_i": flat.get("chair_i"), "chair_s": flat.get("chair_s"),
@@ -105,11 +111,9 @@ def arm_rows(loop_dir: Path, world: Path) -> list[dict]:
 
 
 def run_report(loop_dir: Path, world: Path) -> None:
-    try:
-        from . import report
-    except ImportError:
-        log.warning("csr report is not available; skipping the report of %s", loop_dir)
-        return
+    """`csr report` on one arm, with pair quality against the world's training split."""
+    from .. import report
+
     try:
         report.cli([str(loop_dir), "--instances", str(world / "instances_train.json"),
                     "--gt-captions", str(world / "captions_train.json"), "--synonyms", str(world / "synonyms.txt")])
@@ -162,24 +166,21 @@ def delta_chair(out: Path, selected: dict, seed: int) -> dict:
 # ---------------------------------------------------------------------------- presenting
 
 
-def _fmt(v) -> str:
-    return "-" if v is None else f"{v:.3f}"
-
-
 def table(summary: dict) -> str:
+    """Per arm and round: the test metrics, the pairs' ground-truth CHAIR_i, the change at the selected round."""
     head = ["arm", "round", "CHAIR_i", "CHAIR_s", "recall", "POPE F1", "dup", "well-formed", "pairs chosen/rejected",
             "dCHAIR_i vs base [95% CI]"]
-    lines = [" | ".join(head), " | ".join("-" * len(h) for h in head)]
-    for arm, rows in summary["arms"].items():
-        for r in rows:
+    rows = []
+    for arm, arm_rows_ in summary["arms"].items():
+        for r in arm_rows_:
             mark = " (selected on dev)" if r["round"] == summary["selected_round"][arm] else ""
-            pairs = "-" if r["pair_chosen_chair_i"] is None else \
+            pairs = None if r["pair_chosen_chair_i"] is None else \
                 f"{r['pair_chosen_chair_i']:.3f}/{r['pair_rejected_chair_i']:.3f}"
             d = summary.get("delta_chair_i", {}).get(arm) if mark else None
-            delta = "-" if not d else f"{100 * d['relative']:+.0f}% [{100 * d['relative_ci95'][0]:+.0f}, " \
+            delta = None if not d else f"{100 * d['relative']:+.0f}% [{100 * d['relative_ci95'][0]:+.0f}, " \
                 f"{100 * d['relative_ci95'][1]:+.0f}]"
-            lines.append(" | ".join([arm, f"{r['round']}{mark}", *(_fmt(r[c]) for c in COLUMNS[:6]), pairs, delta]))
-    return "\n".join(lines)
+            rows.append([arm, f"{r['round']}{mark}", *(r[c] for c in COLUMNS[:6]), pairs, delta])
+    return markdown_table(head, rows, digits=3)
 
 
 def verdict(summary: dict) -> list[str]:
@@ -217,16 +218,13 @@ def cli(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     config = Path(args.config) if args.config else CONFIG_DIR / ("toy-quick.yaml" if args.quick else "toy.yaml")
     if not config.is_file():
-        raise InputError(f"--config: {config} not found (the toy configs ship in the repository's configs/; "
-                         "pass --config when csr-vlm is installed without its source tree)")
-    if not config.is_file():
         raise InputError(f"--config: {config} not found")
     world = Path(args.world or f"worlds/toy-seed{args.seed}{'-quick' if args.quick else ''}")
     out = Path(args.out)
     summary = run_demo(config, world, out, args.seed, args.quick, args.jobs)
-    from .toyworld import summary_text
+    from .build import summary_text
 
-    print("\n" + summary_text(json.loads((world / "world.json").read_text())) + "\n")
+    print("\n" + summary_text(read_json(world / "world.json")) + "\n")
     print(table(summary))
     print("\n".join(["", *verdict(summary), "", EXPLAIN]))
     print(f"\nsummary: {out / 'summary.json'} ({summary['seconds']:.0f} s)")
@@ -234,10 +232,11 @@ def cli(argv: list[str]) -> int:
 
 
 def run_demo(config: Path, world: Path, out: Path, seed: int, quick: bool, jobs: int = 2) -> dict:
-    from . import toyworld
+    """Build (or reuse) the world, run both arms, report them, bootstrap the change; returns summary.json's content."""
+    from .build import build
 
     start = time.time()
-    toyworld.build(world, seed=seed, quick=quick)
+    build(world, seed=seed, quick=quick)
     out.mkdir(parents=True, exist_ok=True)
     args = [(str(config), str(world), str(out), seed, arm) for arm in ARMS]
     if jobs > 1:
@@ -251,7 +250,7 @@ def run_demo(config: Path, world: Path, out: Path, seed: int, quick: bool, jobs:
     for arm in ARMS:
         run_report(out / arm, world)
         summary["arms"][arm] = arm_rows(out / arm, world)
-        summary["selected_round"][arm] = json.loads((out / arm / "best.json").read_text())["round"]
+        summary["selected_round"][arm] = read_json(out / arm / "best.json")["round"]
     summary["delta_chair_i"] = delta_chair(out, summary["selected_round"], seed)
     summary["seconds"] = round(time.time() - start, 1)
     write_json(out / "summary.json", summary)

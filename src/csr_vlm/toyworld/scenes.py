@@ -1,34 +1,26 @@
-"""The toy world: seeded synthetic scenes, captions, COCO-format split files, and the build command.
-
-    csr toyworld build --out worlds/toy-seed0 [--seed 0] [--quick]
+"""The toy world's scenes: seeded synthetic images, captions, yes/no examples and the COCO-format split files.
 
 A scene is a 48x48 RGB image on a noisy dark background holding 1-3 objects from 10 types, each type a
 unique shape with a colour ("a red circle"); the category CHAIR/POPE use is the noun. Types come in co-
 occurrence pairs, and the captions the tiny LLaVA learns from name an absent partner right after its
-object with probability `noise_partner` (0.8; world v3 of toyworld.md used 0.6, which left this LLaVA at
-4-8% dev CHAIR_i), so a fluent model hallucinates partners by design. Reference captions written to the
-split files are truthful. `build` writes the splits, a tiny CLIP (toyclip) and a tiny LLaVA (toyllava)
-trained on this world, all seeded; a second build with the same seed and flags reuses everything (DONE
-marker holding a hash of the parameters).
+object with probability `noise_partner` (0.8; 0.6 left this LLaVA at 4-8% dev CHAIR_i), so a fluent model
+hallucinates partners by design. Reference captions written to the split files are truthful. build.py
+writes the splits and trains a tiny CLIP (clip.py) and a tiny LLaVA (llava.py) on this world.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
-import math
 import random
 import re
-import shutil
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .data import InputError, is_done, mark_done, write_json, write_jsonl
+from ..data import read_jsonl, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +33,7 @@ COLOURS = {"red": (220, 40, 40), "blue": (50, 90, 235), "green": (40, 190, 60), 
 TEMPLATES = ["there is a {}.", "i see a {}.", "a {} is here."]
 DESCRIBE_PROMPT = "Describe the image."
 POPE_QUESTION = "Is there a {} in the image?"
+POPE_SUFFIX = " Please answer yes or no."  # appended to POPE_QUESTION in training and evaluation
 CATEGORY_ID_BASE = 101  # category ids 101..110: deliberately not COCO's 1..80
 
 
@@ -280,92 +273,5 @@ def write_synonyms(out: Path) -> Path:
 
 
 def load_scenes(world: Path, split: str) -> list[dict]:
-    return [json.loads(line) for line in (Path(world) / f"scenes_{split}.jsonl").read_text().splitlines() if line]
-
-
-# ---------------------------------------------------------------------------- build
-
-
-def build(out: str | Path, seed: int = 0, quick: bool = False, threads: int = 0) -> Path:
-    """Build (or reuse) the world in OUT: split files, clip/, policy/, world.json. Returns OUT.
-
-    A CLIP built with the same CLIP_PARAMS is kept when only the LLaVA's parameters changed.
-    threads: torch threads (0: torch's default, all cores)."""
-    import torch
-
-    from . import toyllava
-
-    out = Path(out)
-    p = WorldParams.make(seed, quick)
-    if is_done(out) and json.loads((out / "DONE").read_text()).get("digest") == p.digest():
-        log.info("toy world %s is built (seed %d, digest %s): reusing it", out, seed, p.digest())
-        return out
-    if out.exists():
-        for child in ("DONE", "policy", "images"):
-            target = out / child
-            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(threads or torch.get_num_threads())
-    start = time.time()
-    scenes = {}
-    for k, (split, n) in enumerate(p.splits.items()):
-        scenes[split] = write_split(out, split, n, p, image_base=(k + 1) * 100_000)
-    write_calibration(out, scenes["calib"], seed)
-    write_synonyms(out)
-    info = {"params": asdict(p), "digest": p.digest(), "split_sizes": dict(p.splits),
-            "categories": {CATEGORY_ID_BASE + t: type_name(t) for t in range(len(TYPES))},
-            "pairs": [[type_name(a), type_name(b)] for a, b in PAIRS],
-            "prompts": {"chair": DESCRIBE_PROMPT, "pope": POPE_QUESTION},
-            "model_training_data": "generated on the fly from the seed (scenes as above, noisy captions)"}
-    info["clip"] = _clip(out, p)
-    info["llava"] = toyllava.train_llava(out, p)
-    info["seconds"] = round(time.time() - start, 1)
-    write_json(out / "world.json", info)
-    mark_done(out, {"digest": p.digest(), "seed": seed, "quick": quick})
-    return out
-
-
-def _clip(out: Path, p: WorldParams) -> dict:
-    """Train the tiny CLIP into OUT/clip, or reuse the one there if it was built from the same CLIP_PARAMS."""
-    from . import toyclip
-
-    stamp, digest = out / "clip" / "toyworld.json", p.digest(CLIP_PARAMS)
-    if stamp.is_file() and json.loads(stamp.read_text()).get("digest") == digest:
-        log.info("toy world: reusing the CLIP in %s (same CLIP parameters)", out / "clip")
-        return json.loads(stamp.read_text())["stats"]
-    shutil.rmtree(out / "clip", ignore_errors=True)
-    stats = toyclip.train_clip(out, p)
-    write_json(stamp, {"digest": digest, "stats": stats})
-    return stats
-
-
-def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="csr toyworld", description="build the synthetic world and its tiny models")
-    sub = parser.add_subparsers(dest="action", required=True)
-    b = sub.add_parser("build", help="scenes, split files, tiny CLIP (DIR/clip) and tiny LLaVA (DIR/policy)")
-    b.add_argument("--out", required=True, help="world directory")
-    b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--quick", action="store_true", help="a small world in well under a minute (for CI)")
-    b.add_argument("--threads", type=int, default=0,
-                   help="torch threads (default: all cores); a build is deterministic per thread count")
-    args = parser.parse_args(argv)
-    if args.seed < 0:
-        raise InputError("--seed must be >= 0")
-    out = build(args.out, args.seed, args.quick, args.threads)
-    info = json.loads((out / "world.json").read_text())
-    print(summary_text(info))
-    return 0
-
-
-def summary_text(info: dict) -> str:
-    c, m, h = info["clip"], info["llava"]["dev"], info["llava"]["clip_on_hallucinations"]
-    return "\n".join([
-        f"toy world: {info['split_sizes']} (seed {info['params']['seed']}, {info['seconds']} s)",
-        f"CLIP: true-vs-false AUC {c['auc_all']:.3f}, vs absent partner {c['auc_partner']:.3f}, "
-        f"tau: mean - 3 sd {c['tau']:.1f}, Youden {c.get('tau_youden', math.nan):.1f} (absent objects above it "
-        f"{c.get('false_above_tau_youden', math.nan):.3f}); on the base model's own hallucinations: "
-        f"paired acc {h.get('paired_acc', math.nan):.3f}, AUC {h.get('auc', math.nan):.3f}",
-        f"base LLaVA (dev, step {info['llava']['selected_step']}): CHAIR_i {m['chair_i']:.3f}, "
-        f"CHAIR_s {m['chair_s']:.3f}, recall {m['recall']:.3f}, well-formed {m['wellformed']:.3f}, "
-        f"dup {m['dup_rate']:.3f}, POPE acc {m['pope_acc']:.3f}",
-    ])
+    """The scene records of a built split (image, image_id, objects)."""
+    return list(read_jsonl(Path(world) / f"scenes_{split}.jsonl", strict=True))

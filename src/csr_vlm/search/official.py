@@ -1,4 +1,4 @@
-"""search.mode=official: the official CSR code's search and ranking, reproduced (reference-paper.md sec. 4).
+"""search.mode=official: the official CSR code's search and ranking, reproduced (README: "paper or official").
 
 Search (`sample.py`): every active node proposes K children; all non-final children at a depth form
 one pool sorted by cumulative self-score only; when the pool has >= search.num_candidates members,
@@ -20,9 +20,9 @@ import time
 from collections.abc import Generator
 from dataclasses import dataclass, field
 
+from ..reward import path_value, self_score, sibling_ranks, top_bottom
 from .filters import junk_reason
-from .reward import path_value, self_score, sibling_ranks, top_bottom
-from .search import Answer, SearchContext, SearchResult, Sentence, Steps
+from .types import Answer, SearchResult, Sentence, Steps
 
 
 @dataclass
@@ -49,11 +49,11 @@ class Node:
                 "pruned": self.pruned, "filtered": self.filtered}
 
 
-def official_steps(ctx: SearchContext, image_emb) -> Steps:
-    """The whole official search as a search.py coroutine: grow the tree, then filter, rank and pick."""
+def official_steps(ctx, image_emb) -> Steps:
+    """The whole official search as a driver coroutine (types.Steps): grow the tree, then filter, rank and pick."""
     tree = yield from grow_tree(ctx)
     t0 = time.perf_counter()
-    scfg = ctx.cfg.search
+    scfg = ctx.search
     for node in tree[1:]:
         if tree[node.parent].filtered:
             node.filtered = "parent"
@@ -64,7 +64,7 @@ def official_steps(ctx: SearchContext, image_emb) -> Steps:
     for node, raw in zip(alive, ctx.score(image_emb, [n.text for n in alive])):
         node.r_i = raw  # official: logits_per_image, no clamp
     rank_tree(tree)
-    answers = path_answers(tree, ctx.cfg.reward.lam)
+    answers = path_answers(tree, ctx.reward.lam)
     for answer in answers:
         answer.text = ctx.decode(answer.tokens)
     chosen = rejected = None
@@ -75,11 +75,11 @@ def official_steps(ctx: SearchContext, image_emb) -> Steps:
     return SearchResult("official", answers, chosen, rejected, ctx.stats(), tree=[n.to_dict() for n in tree])
 
 
-def grow_tree(ctx: SearchContext) -> Generator[list[int] | None, list, list[Node]]:
+def grow_tree(ctx) -> Generator[list[int] | None, list, list[Node]]:
     """The official search: expand active nodes, prune the pool by cumulative self-score only.
 
     A coroutine: receives each depth's candidates, yields the rows to keep, returns the tree."""
-    scfg = ctx.cfg.search
+    scfg = ctx.search
     tree = [Node(id=0, parent=None)]
     active = [tree[0]]
     cands = yield None
@@ -88,7 +88,7 @@ def grow_tree(ctx: SearchContext) -> Generator[list[int] | None, list, list[Node
         pool = []
         for row, cand in enumerate(cands):
             parent = active[cand.parent]
-            score = self_score(cand.logprobs, ctx.cfg.reward.self_score)
+            score = self_score(cand.logprobs, ctx.reward.self_score)
             node = Node(id=len(tree), parent=parent.id, text=ctx.decode(cand.tokens), tokens=cand.tokens,
                         r_t=score, cum=parent.cum + score, row=row, eos=cand.stop == "eos",
                         final=cand.stop == "eos" or depth == scfg.max_sentences - 1)

@@ -6,7 +6,7 @@ learns from scenes drawn on the fly: noisy captions (absent partners named, see 
 describe prompt, and POPE's exact question + eval suffix answered "yes."/"no." for a `qa_fraction` of
 examples. Prompts and completions are rendered with the processor's chat template exactly as TRL renders
 DPO pairs. Checkpoints are scored on the first `llava_eval_images` dev images; the base is the one with
-dev CHAIR_i in [0.12, 0.25] (toyworld.md used 0.15; the yes/no task lowers CHAIR_i), well-formed >= 0.95,
+dev CHAIR_i in [0.12, 0.25] (the yes/no task lowers CHAIR_i; 0.15 was the earlier target), well-formed >= 0.95,
 repeats <= 5% and POPE accuracy >= 0.7 with the highest recall. One phase at a constant lr (`llava_lr`
 after a short warm-up) with `qa_fraction` 0.7 yes/no, each yes/no example weighing `qa_weight` (its answer is one
 informative token). The yes/no skill (matching the question's noun against the image) appears after a
@@ -19,21 +19,19 @@ while 80% yes/no at a constant 1e-3 from step 1 left the plateau at about step 2
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import random
-import re
 import time
 from pathlib import Path
 
 import numpy as np
 
-from . import toyclip
-from . import toyworld as tw
+from . import clip as toyclip
+from . import scenes as tw
+from .measure import clip_on_hallucinations, describe_metrics, pope_metrics
 
 log = logging.getLogger(__name__)
 
-POPE_SUFFIX = " Please answer yes or no."
 CHAIR_BAND = (0.12, 0.25)
 POPE_MIN = 0.7
 DUP_MAX = 0.05
@@ -43,7 +41,7 @@ def build_llava(clip, size: int):
     """A LLaVA-1.5-layout model whose vision tower is `clip`'s vision encoder, with its LlavaProcessor."""
     from transformers import LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
-    from .tiny import LLAVA_TEMPLATE, _set_generation_ids
+    from ..models.tiny import LLAVA_TEMPLATE, set_generation_ids
 
     tok = toyclip.make_tokenizer(clip=False)
     tok.chat_template = LLAVA_TEMPLATE
@@ -64,7 +62,7 @@ def build_llava(clip, size: int):
     model.model.vision_tower.load_state_dict(clip.vision_model.state_dict(), strict=False)
     _check_copied(model.model.vision_tower, clip.vision_model)
     model.model.vision_tower.requires_grad_(False)
-    _set_generation_ids(model, tok)
+    set_generation_ids(model, tok)
     processor = LlavaProcessor(image_processor=toyclip.image_processor(size), tokenizer=tok,
                                patch_size=vcfg.patch_size, vision_feature_select_strategy="default",
                                num_additional_image_tokens=1, chat_template=LLAVA_TEMPLATE)
@@ -117,7 +115,7 @@ def llava_batch(rng: random.Random, nrng, p, renderer: Renderer, n: int, qa_frac
         is_qa.append(rng.random() < qa_fraction)
         if is_qa[-1]:
             question, answer = tw.qa_example(types, rng)
-            question += POPE_SUFFIX
+            question += tw.POPE_SUFFIX
         else:
             question, answer = tw.DESCRIBE_PROMPT, tw.caption(types, rng, p)
         prompt, completion = renderer.example(question, answer)
@@ -222,108 +220,3 @@ def select_checkpoint(metrics: list[dict]) -> int:
     pope_ok = [i for i in fluent if metrics[i].get("pope_acc", 1.0) >= POPE_MIN] or fluent
     mid = sum(CHAIR_BAND) / 2
     return min(pope_ok, key=lambda i: (abs(metrics[i]["chair_i"] - mid), -i))
-
-
-# ---------------------------------------------------------------------------- measurements (private helpers)
-
-
-def _open(world: Path, scenes: list[dict]):
-    from PIL import Image
-
-    return [Image.open(world / s["image"]).convert("RGB") for s in scenes]
-
-
-def _answers(model, processor, images, questions, max_new_tokens: int, batch: int = 100) -> list[str]:
-    from .models import Policy
-
-    policy = Policy(model=model, processor=processor, path="")
-    out = []
-    for i in range(0, len(images), batch):
-        out += policy.generate_answers(images[i:i + batch], questions[i:i + batch], max_new_tokens)
-    return out
-
-
-WELLFORMED = {t.format(tw.type_name(k))[:-1] for t in tw.TEMPLATES for k in range(len(tw.TYPES))}
-NOUNS = [noun for _, noun in tw.TYPES]
-
-
-def parse_answer(answer: str) -> tuple[list[str], list[str]]:
-    """(sentences, nouns mentioned in order) of a decoded answer."""
-    sentences = [re.sub(r"\s+", " ", s).strip() for s in answer.split(".")]
-    sentences = [s for s in sentences if s]
-    words = re.findall(r"[a-z]+", answer.lower())
-    return sentences, [w for w in words if w in NOUNS]
-
-
-def is_wellformed(answer: str) -> bool:
-    """Every sentence is a caption template with a valid type, and the answer ends with '.'."""
-    sentences = parse_answer(answer)[0]
-    return bool(sentences) and all(x in WELLFORMED for x in sentences) and answer.strip().endswith(".")
-
-
-def score_answers(answers: list[str], image_ids: list, world: Path, split: str) -> dict:
-    """csr_vlm.chair's CHAIR_i/CHAIR_s/recall/dup against the split's annotations, plus the well-formed rate."""
-    from . import chair
-
-    vocab = chair.load_vocabulary(Path(world) / "synonyms.txt")
-    gt = chair.ground_truth(chair.load_instances(Path(world) / f"instances_{split}.json"), vocab)
-    res = chair.compute_chair([{"image_id": i, "caption": a} for i, a in zip(image_ids, answers)], gt, vocab)
-    out = {k: res[k] for k in ("chair_i", "chair_s", "recall", "dup_rate", "mentions_per_caption")}
-    out["wellformed"] = sum(map(is_wellformed, answers)) / max(1, len(answers))
-    return out
-
-
-def describe_metrics(model, processor, world: Path, scenes: list[dict], split: str = "dev") -> tuple[dict, list[str]]:
-    model.eval()
-    answers = _answers(model, processor, _open(world, scenes), [tw.DESCRIBE_PROMPT] * len(scenes), 40)
-    m = score_answers(answers, [s["image_id"] for s in scenes], world, split)
-    return {k: round(v, 4) for k, v in m.items()}, answers
-
-
-def pope_metrics(model, processor, world: Path, split: str, seed: int, num_images: int | None = None) -> dict:
-    """csr_vlm.pope's random/popular/adversarial questions on the split's first `num_images` images (those
-    with 3 objects), greedy answers."""
-    from PIL import Image
-
-    from . import pope
-
-    instances = json.loads((Path(world) / f"instances_{split}.json").read_text())
-    n = min(num_images or len(instances["images"]), len(instances["images"]))
-    keep = {im["id"] for im in instances["images"][:n]}
-    instances = {**instances, "images": instances["images"][:n],
-                 "annotations": [a for a in instances["annotations"] if a["image_id"] in keep]}
-    questions = [q for qs in pope.build_questions(instances, n, seed).values() for q in qs]
-    if not questions:
-        return {}
-    images = {q["image"]: Image.open(Path(world) / q["image"]).convert("RGB") for q in questions}
-    texts = _answers(model, processor, [images[q["image"]] for q in questions],
-                     [q["text"] + POPE_SUFFIX for q in questions], 3)
-    res = pope.score(questions, {(q["category"], q["question_id"]): t for q, t in zip(questions, texts)})
-    return {"pope_acc": round(res["mean"]["accuracy"], 4), "pope_f1": round(res["mean"]["f1"], 4),
-            "pope_yes_ratio": round(res["mean"]["yes_ratio"], 4),
-            "pope_adversarial_acc": round(res["adversarial"]["accuracy"], 4)}
-
-
-def clip_on_hallucinations(clip, world: Path, scenes: list[dict], answers: list[str]) -> dict:
-    """CLIP on the base model's own dev sentences: true vs hallucinated (AUC; paired accuracy per image)."""
-    tok = toyclip.make_tokenizer(clip=True)
-    images = _open(world, scenes)
-    rows = []  # (image index, sentence, true?)
-    for i, (ans, s) in enumerate(zip(answers, scenes)):
-        gt = {NOUNS[o["type"]] for o in s["objects"]}
-        for sent in parse_answer(ans)[0]:
-            nouns = parse_answer(sent)[1]
-            if len(nouns) == 1:
-                rows.append((i, sent + ".", nouns[0] in gt))
-    if not rows:
-        return {}
-    scores = toyclip.clip_scores(clip, tok, [images[i] for i, _, _ in rows], [t for _, t, _ in rows])
-    truth = np.array([t for _, _, t in rows])
-    wins = []
-    for i in {i for i, _, t in rows if not t}:
-        pos = [sc for (j, _, t), sc in zip(rows, scores) if j == i and t]
-        neg = [sc for (j, _, t), sc in zip(rows, scores) if j == i and not t]
-        wins += [float(a > b) for a in pos for b in neg]
-    return {"n_true": int(truth.sum()), "n_hallucinated": int((~truth).sum()),
-            "auc": toyclip.auc(scores[truth], scores[~truth]),
-            "paired_acc": float(np.mean(wins)) if wins else float("nan")}

@@ -1,0 +1,139 @@
+"""`csr eval`: greedy answers from a policy for every job of the configured benchmarks, scored into metrics.json.
+
+    csr eval --config F [key=value ...]      (or --model DIR)
+
+Setup: each task of `eval.tasks` (registry.py) plans its jobs from the eval section, the seed and
+`eval.annotations` (CHAIR: one caption per sampled image; POPE: its yes/no questions), loading what
+its scoring needs first, so a bad file fails before the model loads. Work: every job is answered
+greedily in batches of `eval.batch_size`; each prompt and answer is appended to samples.jsonl as it
+comes, so a killed run resumes where it stopped. Save: metrics.json (one section per task, "flat"
+with every task's selectable metrics, and the protocol that published numbers depend on; format in
+docs/formats.md), the tasks' own files, config.yaml and DONE. Images that are missing or unreadable
+are logged and skipped (skipped.jsonl); if a task got no answer at all, the stage fails instead of
+scoring nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from ..config import check_reusable, save_config
+from ..data import (DONE_MARKER, append_jsonl, is_done, load_image, mark_done, read_jsonl, repair_jsonl, write_json,
+                    write_jsonl)
+from ..errors import InputError
+from ..schema import RunConfig
+from .chair import load_instances
+from .registry import TASKS, flat_metrics
+from .task import Plan, job_key
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: RunConfig, round: int = 0) -> Path:
+    """Evaluate cfg.model.path on cfg.eval.tasks into cfg.out; returns it."""
+    out = Path(cfg.out)
+    if is_done(out) and not cfg.overwrite:
+        check_reusable(out, cfg, ("seed", "model.path", "eval"))
+        log.info("eval: %s is done; skipping (overwrite=true redoes it)", out)
+        return out
+    ev = cfg.eval
+    plans = _plans(cfg)
+    if cfg.overwrite:  # a killed redo must not leave the old DONE / metrics behind
+        for name in (DONE_MARKER, "metrics.json", "samples.jsonl", "skipped.jsonl"):
+            (out / name).unlink(missing_ok=True)
+
+    from ..models import load_policy
+
+    policy = load_policy(cfg.model)
+    jobs = [job for plan in plans.values() for job in plan.jobs]
+    answers, skipped = _answer_all(policy, jobs, out / "samples.jsonl", ev.batch_size, cfg.data.max_image_pixels)
+    if skipped:
+        write_jsonl(out / "skipped.jsonl", skipped)
+    _check_answered(cfg, plans, answers, len(skipped))
+
+    metrics: dict[str, Any] = {name: TASKS[name].score(plan, answers, ev, out) for name, plan in plans.items()}
+    metrics["flat"] = flat_metrics(metrics, plans)
+    metrics["protocol"] = {
+        "prompt": ev.prompt, "max_new_tokens": ev.max_new_tokens, "num_images": ev.num_images, "seed": cfg.seed,
+        "parser": ev.pope_parser, "pope_suffix": ev.pope_suffix, "pope_max_new_tokens": ev.pope_max_new_tokens,
+        "pope_source": ev.pope_questions or "built from eval.annotations", "decoding": "greedy",
+        "model": cfg.model.path, "round": round, "skipped_images": len(skipped),
+    }
+    write_json(out / "metrics.json", metrics)
+    save_config(cfg, out / "config.yaml")
+    mark_done(out, {"round": round})
+    log.info("eval: %s", ", ".join(f"{k}={v:.4f}" for k, v in metrics["flat"].items()))
+    return out
+
+
+# ---------------------------------------------------------------------------- setup
+
+
+def _plans(cfg: RunConfig) -> dict[str, Plan]:
+    """Each task's plan, in eval.tasks order; the annotations file is read once for all of them."""
+    ev = cfg.eval
+    tasks = [TASKS[name] for name in ev.tasks]
+    needing = [t.name for t in tasks if t.needs_annotations(ev)]
+    if needing and not ev.annotations:
+        raise InputError(f"eval.annotations is not set (a COCO instances JSON); {', '.join(needing)} need(s) it")
+    instances = load_instances(ev.annotations) if ev.annotations else {}
+    return {t.name: t.plan(ev, cfg.seed, instances) for t in tasks}
+
+
+# ---------------------------------------------------------------------------- work
+
+
+def _answer_all(policy, jobs: list[dict], samples_path: Path, batch_size: int, max_pixels: int):
+    """Greedy answers of every job, resuming from samples.jsonl: ({(task, image, prompt): answer}, skipped)."""
+    from tqdm import tqdm
+
+    answers: dict[tuple, str] = {}
+    if samples_path.exists():
+        repair_jsonl(samples_path)
+        answers = {job_key(s): s["answer"] for s in read_jsonl(samples_path)}
+    todo = [j for j in jobs if job_key(j) not in answers]
+    todo.sort(key=lambda j: j["max_new_tokens"])  # batches share one token cap
+    skipped: list[dict] = []
+    bad: set[str] = set()
+    samples_path.parent.mkdir(parents=True, exist_ok=True)
+    size = max(1, batch_size)
+    with samples_path.open("a") as fh, tqdm(total=len(todo), desc="eval", unit="prompt") as bar:
+        for start in range(0, len(todo), size):
+            batch, images = [], []
+            for job in todo[start: start + size]:
+                image = _open(job["image"], max_pixels, bad, skipped)
+                if image is not None:
+                    batch.append(job)
+                    images.append(image)
+            for cap in sorted({j["max_new_tokens"] for j in batch}):
+                part = [(j, im) for j, im in zip(batch, images) if j["max_new_tokens"] == cap]
+                texts = policy.generate_answers([im for _, im in part], [j["prompt"] for j, _ in part], cap)
+                for (job, _), text in zip(part, texts):
+                    answers[job_key(job)] = text
+                    append_jsonl(fh, {**{k: job[k] for k in ("task", "image_id", "image", "prompt")}, "answer": text})
+            bar.update(len(todo[start: start + size]))
+    return answers, skipped
+
+
+def _open(path: str, max_pixels: int, bad: set[str], skipped: list[dict]):
+    if path in bad:
+        return None
+    try:
+        return load_image(path, max_pixels)
+    except InputError as exc:
+        log.warning("eval: skipping image: %s", exc)
+        bad.add(path)
+        skipped.append({"image": path, "reason": str(exc)})
+        return None
+
+
+def _check_answered(cfg: RunConfig, plans: dict[str, Plan], answers: dict, n_skipped: int) -> None:
+    """No metrics from nothing: every task asked for needs at least one answer."""
+    for name, plan in plans.items():
+        if not any(job_key(j) in answers for j in plan.jobs):
+            seen = f"{n_skipped} image(s) unreadable, listed in {Path(cfg.out) / 'skipped.jsonl'}" if n_skipped \
+                else "no images"
+            raise InputError(f"eval: no {TASKS[name].label} could be produced ({len(plan.jobs)} prompt(s), {seen}); "
+                             f"check eval.image_root ({cfg.eval.image_root or 'not set'}) and eval.annotations")

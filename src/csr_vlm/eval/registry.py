@@ -1,0 +1,58 @@
+"""The benchmark registry: every task `csr eval` can run, and the direction and meaning of every metric.
+
+    register(my_task.TASK)      # a new benchmark: its module plus this one line
+
+`lower_is_better("chair_i")` is the one direction rule the loop's selection, its guards and the
+report share; a metric no registered task reports is an error, not a guess.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from ..errors import ConfigError
+from . import chair, pope
+from .task import Metric, Task
+
+TASKS: dict[str, Task] = {}
+
+
+def register(task: Task) -> Task:
+    """Add a task to the registry (its metric names must be new); returns it."""
+    taken = {m.name for t in TASKS.values() if t.name != task.name for m in t.metrics}
+    clash = [m.name for m in task.metrics if m.name in taken]
+    if clash:
+        raise ValueError(f"task {task.name!r}: metric name(s) {', '.join(clash)} already belong to another task")
+    TASKS[task.name] = task
+    return task
+
+
+register(chair.TASK)
+register(pope.TASK)
+
+
+def metrics(tasks: Iterable[str] | None = None) -> dict[str, Metric]:
+    """Every metric of the given tasks (default: all registered), by flat name, in task order."""
+    names = TASKS if tasks is None else tasks
+    return {m.name: m for t in names if t in TASKS for m in TASKS[t].metrics}
+
+
+def metric_names(tasks: Iterable[str] | None = None) -> list[str]:
+    return list(metrics(tasks))
+
+
+def lower_is_better(name: str) -> bool:
+    """The direction of a flat metric of any registered task."""
+    known = metrics()
+    if name not in known:
+        raise ConfigError(f"{name!r} is not a metric of any benchmark (known: {', '.join(known)})")
+    return known[name].lower_is_better
+
+
+def flat_metrics(sections: dict, tasks: Iterable[str]) -> dict[str, float]:
+    """The one-level summary of a metrics.json: each task's flat metrics, in task order."""
+    flat: dict[str, float] = {}
+    for name in tasks:
+        if name in TASKS and isinstance(sections.get(name), dict):
+            flat.update(TASKS[name].flat(sections[name]))
+    return flat

@@ -1,0 +1,71 @@
+"""English words for CHAIR, offline: a Treebank-style regex tokeniser and a rule-based singulariser.
+
+The original CHAIR script uses nltk's `word_tokenize` and `pattern.en.singularize`, which need
+downloaded data; these do the same job with no download:
+- `tokenize`: sentences split at . ! ? first; words (hyphenated words stay whole, as in nltk),
+  punctuation, and the clitics 's / n't / 're ... split off (nltk's Treebank rules).
+- `singularize`: rules (men->man, ies->y, ves->f for a known list, (ss|us|x|ch|sh|z)es->drop es,
+  other s->drop s) plus irregulars (mice, geese, people, ...). Words ending in ss/us/is stay ("glass",
+  "bus"); unlike pattern.en, "glass" never becomes "glas".
+"""
+
+from __future__ import annotations
+
+import re
+
+_IRREGULAR = {
+    "men": "man", "women": "woman", "children": "child", "people": "person", "mice": "mouse", "geese": "goose",
+    "teeth": "tooth", "feet": "foot", "oxen": "ox", "dice": "die", "lice": "louse", "is": "is", "was": "was",
+}
+_UNINFLECTED = {"sheep", "deer", "fish", "bison", "moose", "series", "species", "news", "aircraft", "scissors",
+                "pants", "jeans", "shorts", "trousers", "clothes", "this", "has", "does", "its"}
+_F_PLURALS = {"knives": "knife", "wives": "wife", "lives": "life", "calves": "calf", "halves": "half",
+              "loaves": "loaf", "shelves": "shelf", "wolves": "wolf", "scarves": "scarf", "leaves": "leaf",
+              "thieves": "thief", "selves": "self", "elves": "elf", "hooves": "hoof"}
+_IE_NOUNS = {"cookie", "movie", "brownie", "zombie", "hippie", "rookie", "selfie", "hoodie", "goalie", "collie",
+             "doggie", "birdie", "veggie", "smoothie", "pie", "tie", "lie", "die", "bootie", "beanie", "prairie"}
+_O_ES = {"tomato", "potato", "hero", "buffalo", "volcano", "mango", "echo", "torpedo", "mosquito", "domino",
+         "cargo", "tornado", "flamingo"}
+_SES_KEEP_E = ("ouse", "ase", "ose", "urse", "ise", "ense", "apse", "eese", "ulse", "anse", "ease", "orse", "oise")
+_CHE_WORDS = {"headaches", "mustaches", "moustaches", "niches", "caches", "avalanches", "quiches", "cliches"}
+
+_CLITIC = re.compile(r"(?<=\w)(n't|'s|'re|'ve|'ll|'d|'m)\b")
+_TOKEN = re.compile(r"n't|'[a-z]+|[a-z0-9]+(?:[-'][a-z0-9]+)*|[^\sa-z0-9]")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def split_sentences(text: str) -> list[str]:
+    return [s for s in _SENTENCE_END.split(text.strip()) if s.strip()]
+
+
+def tokenize(text: str) -> list[str]:
+    """Lower-cased word tokens in reading order, punctuation as separate tokens, sentence by sentence."""
+    tokens: list[str] = []
+    for sentence in split_sentences(text.lower()):
+        tokens.extend(_TOKEN.findall(_CLITIC.sub(r" \1", sentence)))
+    return tokens
+
+
+def singularize(word: str) -> str:
+    """Rule-based English singular of a lower-case noun (see the module docstring)."""
+    if word in _IRREGULAR:
+        return _IRREGULAR[word]
+    if word.endswith("men") and len(word) > 4 and word not in ("abdomen", "specimen", "stamen"):
+        return word[:-3] + "man"
+    if len(word) <= 3 or word in _UNINFLECTED or not word.endswith("s") or not word[-2].isalpha():
+        return word
+    if word.endswith(("ss", "us", "is")):
+        return word
+    if word in _F_PLURALS:
+        return _F_PLURALS[word]
+    if word.endswith("ies"):
+        return word[:-1] if word[:-1] in _IE_NOUNS or len(word) <= 4 else word[:-3] + "y"
+    if word.endswith("oes"):
+        return word[:-2] if word[:-2] in _O_ES else word[:-1]
+    if word.endswith("ses"):
+        return word[:-1] if word[:-1].endswith(_SES_KEEP_E) else word[:-2]
+    if word.endswith(("xes", "shes", "zzes")):
+        return word[:-2] if not word.endswith("zzes") else word[:-3]
+    if word.endswith("ches"):
+        return word[:-1] if word in _CHE_WORDS else word[:-2]
+    return word[:-1]
