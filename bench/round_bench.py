@@ -79,7 +79,7 @@ def main(argv=None) -> dict:
         loop.run(cfg)
         total = time.perf_counter() - t0
         manifest = json.loads((out / "manifest.json").read_text())
-    stages = {name: {k: e.get(k) for k in ("status", "seconds", "peak_rss_mb", "peak_cuda_mb") if k in e}
+    stages = {name: {k: e.get(k) for k in ("status", "seconds", "peak_rss_mb", "peak_cuda_mb", "numbers") if k in e}
               for name, e in manifest["stages"].items()}
     result = {"mode": "quick (random tiny llava)" if args.quick else "toy world --quick, configs/toy-quick.yaml",
               "world_build_s": world_s, "loop_wall_s": total, "stages": stages,

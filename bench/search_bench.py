@@ -1,6 +1,6 @@
-"""Our sentence search (csr_vlm.search.search_prompt) against the official CSR code's cost structure, same tree.
+"""Our sentence search (csr_vlm.search.driver.search_prompt) against the official CSR code's cost structure, same tree.
 
-Baseline (written here, reference-trl-and-official-code.md "Step 1"/"Step 2"): one `model.generate` call per
+Baseline (written here, after the official code's sampling and scoring steps): one `model.generate` call per
 tree node on the freshly re-encoded image + prompt + all previous sentences, batch 1, sampling with
 num_return_sequences=K; the non-final children of a depth are pruned to keep_top best + keep_bottom worst by
 cumulative self-score (mean raw token log-prob); afterwards CLIP scores every sentence once with its image

@@ -65,7 +65,8 @@ def run_ours(root: Path, pairs: Path, out: Path) -> dict:
     logs = [json.loads(line) for line in (out / "train_metrics.jsonl").read_text().splitlines()]
     final = next(r for r in reversed(logs) if "train_samples_per_second" in r)
     return {"pairs_per_s": final["train_samples_per_second"], "train_runtime_s": final["train_runtime"],
-            "stage_wall_s": wall}
+            "stage_wall_s": wall, "steps": json.loads((out / "DONE").read_text())["steps"],
+            "losses": [r["loss"] for r in logs if "loss" in r]}
 
 
 def run_plain(root: Path, pairs: Path, out: Path) -> dict:
@@ -88,7 +89,8 @@ def run_plain(root: Path, pairs: Path, out: Path) -> dict:
                       target_modules=r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)")
     trainer = DPOTrainer(model=model, args=args, train_dataset=ds, processing_class=processor, peft_config=lora)
     metrics = trainer.train().metrics
-    return {"pairs_per_s": metrics["train_samples_per_second"], "train_runtime_s": metrics["train_runtime"]}
+    return {"pairs_per_s": metrics["train_samples_per_second"], "train_runtime_s": metrics["train_runtime"],
+            "steps": trainer.state.global_step, "losses": [r["loss"] for r in trainer.state.log_history if "loss" in r]}
 
 
 def main(argv=None) -> dict:

@@ -16,15 +16,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 @pytest.fixture(autouse=True)
-def _reset_seed():
-    random.seed(0)
-    try:
-        import torch
+def _reset_seed_and_threads():
+    """Every test starts from seed 0 and leaves torch's thread count as it found it (some set one thread)."""
+    import torch
 
-        torch.manual_seed(0)
-    except ImportError:
-        pass
+    random.seed(0)
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
     yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -107,3 +107,115 @@ def test_finished_stage_with_another_config_is_not_reused(tmp_path):
         check_reusable(tmp_path, load_config(None, ["model.path=B", "eval.num_images=5"]), ("model.path", "eval"))
     with pytest.raises(ConfigError, match=r"\(eval differ"):
         check_reusable(tmp_path, load_config(None, ["model.path=A"]), ("model.path", "eval"))
+
+
+# ---------------------------------------------------------------------------- allowed values and rules
+
+
+def _enumerated(cls=RunConfig, prefix=""):
+    """(dotted key, allowed values, is a list) of every field with a fixed set of values."""
+    from csr_vlm.coerce import choices_of
+
+    out = []
+    for f in dataclasses.fields(cls):
+        value = getattr(cls(), f.name)
+        if dataclasses.is_dataclass(value):
+            out += _enumerated(type(value), f"{prefix}{f.name}.")
+        elif (allowed := choices_of(cls, f.name)) is not None:
+            out.append((prefix + f.name, allowed, isinstance(value, list)))
+    return out
+
+
+ENUMERATED = _enumerated()
+
+
+def test_the_enumerated_keys_are_the_ones_we_expect():
+    keys = {k for k, _, _ in ENUMERATED}
+    assert keys == {"model.dtype", "reward.self_score", "reward.normalize", "reward.tau_rule", "reward.end_reward",
+                    "search.mode", "search.sampler", "search.filters", "train.loss_type", "train.lr_scheduler_type",
+                    "eval.tasks", "eval.pope_splits", "eval.pope_parser"}
+
+
+@pytest.mark.parametrize("key, allowed, is_list", ENUMERATED, ids=[k for k, _, _ in ENUMERATED])
+def test_every_enumerated_key_rejects_a_misspelt_value_at_load_time(key, allowed, is_list):
+    """The first allowed value with its last letter doubled ("paper" -> "paperr") is refused when the config is
+    built, naming the key and suggesting the value it was meant to be; in the YAML file and in loop.dev too."""
+    wrong = allowed[0] + allowed[0][-1]
+    text = f"[{wrong}]" if is_list else wrong
+    with pytest.raises(ConfigError, match=rf"^{key}(\[0\])?: unknown value '{wrong}'; did you mean '{allowed[0]}'"):
+        load_config(None, [f"{key}={text}"])
+    if key.startswith("eval."):
+        with pytest.raises(ConfigError, match=rf"^loop\.dev\.{key[5:]}(\[0\])?: unknown value '{wrong}'"):
+            load_config(None, [f"loop.dev={{{key[5:]}: {text}}}"])
+
+
+def test_a_misspelt_value_in_yaml_is_refused_with_its_choices(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("reward:\n  normalize: centre\n")
+    with pytest.raises(ConfigError, match=r"reward.normalize: unknown value 'centre'; did you mean 'center'\? "
+                                          r"\(choose from none, center, zscore, rank\)"):
+        load_config(f)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["reward.normalize=center"], "reward.normalize=center needs reward.tau or reward.tau_calibration"),
+    (["reward.lam=1.5"], "reward.lam must be between 0 and 1"),
+    (["reward.scale=0"], "reward.scale must be > 0"),
+    (["search.keep_top=0", "search.keep_bottom=0"], "keep at least one answer"),
+    (["search.num_candidates=0"], "search.num_candidates must be > 0"),
+    (["search.offer_end=true", "search.num_candidates=1"], "search.offer_end=true needs search.num_candidates >= 2"),
+    (["search.top_p=0"], r"search.top_p must be in \(0, 1\]"),
+    (["search.temperature=-1"], "search.temperature must be >= 0"),
+    (["search.delimiters=[]"], "search.delimiters must be a non-empty list"),
+    (["train.loss_type=[sigmoid,sft]", "train.loss_weights=[1.0]"], "1 weight\\(s\\) for 2 loss type\\(s\\)"),
+    (["train.loss_type=[]"], "train.loss_type must name at least one"),
+    (["eval.tasks=[]"], "eval.tasks is empty"),
+    (["eval.batch_size=0"], "eval.batch_size must be > 0"),
+    (["data.max_prompts=0"], "data.max_prompts must be >= 1 or null"),
+    (["model.device=gpu"], "model.device: 'gpu' is not a device"),
+    (["loop.rounds=0"], "loop.rounds must be > 0"),
+    (["loop.patience=2"], "loop.patience needs loop.select_on"),
+    (["loop.select_on=chairi"], r"loop.select_on: 'chairi' is not a metric of the dev tasks.*did you mean 'chair_i'"),
+    (["loop.select_on=chair_i", "loop.dev={tasks: [pope]}"], "'chair_i' is not a metric of the dev tasks \\(pope\\)"),
+    (["loop.select_on=chair_i", "loop.guards={dup: 0.05}"], "loop.guards: 'dup' is not a metric.*'dup_rate'"),
+    (["loop.select_on=chair_i", "loop.relative_guards={recall: 0}"], "loop.relative_guards.recall must be > 0"),
+    (["seed=-1"], "seed must be >= 0"),
+])
+def test_rules_between_fields_are_checked_at_load_time(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+
+
+def test_loop_only_rules(tmp_path):
+    """train.merge=false is fine for one `csr train`, not for a loop whose round 2 needs a full checkpoint."""
+    cfg = load_config(None, ["train.merge=false", "loop.evaluate=false"])
+    with pytest.raises(ConfigError, match="train.merge=false keeps only the adapter"):
+        cfg.validate_loop()
+    with pytest.raises(ConfigError, match="eval.annotations is not set"):
+        load_config(None, []).validate_loop()
+
+
+def test_configs_are_frozen():
+    """A stage cannot edit the config it is given; derived values go into new objects."""
+    cfg = load_config()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.reward.tau = 20.0  # type: ignore[misc]
+    assert dataclasses.replace(cfg.reward, tau=20.0).tau == 20.0 and cfg.reward.tau is None
+
+
+@pytest.mark.slow
+def test_csr_loop_with_a_bad_value_fails_before_torch_and_makes_no_directory(tmp_path):
+    """The whole command in a fresh process: exit 2, one line naming the key, no output directory, and the
+    error comes before torch is even imported (so it costs the import of the CLI only)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "never"
+    code = ("import sys; from csr_vlm.cli import main; rc = main(sys.argv[1:]); "
+            "print('torch imported' if 'torch' in sys.modules else 'no torch'); sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code, "loop", "--config", "configs/tiny.yaml", f"out={out}",
+                           "reward.normalize=centre"], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == ("csr loop: error: reward.normalize: unknown value 'centre'; did you mean "
+                                   "'center'? (choose from none, center, zscore, rank)")
+    assert proc.stdout.strip() == "no torch" and not out.exists()

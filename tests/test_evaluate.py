@@ -8,7 +8,7 @@ import pytest
 
 from csr_vlm.eval import chair, evaluate, pope
 from csr_vlm.eval.registry import flat_metrics
-from csr_vlm.config import load_config
+from csr_vlm.config import ConfigError, load_config
 
 
 def _annotations(tmp_path):
@@ -178,3 +178,59 @@ def test_overwrite_removes_done_first(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         evaluate.run(load_config(None, args + ["overwrite=true"]), 0)
     assert not (out / "DONE").exists() and not (out / "metrics.json").exists()
+
+
+TOY_TASK_MODULE = '''"""A toy benchmark: how many words a model uses to name one colour."""
+from pathlib import Path
+
+from csr_vlm.eval.task import Metric, Plan, Task, job_key
+
+
+def plan(ev, seed, instances):
+    return Plan([{"task": "words", "image_id": im["id"], "image": str(Path(ev.image_root) / im["file_name"]),
+                  "prompt": "Name one colour.", "max_new_tokens": 4} for im in instances["images"]])
+
+
+def score(plan, answers, ev, out):
+    counts = [len(answers[job_key(j)].split()) for j in plan.jobs if job_key(j) in answers]
+    return {"mean_words": sum(counts) / len(counts), "n": len(counts)}
+
+
+TASK = Task(name="words", label="colour answer", plan=plan, score=score, metrics=(
+    Metric("answer_words", True, "answer words: words per answer to 'Name one colour.'", ("mean_words",)),))
+'''
+
+
+@pytest.fixture
+def restore_registry():
+    from csr_vlm.eval import registry
+
+    saved = dict(registry.TASKS)
+    yield registry
+    registry.TASKS.clear()
+    registry.TASKS.update(saved)
+
+
+def test_a_new_benchmark_is_one_module_plus_one_line(tmp_path, monkeypatch, restore_registry):
+    """toy_words.py (a module written here) + `register(toy_words.TASK)`: the config accepts it in eval.tasks and
+    its metric in loop.select_on; csr eval runs it beside CHAIR; the loop and the report know its direction.
+    The fake policy says "A dog and a cat." (5 words) to every non-POPE prompt, on each of the 5 images."""
+    from csr_vlm import loop, report
+
+    registry = restore_registry
+    (tmp_path / "toy_words.py").write_text(TOY_TASK_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import toy_words
+
+    with pytest.raises(ConfigError, match="eval.tasks: unknown value 'words'"):
+        load_config(None, ["eval.tasks=[chair, words]"])
+    registry.register(toy_words.TASK)  # the one line
+    args = _fake_setup(tmp_path, monkeypatch, lambda cfg: _OraclePolicy({}))
+    cfg = load_config(None, args + [f"eval.image_root={tmp_path}", "eval.tasks=[chair, words]",
+                                    "loop.select_on=answer_words"])
+    m = json.loads((evaluate.run(cfg, 0) / "metrics.json").read_text())
+    assert m["words"] == {"mean_words": 5.0, "n": 5}
+    assert list(m["flat"]) == ["chair_s", "chair_i", "recall", "dup_rate", "answer_words"]
+    assert m["flat"]["answer_words"] == 5.0
+    assert loop.pick_best({0: {"answer_words": 5.0}, 1: {"answer_words": 3.0}}, "answer_words") == (1, 0)
+    assert report.metric_doc("answer_words").endswith("(lower is better)")

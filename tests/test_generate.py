@@ -64,8 +64,9 @@ def test_generate_writes_every_output(tiny_family, tmp_path, mode):
         assert ("tree" in c) == (mode == "official")
     stats = json.loads((out / "stats.json").read_text())
     assert stats["counts"]["prompts_searched"] == 2
-    assert stats["tokens"]["forwarded"] > 0 and stats["tokens"]["minimal"] > 0
-    assert set(stats["time_s"]) >= {"prefill", "expand", "score"} and stats["prompts_per_s"] > 0
+    tokens = stats["tokens"]
+    assert tokens["minimal"] == tokens["prompt"] + tokens["generated"]
+    assert set(stats["time_s"]) >= {"prefill", "expand", "score"}
     pairs = _lines(out / "pairs.jsonl")
     assert len(pairs) + len(_lines(out / "skipped.jsonl")) == 2
     for p in pairs:
@@ -162,6 +163,7 @@ def _env() -> dict[str, str]:
             "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
 
 
+@pytest.mark.slow
 def test_resume_after_kill_equals_an_uninterrupted_run(tiny_llava, many_prompts, reference_run, tmp_path):
     out = tmp_path / "gen"
     cmd = [sys.executable, "-m", "csr_vlm", "generate", *_args(tiny_llava, out, prompts=many_prompts)]
@@ -186,6 +188,7 @@ def test_resume_after_kill_equals_an_uninterrupted_run(tiny_llava, many_prompts,
     assert stats["prompts_this_run"] == N_PROMPTS - done_before
 
 
+@pytest.mark.slow
 def test_two_ranks_equal_one_process(tiny_llava, many_prompts, reference_run, tmp_path):
     out = tmp_path / "gen"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "csr_vlm",

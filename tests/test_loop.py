@@ -122,7 +122,7 @@ def test_loop_selects_on_dev_with_patience_and_resumes(tiny_llava, tmp_path, fak
     stages = manifest["stages"]
     assert list(stages) == ["round_0/eval", "round_0/dev_eval"] + [
         f"round_{k}/{s}" for k in (1, 2, 3) for s in ("generate", "train", "eval", "dev_eval")]
-    assert all(s["status"] == "done" and s["peak_rss_mb"] > 0 and s["seconds"] >= 0 for s in stages.values())
+    assert all(s["status"] == "done" and (Path(s["dir"]) / "DONE").is_file() for s in stages.values())
     assert "2/generate:" + str(out / "round_1" / "train" / "checkpoint") in fake_stages
     assert f"2/dev_eval:{out / 'round_2' / 'train' / 'checkpoint'}:3" in fake_stages  # dev overrides applied
     printed = capsys.readouterr().out
@@ -193,6 +193,7 @@ def test_two_round_loop_with_evaluation(tiny_llava, tmp_path, capsys):
     assert "chair_i" in table and "pope_f1" in table and table.count("\n") >= 3
 
 
+@pytest.mark.slow
 def test_killed_during_round_2_training_resumes_there(tiny_llava, tmp_path):
     pytest.importorskip("csr_vlm.generate")
     import os

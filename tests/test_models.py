@@ -93,6 +93,7 @@ def test_build_tiny_cli(tmp_path, capsys):
     assert main(["models", "build-tiny", "--out", str(tmp_path), "--family", "nope"]) == 2
 
 
+@pytest.mark.slow
 def test_help_does_not_import_torch():
     code = "import sys; from csr_vlm.cli import main; main(['--help']); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -141,7 +141,7 @@ def test_pick_tau_youden_cuts_where_tpr_minus_fpr_peaks():
     assert pick_tau(true, false, "true_sd", sd=1.0) == pytest.approx(26 - (56 / 3) ** 0.5)
     with pytest.raises(InputError, match="present=false"):
         pick_tau(true, [], "youden")
-    with pytest.raises(InputError, match="unknown rule"):
+    with pytest.raises(ValueError, match="tau rule 'midpoint'"):
         pick_tau(true, false, "midpoint")
 
 

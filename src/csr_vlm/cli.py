@@ -71,6 +71,7 @@ def _run_stage(name: str, argv: list[str]) -> int:
 
 
 def models_cli(argv: list[str]) -> int:
+    """`csr models build-tiny --out DIR [--family F]`."""
     parser = argparse.ArgumentParser(prog="csr models", description=COMMANDS["models"][2])
     sub = parser.add_subparsers(dest="action", required=True)
     build = sub.add_parser("build-tiny", help="write DIR/policy and DIR/clip with random weights")
@@ -91,6 +92,7 @@ cli = models_cli
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `csr` command; returns the exit code (2 for a config or input error, printed as one line)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())

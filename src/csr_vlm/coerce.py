@@ -135,3 +135,45 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return str(value)
         raise ConfigError(f"{key}: expected str, got {value!r}")
     return value
+
+
+# ---------------------------------------------------------------------------- value checks
+
+
+def choices_of(cls: type, name: str) -> tuple[str, ...] | None:
+    """The allowed values of a field (its Literal type, list[Literal], or metadata["choices"]: a tuple, or a
+    function returning one when the list can grow, as the benchmark registry can), else None."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    if "choices" in f.metadata:
+        choices = f.metadata["choices"]
+        return tuple(choices() if callable(choices) else choices)
+    tp = typing.get_type_hints(cls)[name]
+    if typing.get_origin(tp) is list:
+        tp = typing.get_args(tp)[0]
+    return typing.get_args(tp) if typing.get_origin(tp) is Literal else None
+
+
+def check_choices(cfg: Any, prefix: str = "") -> None:
+    """check_choice on every enumerated field of a config tree."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            check_choices(value, f"{prefix}{f.name}.")
+            continue
+        allowed = choices_of(type(cfg), f.name)
+        if allowed is not None:
+            check_choice(prefix + f.name, value, allowed)
+
+
+def check_positive(key: str, section: Any, names: tuple[str, ...]) -> None:
+    """Raise a ConfigError naming `key.name` for the first of `names` that is not > 0."""
+    for name in names:
+        value = getattr(section, name)
+        if value <= 0:
+            raise ConfigError(f"{key}.{name} must be > 0, got {value}")
+
+
+def check_range(key: str, name: str, value: float, low: float, high: float) -> None:
+    """Raise a ConfigError naming `key.name` when value is outside [low, high]."""
+    if not low <= value <= high:
+        raise ConfigError(f"{key}.{name} must be between {low:g} and {high:g}, got {value}")

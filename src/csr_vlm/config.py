@@ -22,9 +22,9 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
-from .coerce import build_section, check_key
+from .coerce import build_section, check_key, choices_of
 from .schema import (CurateConfig, DataConfig, EvalConfig, LoopConfig, ModelConfig, RewardConfig, RunConfig,
-                     SearchConfig, TrainConfig, choices_of)
+                     SearchConfig, TrainConfig)
 
 __all__ = ["ConfigError", "CurateConfig", "DataConfig", "EvalConfig", "LoopConfig", "ModelConfig", "RewardConfig",
            "RunConfig", "SearchConfig", "TrainConfig", "check_reusable", "describe", "field_docs",

@@ -170,6 +170,7 @@ def mark_done(directory: str | Path, info: dict[str, Any] | None = None) -> None
 
 
 def is_done(directory: str | Path) -> bool:
+    """Whether a stage directory has its completion marker."""
     return (Path(directory) / DONE_MARKER).exists()
 
 
@@ -218,6 +219,7 @@ def read_prompts(path: str | Path, image_root: str = "", image_prefix: str = ""
 
 
 def resolve_image(image: str, image_root: str = "", image_prefix: str = "") -> str:
+    """An image path with data.image_prefix added to its name and made relative to image_root."""
     p = Path(image)
     if image_prefix and not p.name.startswith(image_prefix):
         p = p.with_name(image_prefix + p.name)

@@ -50,6 +50,7 @@ STAGES = ("generate", "train", "eval", "dev_eval")
 
 
 def round_dir(out: Path, k: int) -> Path:
+    """<out>/round_<k>."""
     return out / f"round_{k}"
 
 
@@ -156,12 +157,14 @@ def pick_best(values: dict[int, dict[str, float]], metric: str, bounds: dict[str
 
 
 def write_best(cfg: RunConfig, best: int, value: float | None) -> Path:
+    """best.json: the picked round, its checkpoint (model.path for round 0), the metric and its value."""
     ckpt = cfg.model.path if best == 0 else str(round_dir(Path(cfg.out), best) / "train" / "checkpoint")
     return write_json(Path(cfg.out) / "best.json",
                       {"round": best, "checkpoint": ckpt, "select_on": cfg.loop.select_on or None, "value": value})
 
 
 def round_row(cfg: RunConfig, k: int, dev: dict[int, dict[str, float]], best: int | None) -> dict[str, Any]:
+    """One row of the loop's final table: pairs, loss, the round's test metrics and its dev metrics."""
     rdir = round_dir(Path(cfg.out), k)
     train = key_numbers(rdir / "train")
     row: dict[str, Any] = {"round": k, "pairs": train.get("pairs", ""), "train_loss": train.get("train_loss", "")}

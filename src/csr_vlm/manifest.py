@@ -28,6 +28,7 @@ PACKAGES = ("csr-vlm", "torch", "transformers", "trl", "peft", "accelerate", "da
 
 
 def versions() -> dict[str, str]:
+    """Python and the versions of the packages that decide a run's numbers."""
     found = {"python": platform.python_version()}
     for name in PACKAGES:
         try:

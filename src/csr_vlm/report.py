@@ -34,6 +34,7 @@ def metric_doc(name: str) -> str:
 
 
 def cli(argv: list[str]) -> int:
+    """`csr report RUN_DIR [...]`; returns the exit code."""
     parser = argparse.ArgumentParser(prog="csr report", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", help="a csr loop output directory")
     parser.add_argument("--instances", help="COCO instances JSON of the training images: adds pair quality vs GT")
@@ -136,6 +137,7 @@ def plotted() -> list[str]:
 
 
 def plot_metrics(rounds: dict[int, dict], out: Path) -> Path | None:
+    """One panel per plotted metric of the registry, across rounds; None when no round was evaluated."""
     series = {m: [(k, _flat(r).get(m)) for k, r in rounds.items()] for m in plotted()}
     series = {m: [(k, v) for k, v in s if v is not None] for m, s in series.items()}
     if not any(series.values()):
@@ -188,6 +190,7 @@ def plot_r_i(rounds: dict[int, dict], out: Path) -> Path | None:
 
 
 def plot_margin(rounds: dict[int, dict], out: Path) -> Path | None:
+    """Box plots of the pairs' reward margins per round; None without pairs."""
     ks = [k for k, r in rounds.items() if r.get("margin")]
     if not ks:
         return None
@@ -205,6 +208,7 @@ def plot_margin(rounds: dict[int, dict], out: Path) -> Path | None:
 
 
 def plot_train(rounds: dict[int, dict], out: Path) -> Path | None:
+    """DPO loss and reward accuracy per logged step, one line per round; None without training logs."""
     ks = [k for k, r in rounds.items() if r.get("train")]
     if not ks:
         return None
@@ -280,6 +284,7 @@ def _pair_quality(run_dir: Path, instances: str, gt_captions: str | None, synony
 
 def write_report(run_dir: str | Path, instances: str | None = None, gt_captions: str | None = None,
                  synonyms: str | None = None) -> Path:
+    """report.md and its plots in run_dir; returns report.md's path (missing pieces are noted, not fatal)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise InputError(f"run directory not found: {run_dir}")

@@ -68,6 +68,7 @@ def penalize_repeats(rewards: Sequence[float], repeats: Sequence[bool], penalty:
 
 
 def zscores(values: Sequence[float]) -> list[float]:
+    """(v - mean) / population sd over the values; all 0 when the sd is 0."""
     n = len(values)
     if n == 0:
         return []

@@ -18,7 +18,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .coerce import build_section, check_choice, did_you_mean
+from .coerce import build_section, check_choices, check_positive, check_range, did_you_mean
 from .errors import ConfigError
 from .eval.pope import PARSERS, SPLITS
 from .eval.registry import TASKS, metric_names
@@ -41,6 +41,8 @@ TAU_RULES: tuple[str, ...] = typing.get_args(TauRule)
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """The policy: checkpoint, dtype, device."""
+
     path: str = ""
     """Policy checkpoint: a local directory or a hub id (e.g. llava-hf/llava-1.5-7b-hf)."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -53,12 +55,15 @@ class ModelConfig:
     """Attention kernel passed to from_pretrained (sdpa, eager, flash_attention_2); empty = library default."""
 
     def validate(self, key: str = "model") -> None:
+        """Check this section's values; a ConfigError names `<key>.<field>` (key: where the section sits)."""
         if not DEVICE.fullmatch(self.device):
             raise ConfigError(f"{key}.device: {self.device!r} is not a device (auto, cpu, mps, cuda or cuda:N)")
 
 
 @dataclass(frozen=True)
 class RewardConfig:
+    """The calibrated sentence reward R = lam * R_I + (1 - lam) * R_T and how its terms share a scale."""
+
     clip_path: str = ""
     """CLIP (or SigLIP) scorer: a local directory or hub id (e.g. openai/clip-vit-large-patch14-336)."""
     lam: float = 0.9
@@ -91,8 +96,9 @@ class RewardConfig:
     """Sentences scored by CLIP in one forward pass."""
 
     def validate(self, key: str = "reward") -> None:
-        _check_range(key, "lam", self.lam, 0.0, 1.0)
-        _check_positive(key, self, ("tau_sd", "scale", "clip_batch_size"))
+        """Check this section's values; a ConfigError names `<key>.<field>` (key: where the section sits)."""
+        check_range(key, "lam", self.lam, 0.0, 1.0)
+        check_positive(key, self, ("tau_sd", "scale", "clip_batch_size"))
         if self.repeat_penalty < 0:
             raise ConfigError(f"{key}.repeat_penalty must be >= 0, got {self.repeat_penalty}")
         if self.normalize == "center" and self.tau is None and not self.tau_calibration:
@@ -102,6 +108,8 @@ class RewardConfig:
 
 @dataclass(frozen=True)
 class SearchConfig:
+    """The sentence-level search: how candidates are proposed, pruned and when answers stop."""
+
     mode: Literal["paper", "official"] = "paper"
     """paper: prune by calibrated reward at every step; official: reproduce the official code's search and ranks."""
     sampler: Literal["sample", "diverse_beam"] = "sample"
@@ -138,7 +146,8 @@ class SearchConfig:
     own seeded sampler, so results equal batch 1 up to float rounding)."""
 
     def validate(self, key: str = "search") -> None:
-        _check_positive(key, self, ("num_candidates", "max_sentences", "max_new_tokens", "prompt_batch_size"))
+        """Check this section's values; a ConfigError names `<key>.<field>` (key: where the section sits)."""
+        check_positive(key, self, ("num_candidates", "max_sentences", "max_new_tokens", "prompt_batch_size"))
         if self.keep_top < 0 or self.keep_bottom < 0 or self.keep_top + self.keep_bottom < 1:
             raise ConfigError(f"{key}.keep_top and {key}.keep_bottom must be >= 0 and keep at least one answer "
                               f"together, got {self.keep_top} and {self.keep_bottom}")
@@ -154,6 +163,8 @@ class SearchConfig:
 
 @dataclass(frozen=True)
 class CurateConfig:
+    """Turning a prompt's searched answers into one preference pair."""
+
     min_margin: float = 0.0
     """Pairs whose chosen-minus-rejected reward is below this are dropped (logged in skipped.jsonl)."""
 
@@ -163,6 +174,8 @@ class CurateConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """DPO + LoRA (TRL DPOTrainer + PEFT) on one round's pairs; the paper's settings by default."""
+
     pairs: str = ""
     """Preference pairs JSONL; empty = the round's generate/pairs.jsonl (or <out>/pairs.jsonl)."""
     loss_type: list[str] = field(default_factory=lambda: ["sigmoid"], metadata={"choices": TRL_LOSS_TYPES})
@@ -207,22 +220,25 @@ class TrainConfig:
     """Any other DPOConfig fields, passed through as given."""
 
     def validate(self, key: str = "train") -> None:
+        """Check this section's values; a ConfigError names `<key>.<field>` (key: where the section sits)."""
         if not self.loss_type:
             raise ConfigError(f"{key}.loss_type must name at least one TRL loss type")
         if self.loss_weights is not None and len(self.loss_weights) != len(self.loss_type):
             raise ConfigError(f"{key}.loss_weights has {len(self.loss_weights)} weight(s) for "
                               f"{len(self.loss_type)} loss type(s) ({', '.join(self.loss_type)})")
-        _check_positive(key, self, ("beta", "lora_r", "lora_alpha", "learning_rate", "num_train_epochs",
+        check_positive(key, self, ("beta", "lora_r", "lora_alpha", "learning_rate", "num_train_epochs",
                                     "per_device_train_batch_size", "gradient_accumulation_steps"))
-        _check_range(key, "lora_dropout", self.lora_dropout, 0.0, 1.0)
-        _check_range(key, "warmup_ratio", self.warmup_ratio, 0.0, 1.0)
+        check_range(key, "lora_dropout", self.lora_dropout, 0.0, 1.0)
+        check_range(key, "warmup_ratio", self.warmup_ratio, 0.0, 1.0)
         if self.max_length is not None and self.max_length < 1:
             raise ConfigError(f"{key}.max_length must be >= 1 or null, got {self.max_length}")
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    tasks: list[str] = field(default_factory=lambda: ["chair", "pope"], metadata={"choices": tuple(TASKS)})
+    """The benchmarks csr eval runs and their protocol (prompts, token caps, parser)."""
+
+    tasks: list[str] = field(default_factory=lambda: ["chair", "pope"], metadata={"choices": lambda: tuple(TASKS)})
     """Benchmarks to run (the eval task registry: chair, pope)."""
     annotations: str = ""
     """COCO-format instances JSON (categories, images, annotations)."""
@@ -252,7 +268,8 @@ class EvalConfig:
     """Prompts decoded together."""
 
     def validate(self, key: str = "eval") -> None:
-        _check_positive(key, self, ("num_images", "max_new_tokens", "pope_max_new_tokens", "batch_size"))
+        """Check this section's values; a ConfigError names `<key>.<field>` (key: where the section sits)."""
+        check_positive(key, self, ("num_images", "max_new_tokens", "pope_max_new_tokens", "batch_size"))
         if not self.tasks:
             raise ConfigError(f"{key}.tasks is empty; choose from {', '.join(TASKS)}")
         if "pope" in self.tasks and not self.pope_splits:
@@ -261,6 +278,8 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
+    """The prompts and images searched in every round."""
+
     prompts: str = ""
     """Prompts: JSONL of {id, image, prompt}, or the official CSR JSON list of {id, image, input}."""
     image_root: str = ""
@@ -273,13 +292,16 @@ class DataConfig:
     """Images with more pixels than this are skipped as extreme."""
 
     def validate(self, key: str = "data") -> None:
-        _check_positive(key, self, ("max_image_pixels",))
+        """Check this section's values; a ConfigError names `<key>.<field>` (key: where the section sits)."""
+        check_positive(key, self, ("max_image_pixels",))
         if self.max_prompts is not None and self.max_prompts < 1:
             raise ConfigError(f"{key}.max_prompts must be >= 1 or null, got {self.max_prompts}")
 
 
 @dataclass(frozen=True)
 class LoopConfig:
+    """Rounds of generate -> train -> eval, and how the best round is picked on a dev split."""
+
     rounds: int = 3
     """Rounds of generate -> train -> evaluate."""
     evaluate: bool = True
@@ -296,7 +318,8 @@ class LoopConfig:
     """Eval-section overrides for the dev evaluation used by select_on (e.g. {annotations: dev.json})."""
 
     def validate(self, key: str = "loop") -> None:
-        _check_positive(key, self, ("rounds",))
+        """Check this section's values; a ConfigError names `<key>.<field>` (key: where the section sits)."""
+        check_positive(key, self, ("rounds",))
         if self.patience < 0:
             raise ConfigError(f"{key}.patience must be >= 0, got {self.patience}")
         if self.patience and not self.select_on:
@@ -308,6 +331,8 @@ class LoopConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
+    """The whole configuration: output, seed, and one section per stage."""
+
     out: str = "runs/default"
     """Output directory of the stage (or of the whole loop)."""
     seed: int = 0
@@ -377,41 +402,3 @@ class RunConfig:
         for metric, factor in self.loop.relative_guards.items():
             if factor <= 0:
                 raise ConfigError(f"loop.relative_guards.{metric} must be > 0, got {factor}")
-
-
-# ---------------------------------------------------------------------------- checks
-
-
-def choices_of(cls: type, name: str) -> tuple[str, ...] | None:
-    """The allowed values of a field (its Literal type, list[Literal], or metadata["choices"]), else None."""
-    f = next(f for f in dataclasses.fields(cls) if f.name == name)
-    if "choices" in f.metadata:
-        return tuple(f.metadata["choices"])
-    tp = typing.get_type_hints(cls)[name]
-    if typing.get_origin(tp) is list:
-        tp = typing.get_args(tp)[0]
-    return typing.get_args(tp) if typing.get_origin(tp) is Literal else None
-
-
-def check_choices(cfg: Any, prefix: str = "") -> None:
-    """check_choice on every enumerated field of a config tree."""
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        if dataclasses.is_dataclass(value):
-            check_choices(value, f"{prefix}{f.name}.")
-            continue
-        allowed = choices_of(type(cfg), f.name)
-        if allowed is not None:
-            check_choice(prefix + f.name, value, allowed)
-
-
-def _check_positive(key: str, section: Any, names: tuple[str, ...]) -> None:
-    for name in names:
-        value = getattr(section, name)
-        if value <= 0:
-            raise ConfigError(f"{key}.{name} must be > 0, got {value}")
-
-
-def _check_range(key: str, name: str, value: float, low: float, high: float) -> None:
-    if not low <= value <= high:
-        raise ConfigError(f"{key}.{name} must be between {low:g} and {high:g}, got {value}")

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 
 def cli(argv: list[str]) -> int:
+    """`csr score chair|pope|pairs|clip ...`; returns the exit code."""
     parser = argparse.ArgumentParser(prog="csr score", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
     p = sub.add_parser("chair", help="CHAIR of generated captions")
@@ -84,6 +85,7 @@ def _load_gt(args) -> tuple[chair.Vocabulary, dict, dict]:
 
 
 def score_chair(args) -> dict:
+    """CHAIR of a captions file against the ground truth; prints and returns the metrics."""
     vocab, _, gt = _load_gt(args)
     result = chair.compute_chair(chair.read_captions(args.captions), gt, vocab)
     if not result["n_captions"]:
@@ -97,6 +99,7 @@ def score_chair(args) -> dict:
 
 
 def score_pope(args) -> dict:
+    """POPE metrics of answer files against their question files; prints and returns them."""
     if len(args.answers) not in (1, len(args.questions)):
         raise InputError("--answers: give one answers file, or one per --questions file in the same order")
     questions, answers = [], {}
@@ -145,6 +148,7 @@ def image_key(image: str, files: dict[str, Any]) -> Any:
 
 
 def generate_dirs(path: str | Path) -> list[tuple[str, Path]]:
+    """(name, directory) of every generate stage under path: path itself, or its round_<k>/generate/."""
     path = Path(path)
     if (path / "pairs.jsonl").is_file():
         return [(path.name, path)]
@@ -206,6 +210,7 @@ def _candidate_quality(path: Path, gt: dict, vocab: chair.Vocabulary, files: dic
 
 
 def score_pairs(args) -> dict:
+    """Pair quality against ground truth for every generate directory of a run; prints and returns it."""
     vocab, instances, gt = _load_gt(args)
     files = file_ids(instances)
     greedy = None
@@ -224,6 +229,7 @@ def score_pairs(args) -> dict:
 
 
 def score_clip(args) -> dict:
+    """R_I of a CLIP on a labelled calibration file: AUC, suggested tau, false-positive rates."""
     from .calibration import calibration_scores, read_calibration
     from .models import ClipScorer
 

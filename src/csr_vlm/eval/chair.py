@@ -75,6 +75,7 @@ class Vocabulary:
     max_phrase: int = 2
 
     def canonical_of(self, name: str) -> str:
+        """The canonical object of a category or surface name (singularised, phrases merged); the name if none."""
         name = name.strip().lower()
         if name in self.canonical:
             return self.canonical[name]
@@ -83,6 +84,7 @@ class Vocabulary:
 
 
 def default_synonyms_path() -> Path:
+    """The COCO synonym table shipped in the package (csr_vlm/data/coco_synonyms.txt)."""
     return Path(str(resources.files("csr_vlm").joinpath("data/coco_synonyms.txt")))
 
 
@@ -136,6 +138,7 @@ def caption_to_words(caption: str, vocab: Vocabulary) -> tuple[list[str], list[s
 
 
 def count_words(caption: str) -> int:
+    """Word tokens of a caption (punctuation not counted)."""
     return sum(1 for t in tokenize(caption or "") if t[0].isalnum())
 
 

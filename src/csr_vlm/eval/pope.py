@@ -112,6 +112,7 @@ def build_split(pool: list[dict], split: str, seed: int, sample_num: int = 3, te
 
 def build_questions(instances: dict, num_images: int, seed: int, splits: list[str] | tuple[str, ...] = SPLITS
                     ) -> dict[str, list[dict]]:
+    """The questions of each split over one seeded image pool: {split: [question records]}."""
     pool = sample_pool(instances, num_images, seed)
     return {split: build_split(pool, split, seed) for split in splits}
 
@@ -120,12 +121,14 @@ def build_questions(instances: dict, num_images: int, seed: int, splits: list[st
 
 
 def parse_llava(text: str) -> str:
+    """LLaVA's eval_pope.py rule: 'no'/'not' before the first '.' means no, anything else yes."""
     text = text.split(".")[0] if "." in text else text
     words = text.replace(",", "").split(" ")
     return "no" if ("No" in words or "not" in words or "no" in words) else "yes"
 
 
 def parse_vlmevalkit(text: str) -> str:
+    """VLMEvalKit's YOrN_Extraction: yes without no, no without yes, else unknown."""
     words = re.sub(r"[^\w\s']", " ", text.lower()).split()
     if "yes" in words and "no" not in words:
         return "yes"
@@ -135,6 +138,7 @@ def parse_vlmevalkit(text: str) -> str:
 
 
 def parse_default(text: str) -> str:
+    """The first word that is 'yes' or 'no' decides; none: unknown (scored as no)."""
     for word in re.findall(r"[a-z]+", text.lower()):
         if word in ("yes", "no"):
             return word
@@ -142,6 +146,7 @@ def parse_default(text: str) -> str:
 
 
 def parse_answer(text: str, parser: str = "default") -> str:
+    """'yes', 'no' or 'unknown' for an answer text under the named parser."""
     funcs = {"default": parse_default, "llava": parse_llava, "vlmevalkit": parse_vlmevalkit}
     if parser not in funcs:
         raise InputError(f"unknown POPE parser {parser!r}; choose from {', '.join(PARSERS)}")
@@ -207,6 +212,7 @@ def score(questions: list[dict], answers: dict[tuple[str, Any], str], parser: st
 
 
 def split_of(path: str | Path) -> str:
+    """The POPE split a question file's name says (random, popular, adversarial), else its stem."""
     name = Path(path).stem.lower()
     return next((s for s in SPLITS if s in name), name)
 

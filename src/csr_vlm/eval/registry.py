@@ -38,6 +38,7 @@ def metrics(tasks: Iterable[str] | None = None) -> dict[str, Metric]:
 
 
 def metric_names(tasks: Iterable[str] | None = None) -> list[str]:
+    """The flat metric names of the given tasks (default: all registered), in task order."""
     return list(metrics(tasks))
 
 

@@ -35,6 +35,7 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
 def split_sentences(text: str) -> list[str]:
+    """Sentences of a text, split after . ! ? followed by white space."""
     return [s for s in _SENTENCE_END.split(text.strip()) if s.strip()]
 
 

@@ -34,6 +34,7 @@ class Group:
 
 
 class Engine(Protocol):
+    """What the search needs from whatever runs the model (see the module docstring)."""
     eos_ids: list[int]
 
     def decode(self, tokens: list[int]) -> str:

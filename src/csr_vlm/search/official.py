@@ -27,6 +27,7 @@ from .types import Answer, SearchResult, Sentence, Steps
 
 @dataclass
 class Node:
+    """One sentence of the official search tree, with what the search and the ranking computed for it."""
     id: int
     parent: int | None
     text: str = ""

@@ -76,6 +76,7 @@ def _clip(out: Path, p: WorldParams) -> dict:
 
 
 def cli(argv: list[str]) -> int:
+    """`csr toyworld build --out DIR [--seed N] [--quick] [--threads T]`."""
     parser = argparse.ArgumentParser(prog="csr toyworld", description="build the synthetic world and its tiny models")
     sub = parser.add_subparsers(dest="action", required=True)
     b = sub.add_parser("build", help="scenes, split files, tiny CLIP (DIR/clip) and tiny LLaVA (DIR/policy)")
@@ -94,6 +95,7 @@ def cli(argv: list[str]) -> int:
 
 
 def summary_text(info: dict) -> str:
+    """Three lines on a built world: split sizes, CLIP separation and tau, the base LLaVA's dev metrics."""
     c, m, h = info["clip"], info["llava"]["dev"], info["llava"]["clip_on_hallucinations"]
     return "\n".join([
         f"toy world: {info['split_sizes']} (seed {info['params']['seed']}, {info['seconds']} s)",

@@ -53,6 +53,7 @@ def make_tokenizer(clip: bool):
 
 
 def image_processor(size: int):
+    """The CLIP image processor of the world (PIL backend, mean = std = 0.5, no resize at model size)."""
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
     return CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
@@ -68,6 +69,7 @@ def pixels(images: list):
 
 
 def build_clip(size: int = 48):
+    """An untrained tiny CLIPModel + CLIPProcessor for the world's image size and words."""
     from transformers import CLIPConfig, CLIPModel, CLIPProcessor
 
     tok = make_tokenizer(clip=True)
@@ -95,6 +97,7 @@ def _sigmoid_loss(logits, pos):
 
 
 def clip_batch(rng: random.Random, nrng, p, n: int):
+    """n fresh scenes: (images, types per image, the type each text names, texts)."""
     scenes = [tw.sample_scene(rng, p) for _ in range(n)]
     images = [tw.render(s, nrng, p.image_size) for s in scenes]
     types = [[o["type"] for o in s] for s in scenes]

@@ -93,6 +93,7 @@ def pair_chair(pairs_path: Path, world: Path) -> tuple[float | None, float | Non
 
 
 def arm_rows(loop_dir: Path, world: Path) -> list[dict]:
+    """One row per evaluated round of an arm: test metrics, well-formedness, the pairs' ground-truth CHAIR_i."""
     from .measure import is_wellformed
 
     rows = []
@@ -208,6 +209,7 @@ csr = calibrated self-reward (CLIP image relevance, lam 0.9); lam0 = the model r
 
 
 def cli(argv: list[str]) -> int:
+    """`csr demo [--quick] [--seed N] [--out DIR] [--world DIR] [--jobs J]`."""
     parser = argparse.ArgumentParser(prog="csr demo", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
     parser.add_argument("--seed", type=int, default=0, help="world and CSR seed")

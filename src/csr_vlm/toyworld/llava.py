@@ -105,6 +105,7 @@ class Renderer:
 
 
 def llava_batch(rng: random.Random, nrng, p, renderer: Renderer, n: int, qa_fraction: float):
+    """n fresh examples (captions or yes/no) as padded ids, mask, labels (prompt masked), pixels, is-QA."""
     import torch
 
     images, seqs, n_prompt, is_qa = [], [], [], []

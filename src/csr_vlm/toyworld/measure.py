@@ -63,6 +63,7 @@ def score_answers(answers: list[str], image_ids: list, world: Path, split: str) 
 
 
 def describe_metrics(model, processor, world: Path, scenes: list[dict], split: str = "dev") -> tuple[dict, list[str]]:
+    """(CHAIR metrics + well-formed rate, greedy answers) of a model's captions of the scenes."""
     model.eval()
     answers = _answers(model, processor, _open(world, scenes), [tw.DESCRIBE_PROMPT] * len(scenes), 40)
     m = score_answers(answers, [s["image_id"] for s in scenes], world, split)

@@ -77,10 +77,12 @@ CLIP_PARAMS = ("seed", "quick", "image_size", "p_pair", "p_extra", "splits", "cl
 
 
 def type_name(t: int) -> str:
+    """'red circle' for type 0."""
     return f"{TYPES[t][0]} {TYPES[t][1]}"
 
 
 def partner(t: int) -> int | None:
+    """The type a type co-occurs with, or None."""
     for a, b in PAIRS:
         if t in (a, b):
             return b if t == a else a
@@ -160,6 +162,7 @@ def render(objects: list[dict], rng: np.random.Generator, size: int = 48):
 
 
 def sentence(t: int, rng: random.Random) -> str:
+    """One caption sentence naming type t ('i see a red circle.')."""
     return rng.choice(TEMPLATES).format(type_name(t))
 
 
@@ -267,6 +270,7 @@ def write_calibration(out: Path, scenes: list[dict], seed: int) -> Path:
 
 
 def write_synonyms(out: Path) -> Path:
+    """synonyms.txt: one noun per line (each type's own CHAIR category)."""
     path = out / "synonyms.txt"
     path.write_text("".join(f"{noun}\n" for _, noun in TYPES))
     return path
