@@ -129,9 +129,9 @@ def test_read_captions_formats_and_cli(tmp_path, capsys):
     assert "chair_i" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("drop, where", [("images", "images[1] has no id"),
-                                         ("annotations", "annotations[0] has no image_id / category_id")])
-def test_load_instances_names_the_bad_entry(tmp_path, drop, where):
+@pytest.mark.parametrize("drop, entry, reason", [("images", "images[1]", "has no id"),
+                                                 ("annotations", "annotations[0]", "has no image_id / category_id")])
+def test_load_instances_skips_the_bad_entry_with_its_reason(tmp_path, drop, entry, reason):
     data = _instances()
     if drop == "images":
         del data["images"][1]["id"]
@@ -139,9 +139,10 @@ def test_load_instances_names_the_bad_entry(tmp_path, drop, where):
         data["annotations"][0] = {"id": 1}
     path = tmp_path / "inst.json"
     path.write_text(json.dumps(data))
-    with pytest.raises(chair.InputError) as err:
-        chair.load_instances(path)
-    assert str(err.value) == f"{path}: {where}"
+    skipped: list[dict] = []
+    clean = chair.load_instances(path, skipped)
+    assert skipped == [{"source": str(path), "entry": entry, "reason": reason}]
+    assert len(clean[drop]) == len(data[drop]) - 1
 
 
 def test_score_chair_without_usable_caption_fails(tmp_path, capsys):

@@ -85,7 +85,7 @@ class _OraclePolicy:
     def __init__(self, objects: dict[str, set[str]]):
         self.objects = objects
 
-    def generate_answers(self, images, questions, max_new_tokens):
+    def generate_answers(self, images, questions, max_new_tokens, too_long=None):
         self.calls = getattr(self, "calls", 0) + len(questions)
         out = []
         for image, q in zip(images, questions):

@@ -79,14 +79,23 @@ class Entry:
 
 
 def read_json(path: str | Path, what: str = "file") -> Any:
-    """The parsed content of a JSON file; InputError (one line) when it is missing or not JSON."""
+    """The parsed content of a JSON file; InputError (one line) when it is missing or not JSON.
+
+    Bytes that are not UTF-8 (a Latin-1 "café" in a caption) cannot be given back as they were: they
+    become U+FFFD and a warning says where the first one was, so one bad byte does not cost the file.
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{what} not found: {path}" if not path.is_dir() else f"{what} is a directory: {path}")
+    data = path.read_bytes()
     try:
-        return json.loads(path.read_bytes().decode("utf-8"))
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})") from None
+        log.warning("%s: not UTF-8 text (byte %#04x at offset %d and maybe others); read with U+FFFD in their place",
+                    path, exc.object[exc.start], exc.start)
+        text = data.decode("utf-8", errors="replace")
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise InputError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
 
@@ -182,8 +191,9 @@ def read_prompts(path: str | Path, image_root: str = "", image_prefix: str = ""
     """Read prompts from JSONL ({id, image, prompt}) or the official CSR JSON list ({id, image, input}).
 
     Returns (records, skipped) where skipped holds {"id", "line", "reason"} for every unusable
-    entry: malformed line, missing field, empty prompt, duplicate id. Image files are checked
-    later, when they are opened.
+    entry: a line that is not UTF-8 or not JSON, an entry that is not an object, a missing or
+    wrongly typed field (id: string or integer; image, prompt: strings), an empty prompt, a
+    duplicate id. Image files are checked later, when they are opened.
     """
     entries: list[tuple[int, Any]] = []
     skipped: list[dict] = []
@@ -196,14 +206,21 @@ def read_prompts(path: str | Path, image_root: str = "", image_prefix: str = ""
     seen: set[str] = set()
     for lineno, entry in entries:
         if not isinstance(entry, dict):
-            skipped.append({"id": None, "line": lineno, "reason": "entry is not an object"})
+            skipped.append({"id": None, "line": lineno, "reason": f"entry is not an object ({_json_type(entry)})"})
             continue
         pid = entry.get("id")
         prompt = entry.get("prompt", entry.get("input"))
         image = entry.get("image")
+        readable_id = pid if isinstance(pid, (str, int)) and not isinstance(pid, bool) else None
         if pid is None or image is None or prompt is None:
             missing = [k for k, v in (("id", pid), ("image", image), ("prompt", prompt)) if v is None]
-            skipped.append({"id": pid, "line": lineno, "reason": f"missing field(s): {', '.join(missing)}"})
+            skipped.append({"id": readable_id, "line": lineno, "reason": f"missing field(s): {', '.join(missing)}"})
+            continue
+        wrong = [f"{k} is {_json_type(v)}, not {want}" for k, v, want in (
+            ("id", pid, "a string or an integer"), ("image", image, "a string"), ("prompt", prompt, "a string"))
+            if not (isinstance(v, str) or (k == "id" and isinstance(v, int) and not isinstance(v, bool)))]
+        if wrong:
+            skipped.append({"id": readable_id, "line": lineno, "reason": f"wrong field type(s): {'; '.join(wrong)}"})
             continue
         pid = str(pid)
         prompt = str(prompt).replace("<image>", "").strip()
@@ -216,6 +233,12 @@ def read_prompts(path: str | Path, image_root: str = "", image_prefix: str = ""
         seen.add(pid)
         records.append(PromptRecord(id=pid, image=resolve_image(str(image), image_root, image_prefix), prompt=prompt))
     return records, skipped
+
+
+def _json_type(value: Any) -> str:
+    """How JSON would name a value's type: 'a list', 'a number', 'null', ..."""
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
 
 
 def resolve_image(image: str, image_root: str = "", image_prefix: str = "") -> str:
@@ -240,6 +263,8 @@ def load_image(path: str | Path, max_pixels: int = 50_000_000):
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"image is a directory, not a file: {path}")
     if not path.is_file():
         raise InputError(f"image not found: {path}")
     if path.stat().st_size == 0:

@@ -34,9 +34,11 @@ from pathlib import Path
 from typing import Any
 
 from .config import save_config, to_dict
+from .curate import shard_line
 from .data import (append_jsonl, is_done, load_image, mark_done, read_jsonl, read_prompts, repair_jsonl, write_json,
                    write_jsonl)
 from .errors import InputError
+from .lock import output_lock
 from .models import check_model_path
 from .schema import RewardConfig, RunConfig
 
@@ -54,23 +56,24 @@ def run(cfg: RunConfig, round: int = 1) -> Path:
     if not cfg.overwrite and _finished(out, fingerprint):
         log.info("generate: %s is complete (DONE); overwrite=true redoes it", out)
         return out
-    records, input_skips = read_prompts(cfg.data.prompts, cfg.data.image_root, cfg.data.image_prefix)
-    if cfg.data.max_prompts is not None:
-        records = records[: cfg.data.max_prompts]
-    policy, scorer = _load_models(cfg, rank, world)
-    reward, tau_stats = _resolve_reward(cfg, scorer)
-    if rank == 0:
-        _prepare_dir(out, dataclasses.replace(cfg, reward=reward), fingerprint)
-    _barrier(dist)
-    started = time.perf_counter()
-    searched = _search_shard(cfg, reward, round, records, policy, scorer, out, rank, world)
-    _barrier(dist)
-    if rank == 0:
-        wall = time.perf_counter() - started
-        _merge(cfg, reward, round, out, records, input_skips, tau_stats, wall, searched, world)
-        mark_done(out, {"round": round})
-        log.info("generate: %d prompts -> %s", len(records), out)
-    _barrier(dist)
+    with output_lock(out, enabled=rank == 0):  # a second run on this out stops here, before any work
+        records, input_skips = read_prompts(cfg.data.prompts, cfg.data.image_root, cfg.data.image_prefix)
+        if cfg.data.max_prompts is not None:
+            records = records[: cfg.data.max_prompts]
+        policy, scorer = _load_models(cfg, rank, world)
+        reward, tau_stats = _resolve_reward(cfg, scorer)
+        if rank == 0:
+            _prepare_dir(out, dataclasses.replace(cfg, reward=reward), fingerprint)
+        _barrier(dist)
+        started = time.perf_counter()
+        searched = _search_shard(cfg, reward, round, records, policy, scorer, out, rank, world)
+        _barrier(dist)
+        if rank == 0:
+            wall = time.perf_counter() - started
+            _merge(cfg, reward, round, out, records, input_skips, tau_stats, wall, searched, world)
+            mark_done(out, {"round": round})
+            log.info("generate: %d prompts -> %s", len(records), out)
+        _barrier(dist)
     if dist is not None and _OWN_GROUP:
         dist.destroy_process_group()  # a later stage (DPO on GPUs) sets up its own backend
     return out
@@ -201,77 +204,73 @@ def _search_shard(cfg: RunConfig, reward: RewardConfig, round: int, records, pol
 def _process_chunk(cfg: RunConfig, reward: RewardConfig, round: int, chunk, engine, scorer) -> list[dict[str, Any]]:
     """Up to search.prompt_batch_size prompts -> their shard lines {id, candidate, pair, skip, stats}, in order.
 
-    The prompts with a readable image are searched together (search.search_prompts); if that batch
-    fails, each is searched alone, so one bad prompt only costs its own line."""
+    A prompt whose image cannot be used or whose tokens do not fit the model is skipped with the reason.
+    The others are searched together (search.driver.search_prompts); if that batch fails (out of memory
+    included), each is searched alone, so one bad prompt only costs its own line."""
+    import torch
+
     from .search.driver import search_prompts
 
     lines = [{"id": rec.id, "candidate": None, "pair": None, "skip": None, "stats": {}} for rec in chunk]
     todo = []
     for line, rec in zip(lines, chunk):
         try:
-            todo.append((line, rec, load_image(rec.image, cfg.data.max_image_pixels)))
+            image = load_image(rec.image, cfg.data.max_image_pixels)
+            _check_length(engine, image, rec.prompt, cfg)
         except InputError as exc:
             line["skip"] = {"id": rec.id, "reason": str(exc), "image": rec.image}
+            continue
+        todo.append((line, rec, image))
     seeds = [prompt_seed(cfg.seed, round, rec.id) for _, rec, _ in todo]
     results = None
     if len(todo) > 1:
         try:
             results = search_prompts(engine, scorer, [im for _, _, im in todo], [rec.prompt for _, rec, _ in todo],
                                      cfg.search, reward, seeds)
+        except torch.OutOfMemoryError:
+            _free_memory()
+            log.warning("generate: out of memory searching %d prompts together; searching them one at a time",
+                        len(todo))
         except Exception:  # noqa: BLE001 - retried one prompt at a time below
             log.exception("generate: batched search of %d prompts failed; searching them one at a time", len(todo))
     for i, (line, rec, image) in enumerate(todo):
-        if results is not None:
-            _fill(cfg, round, rec, line, results[i])
-            continue
         try:
-            result = search_prompts(engine, scorer, [image], [rec.prompt], cfg.search, reward, [seeds[i]])[0]
+            result = results[i] if results is not None else \
+                search_prompts(engine, scorer, [image], [rec.prompt], cfg.search, reward, [seeds[i]])[0]
         except Exception as exc:  # noqa: BLE001 - one prompt (out of memory, odd input) must not stop the run
-            log.exception("generate: search failed on prompt %s", rec.id)
+            if isinstance(exc, torch.OutOfMemoryError):
+                _free_memory()
+                log.warning("generate: out of memory on prompt %s alone; skipped", rec.id)
+            else:
+                log.exception("generate: search failed on prompt %s", rec.id)
             line["skip"] = {"id": rec.id, "reason": f"search failed ({type(exc).__name__}: {str(exc)[:200]})"}
             continue
-        _fill(cfg, round, rec, line, result)
+        line.update(shard_line(rec, round, result, cfg.curate.min_margin))
     return lines
 
 
-def _fill(cfg: RunConfig, round: int, rec, line: dict[str, Any], result) -> None:
-    """Put one prompt's search result into its shard line: candidate, stats, and a pair or a skip reason."""
-    line["stats"] = result.stats
-    line["candidate"] = {"id": rec.id, "image": rec.image, "prompt": rec.prompt, "round": round, "mode": result.mode,
-                         "answers": [a.to_dict() for a in result.answers], "chosen": result.chosen,
-                         "rejected": result.rejected}
-    if result.tree is not None:
-        line["candidate"]["tree"] = result.tree
-    reason = _pair_problem(cfg, result)
-    if reason:
-        line["skip"] = {"id": rec.id, "reason": reason, "answers": len(result.answers)}
-    else:
-        line["pair"] = _pair(rec, round, result.answers[result.chosen], result.answers[result.rejected])
+def _check_length(engine, image, prompt: str, cfg: RunConfig) -> None:
+    """InputError when image + prompt tokens, plus the longest answer the search may write, exceed the model's
+    context, or the prompt alone exceeds data.max_prompt_tokens."""
+    n = engine.prompt_tokens(image, prompt)
+    answer = cfg.search.max_sentences * cfg.search.max_new_tokens
+    context = engine.context_length
+    if cfg.data.max_prompt_tokens is not None and n > cfg.data.max_prompt_tokens:
+        raise InputError(f"prompt too long ({n} tokens with the image > data.max_prompt_tokens="
+                         f"{cfg.data.max_prompt_tokens})")
+    if context is not None and n + answer > context:
+        raise InputError(f"prompt too long ({n} tokens with the image + up to {answer} answer tokens > the model's "
+                         f"context of {context})")
 
 
-def _pair_problem(cfg: RunConfig, result) -> str | None:
-    if result.chosen is None:
-        return "no complete answer"
-    chosen, rejected = result.answers[result.chosen], result.answers[result.rejected]
-    if chosen.text == rejected.text:
-        return "equal texts" if len(result.answers) > 1 else "equal texts (one complete answer)"
-    if chosen.reward - rejected.reward < cfg.curate.min_margin:
-        return f"margin below curate.min_margin ({chosen.reward - rejected.reward:.4g} < {cfg.curate.min_margin})"
-    return None
+def _free_memory() -> None:
+    import gc
 
+    import torch
 
-def _pair(rec, round: int, chosen, rejected) -> dict[str, Any]:
-    """TRL's conversational vision preference row plus bookkeeping (docs/formats.md)."""
-    def reply(text: str) -> list[dict]:
-        return [{"role": "assistant", "content": [{"type": "text", "text": text}]}]
-
-    return {
-        "id": rec.id, "images": [os.path.abspath(rec.image)],
-        "prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": rec.prompt}]}],
-        "chosen": reply(chosen.text), "rejected": reply(rejected.text),
-        "chosen_reward": chosen.reward, "rejected_reward": rejected.reward, "margin": chosen.reward - rejected.reward,
-        "chosen_r_i": chosen.mean_r_i(), "rejected_r_i": rejected.mean_r_i(), "round": round,
-    }
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 # ---------------------------------------------------------------------------- save

@@ -37,6 +37,7 @@ from .config import save_config
 from .data import is_done, read_json, write_json
 from .errors import InputError
 from .eval.registry import lower_is_better
+from .lock import output_lock
 from .manifest import Manifest, key_numbers, summary_line
 from .schema import RunConfig
 from .tables import dict_rows, text_table
@@ -200,11 +201,17 @@ def run(cfg: RunConfig, from_round: int | None = None) -> Path:
     """Run (or resume) the loop in cfg.out; returns the loop directory."""
     check(cfg, from_round)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    manifest = Manifest(out, cfg)
-    if from_round is not None:
-        clear_from(out, from_round, manifest)
-    save_config(cfg, out / "config.yaml")
+    with output_lock(out):  # a second loop on this out stops here, before any stage
+        manifest = Manifest(out, cfg)
+        if from_round is not None:
+            clear_from(out, from_round, manifest)
+        save_config(cfg, out / "config.yaml")
+        _rounds(cfg, out, manifest)
+    return out
+
+
+def _rounds(cfg: RunConfig, out: Path, manifest: Manifest) -> None:
+    """Round 0's evaluations, then generate -> train -> eval per round, selection, best.json and the table."""
     select = bool(cfg.loop.select_on)
     dev: dict[int, dict[str, float]] = {}
     if cfg.loop.evaluate:
@@ -236,4 +243,3 @@ def run(cfg: RunConfig, from_round: int | None = None) -> Path:
     rows = [round_row(cfg, k, dev, best) for k in range(0 if (cfg.loop.evaluate or select) else 1, last + 1)]
     print(text_table(*dict_rows(rows)), flush=True)
     print(f"[loop] best round: {best} -> {out / 'best.json'}", flush=True)
-    return out

@@ -214,6 +214,11 @@ class TrainConfig:
     """Trade compute for memory."""
     merge: bool = True
     """Merge LoRA into the weights and save a complete checkpoint; false keeps the adapter only."""
+    save_steps: int = 0
+    """Save a Trainer checkpoint (weights, optimizer, scheduler, RNG) every N optimizer steps; a killed train
+    stage resumes from the last one. 0 = no checkpoints (a killed stage starts again from step 0)."""
+    save_total_limit: int = 1
+    """Trainer checkpoints kept (the oldest are deleted); all are removed once the stage is done."""
     report_to: list[str] = field(default_factory=list)
     """Trackers passed to the trainer (tensorboard, wandb)."""
     trl_args: dict[str, Any] = field(default_factory=dict)
@@ -229,6 +234,9 @@ class TrainConfig:
         check_positive(key, self, ("beta", "lora_r", "lora_alpha", "learning_rate", "num_train_epochs",
                                     "per_device_train_batch_size", "gradient_accumulation_steps"))
         check_range(key, "lora_dropout", self.lora_dropout, 0.0, 1.0)
+        if self.save_steps < 0:
+            raise ConfigError(f"{key}.save_steps must be >= 0 (0: no checkpoints), got {self.save_steps}")
+        check_positive(key, self, ("save_total_limit",))
         check_range(key, "warmup_ratio", self.warmup_ratio, 0.0, 1.0)
         if self.max_length is not None and self.max_length < 1:
             raise ConfigError(f"{key}.max_length must be >= 1 or null, got {self.max_length}")
@@ -290,12 +298,16 @@ class DataConfig:
     """Use only the first N valid prompts."""
     max_image_pixels: int = 50_000_000
     """Images with more pixels than this are skipped as extreme."""
+    max_prompt_tokens: int | None = None
+    """Prompts longer than this (image + text tokens) are skipped; None = only the model's context limits them."""
 
     def validate(self, key: str = "data") -> None:
         """Check this section's values; a ConfigError names `<key>.<field>` (key: where the section sits)."""
         check_positive(key, self, ("max_image_pixels",))
-        if self.max_prompts is not None and self.max_prompts < 1:
-            raise ConfigError(f"{key}.max_prompts must be >= 1 or null, got {self.max_prompts}")
+        for name in ("max_prompts", "max_prompt_tokens"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{key}.{name} must be >= 1 or null, got {value}")
 
 
 @dataclass(frozen=True)

@@ -25,13 +25,21 @@ Output: `checkpoint/` (LoRA merged with `merge_and_unload`, processor and chat t
 `train_metrics.jsonl` (TRL's logged metrics plus "step"), `config.yaml`, and `DONE` last. Under
 `torchrun --nproc_per_node N -m csr_vlm train ...` it trains as DDP (gloo on CPU via `use_cpu`);
 rank 0 writes the files.
+
+Resume: with `train.save_steps` N > 0 the Trainer writes `trainer/checkpoint-<step>` every N optimizer
+steps (keeping `train.save_total_limit`); a killed stage, run again, finds the last complete one (it has
+trainer_state.json, written last) and continues from it with the Trainer's own resume (weights,
+optimizer, scheduler, RNG and data order), when `train_fingerprint.json` (seed, model, train section,
+the pairs file's hash) says it is the same training; the checkpoints are deleted once DONE is written.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
+import os
 import re
 import shutil
 import time
@@ -39,9 +47,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .config import check_reusable, save_config
-from .data import is_done, mark_done, read_jsonl
+from .config import check_reusable, save_config, to_dict
+from .data import is_done, mark_done, read_jsonl, write_json, write_jsonl
 from .errors import InputError
+from .lock import output_lock
 from .schema import RunConfig
 
 log = logging.getLogger(__name__)
@@ -127,7 +136,9 @@ def to_trl_args(cfg: RunConfig, model=None):
         per_device_train_batch_size=t.per_device_train_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps, max_length=t.max_length, bf16=bf16,
         use_cpu=not cuda, activation_checkpointing=t.gradient_checkpointing, report_to=list(t.report_to) or "none",
-        seed=cfg.seed, logging_steps=1, save_strategy="no", remove_unused_columns=False,
+        seed=cfg.seed, logging_steps=1, remove_unused_columns=False,
+        save_strategy="steps" if t.save_steps else "no", save_steps=t.save_steps or 500,
+        save_total_limit=t.save_total_limit,
     )
     args.update(t.trl_args)
     lora = None
@@ -205,7 +216,11 @@ def save_checkpoint(trainer, processor, out: Path, merge: bool) -> Path:
 
 
 def run(cfg: RunConfig, round: int = 1) -> Path:
-    """Train on the pairs and save <out>/checkpoint; returns the stage directory."""
+    """Train on the pairs and save <out>/checkpoint; returns the stage directory.
+
+    With train.save_steps a killed run resumes from its last complete Trainer checkpoint (optimizer,
+    scheduler and RNG included) when the pairs and the config are the same; otherwise it starts over.
+    """
     out = Path(cfg.out)
     cfg.validate()
     if is_done(out) and not cfg.overwrite:
@@ -213,29 +228,63 @@ def run(cfg: RunConfig, round: int = 1) -> Path:
         log.info("train: %s is complete; skipping (overwrite=true redoes it)", out)
         return out
     start = time.time()
-    dataset, skipped = load_pairs(pairs_path(cfg))
-    policy = load_model(cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    trainer = build_trainer(cfg, policy, dataset, out / "train_metrics.jsonl")
-    if trainer.is_world_process_zero():  # a redo starts clean
-        (out / "train_metrics.jsonl").unlink(missing_ok=True)
-        (out / "DONE").unlink(missing_ok=True)
-    trainer.accelerator.wait_for_everyone()
-    result = trainer.train()
-    trainer.accelerator.wait_for_everyone()
-    if trainer.is_world_process_zero():
-        info = {"round": round, "pairs": len(dataset), "skipped_missing_images": skipped,
-                "steps": trainer.state.global_step, "train_loss": result.training_loss,
-                "world_size": trainer.accelerator.num_processes}
-        save(cfg, trainer, policy.processor, info, start)
-    trainer.accelerator.wait_for_everyone()
+    pairs = pairs_path(cfg)
+    dataset, skipped = load_pairs(pairs)
+    with output_lock(out, enabled=os.environ.get("RANK", "0") == "0"):  # a second run on this out stops here
+        resume = _resume_point(cfg, out, pairs)
+        policy = load_model(cfg)
+        trainer = build_trainer(cfg, policy, dataset, out / "train_metrics.jsonl")
+        trainer.accelerator.wait_for_everyone()
+        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        trainer.accelerator.wait_for_everyone()
+        if trainer.is_world_process_zero():
+            info = {"round": round, "pairs": len(dataset), "skipped_missing_images": skipped,
+                    "steps": trainer.state.global_step, "train_loss": result.training_loss,
+                    "world_size": trainer.accelerator.num_processes,
+                    "resumed_from_step": int(resume.name.rsplit("-", 1)[1]) if resume else None}
+            save(cfg, trainer, policy.processor, info, start)
+        trainer.accelerator.wait_for_everyone()
     return out
 
 
+def _resume_point(cfg: RunConfig, out: Path, pairs: Path) -> Path | None:
+    """The last complete Trainer checkpoint of an interrupted run of this very config and pairs file, or None
+    (then the stage starts clean: old checkpoints, metrics and DONE removed). Rank 0 writes the fingerprint."""
+    trainer_dir, stamp = out / "trainer", out / "train_fingerprint.json"
+    fingerprint = {"seed": cfg.seed, "model": cfg.model.path, "train": to_dict(cfg.train),
+                   "pairs_sha256": hashlib.sha256(pairs.read_bytes()).hexdigest()}
+    fingerprint = json.loads(json.dumps(fingerprint))
+    complete = sorted((d for d in trainer_dir.glob("checkpoint-*") if (d / "trainer_state.json").is_file()),
+                      key=lambda d: int(d.name.rsplit("-", 1)[1]))
+    same = stamp.is_file() and json.loads(stamp.read_text()) == fingerprint
+    if complete and same and not cfg.overwrite:
+        step = int(complete[-1].name.rsplit("-", 1)[1])
+        log.info("train: resuming from %s (step %d)", complete[-1].name, step)
+        _keep_metrics_until(out / "train_metrics.jsonl", step)
+        return complete[-1]
+    if complete and not same and not cfg.overwrite:
+        log.warning("train: %s holds checkpoints of another config or pairs file; starting over", trainer_dir)
+    if os.environ.get("RANK", "0") == "0":
+        shutil.rmtree(trainer_dir, ignore_errors=True)
+        for name in ("train_metrics.jsonl", "DONE"):
+            (out / name).unlink(missing_ok=True)
+        write_json(stamp, fingerprint)
+    return None
+
+
+def _keep_metrics_until(path: Path, step: int) -> None:
+    """Drop the logged lines of steps after the checkpoint (they are logged again when redone)."""
+    if path.is_file() and os.environ.get("RANK", "0") == "0":
+        write_jsonl(path, [r for r in read_jsonl(path) if r.get("step", 0) <= step])
+
+
 def save(cfg: RunConfig, trainer, processor, info: dict[str, Any], start: float) -> None:
-    """Checkpoint, config.yaml, then DONE (with the run's numbers); rank 0 only."""
+    """Checkpoint, config.yaml, then DONE (with the run's numbers); rank 0 only. The Trainer checkpoints go: the
+    merged checkpoint is the stage's result and a resume point is no longer needed."""
     out = Path(cfg.out)
     save_checkpoint(trainer, processor, out, cfg.train.merge and cfg.train.use_lora)
+    for old in (out / "trainer").glob("checkpoint-*"):
+        shutil.rmtree(old, ignore_errors=True)
     if (out / "trainer").is_dir() and not any((out / "trainer").iterdir()):  # TRL's output_dir, used by trackers
         (out / "trainer").rmdir()
     save_config(cfg, out / "config.yaml")

@@ -156,21 +156,51 @@ def norm_image_id(value: Any) -> Any:
     return int(digits[-1]) if digits and Path(text).stem.endswith(digits[-1]) else text
 
 
-def load_instances(path: str | Path) -> dict:
-    """A COCO instances file, checked: images, annotations (image_id, category_id), categories (id, name)."""
+_ID = (int, str)
+_INSTANCE_FIELDS = {"images": {"id": _ID, "file_name": str}, "annotations": {"image_id": _ID, "category_id": _ID},
+                    "categories": {"id": _ID, "name": str}}
+_REQUIRED = {"images": ("id",), "annotations": ("image_id", "category_id"), "categories": ("id", "name")}
+
+
+def load_instances(path: str | Path, skipped: list[dict] | None = None) -> dict:
+    """A COCO instances file with its unusable entries left out.
+
+    An entry of images / annotations / categories that is not an object, lacks a required field
+    (images: id; annotations: image_id, category_id; categories: id, name) or has one of the wrong
+    type is dropped with a warning, and {"source", "entry", "reason"} is appended to `skipped`.
+
+    Raises:
+        InputError: the file is missing, not JSON, or not an instances file at all.
+    """
     data = read_json(path, "annotations file")
     if not isinstance(data, dict) or not {"annotations", "categories"} <= set(data):
         raise InputError(f"{path}: not a COCO instances file (needs 'annotations' and 'categories')")
-    required = {"images": ("id",), "annotations": ("image_id", "category_id"), "categories": ("id", "name")}
-    for key, needed in required.items():
+    clean = dict(data)
+    for key, fields in _INSTANCE_FIELDS.items():
         entries = data.get(key, [])
         if not isinstance(entries, list):
             raise InputError(f"{path}: '{key}' must be a list")
+        kept = []
         for n, entry in enumerate(entries):
-            lacking = [k for k in needed if not isinstance(entry, dict) or k not in entry]
-            if lacking:
-                raise InputError(f"{path}: {key}[{n}] has no {' / '.join(lacking)}")
-    return data
+            reason = _entry_problem(entry, _REQUIRED[key], fields)
+            if reason is None:
+                kept.append(entry)
+                continue
+            log.warning("%s: %s[%d] skipped: %s", path, key, n, reason)
+            if skipped is not None:
+                skipped.append({"source": str(path), "entry": f"{key}[{n}]", "reason": reason})
+        clean[key] = kept
+    return clean
+
+
+def _entry_problem(entry: Any, required: tuple[str, ...], fields: dict[str, type | tuple]) -> str | None:
+    if not isinstance(entry, dict):
+        return "not an object"
+    lacking = [k for k in required if k not in entry]
+    if lacking:
+        return f"has no {' / '.join(lacking)}"
+    wrong = [k for k, tp in fields.items() if k in entry and (not isinstance(entry[k], tp) or isinstance(entry[k], bool))]
+    return f"wrong type of {', '.join(wrong)}" if wrong else None
 
 
 def ground_truth(instances: dict, vocab: Vocabulary, gt_captions: dict | None = None) -> dict[Any, set[str]]:

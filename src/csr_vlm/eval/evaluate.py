@@ -23,6 +23,7 @@ from ..config import check_reusable, save_config
 from ..data import (DONE_MARKER, append_jsonl, is_done, load_image, mark_done, read_jsonl, repair_jsonl, write_json,
                     write_jsonl)
 from ..errors import InputError
+from ..lock import output_lock
 from ..schema import RunConfig
 from .chair import load_instances
 from .registry import TASKS, flat_metrics
@@ -39,46 +40,57 @@ def run(cfg: RunConfig, round: int = 0) -> Path:
         log.info("eval: %s is done; skipping (overwrite=true redoes it)", out)
         return out
     ev = cfg.eval
-    plans = _plans(cfg)
-    if cfg.overwrite:  # a killed redo must not leave the old DONE / metrics behind
-        for name in (DONE_MARKER, "metrics.json", "samples.jsonl", "skipped.jsonl"):
-            (out / name).unlink(missing_ok=True)
+    input_skips: list[dict] = []
+    plans = _plans(cfg, input_skips)
 
     from ..models import load_policy
 
-    policy = load_policy(cfg.model)
-    jobs = [job for plan in plans.values() for job in plan.jobs]
-    answers, skipped = _answer_all(policy, jobs, out / "samples.jsonl", ev.batch_size, cfg.data.max_image_pixels)
-    if skipped:
-        write_jsonl(out / "skipped.jsonl", skipped)
-    _check_answered(cfg, plans, answers, len(skipped))
+    with output_lock(out):  # a second run on this out stops here
+        if cfg.overwrite:  # a killed redo must not leave the old DONE / metrics behind
+            for name in (DONE_MARKER, "metrics.json", "samples.jsonl", "skipped.jsonl"):
+                (out / name).unlink(missing_ok=True)
+        policy = load_policy(cfg.model)
+        jobs = [job for plan in plans.values() for job in plan.jobs]
+        answers, skipped = _answer_all(policy, jobs, out / "samples.jsonl", ev.batch_size, cfg.data.max_image_pixels)
+        if skipped or input_skips:
+            write_jsonl(out / "skipped.jsonl", input_skips + skipped)
+        _check_answered(cfg, plans, answers, len(skipped))
+        _save(cfg, round, out, plans, answers, skipped, input_skips)
+    log.info("eval: %s -> %s", cfg.model.path, out)
+    return out
 
+
+def _save(cfg: RunConfig, round: int, out: Path, plans: dict[str, Plan], answers: dict, skipped: list[dict],
+          input_skips: list[dict]) -> None:
+    """metrics.json (each task's section, the flat summary, the protocol), config.yaml, then DONE."""
+    ev = cfg.eval
     metrics: dict[str, Any] = {name: TASKS[name].score(plan, answers, ev, out) for name, plan in plans.items()}
     metrics["flat"] = flat_metrics(metrics, plans)
     metrics["protocol"] = {
         "prompt": ev.prompt, "max_new_tokens": ev.max_new_tokens, "num_images": ev.num_images, "seed": cfg.seed,
         "parser": ev.pope_parser, "pope_suffix": ev.pope_suffix, "pope_max_new_tokens": ev.pope_max_new_tokens,
         "pope_source": ev.pope_questions or "built from eval.annotations", "decoding": "greedy",
-        "model": cfg.model.path, "round": round, "skipped_images": len(skipped),
+        "model": cfg.model.path, "round": round, "skipped_images": sum("task" not in s for s in skipped),
+        "skipped_prompts": sum("task" in s for s in skipped), "skipped_annotation_entries": len(input_skips),
     }
     write_json(out / "metrics.json", metrics)
     save_config(cfg, out / "config.yaml")
     mark_done(out, {"round": round})
     log.info("eval: %s", ", ".join(f"{k}={v:.4f}" for k, v in metrics["flat"].items()))
-    return out
 
 
 # ---------------------------------------------------------------------------- setup
 
 
-def _plans(cfg: RunConfig) -> dict[str, Plan]:
-    """Each task's plan, in eval.tasks order; the annotations file is read once for all of them."""
+def _plans(cfg: RunConfig, skipped: list[dict]) -> dict[str, Plan]:
+    """Each task's plan, in eval.tasks order; the annotations file is read once for all of them (its unusable
+    entries are appended to `skipped`)."""
     ev = cfg.eval
     tasks = [TASKS[name] for name in ev.tasks]
     needing = [t.name for t in tasks if t.needs_annotations(ev)]
     if needing and not ev.annotations:
         raise InputError(f"eval.annotations is not set (a COCO instances JSON); {', '.join(needing)} need(s) it")
-    instances = load_instances(ev.annotations) if ev.annotations else {}
+    instances = load_instances(ev.annotations, skipped) if ev.annotations else {}
     return {t.name: t.plan(ev, cfg.seed, instances) for t in tasks}
 
 
@@ -109,8 +121,13 @@ def _answer_all(policy, jobs: list[dict], samples_path: Path, batch_size: int, m
                     images.append(image)
             for cap in sorted({j["max_new_tokens"] for j in batch}):
                 part = [(j, im) for j, im in zip(batch, images) if j["max_new_tokens"] == cap]
-                texts = policy.generate_answers([im for _, im in part], [j["prompt"] for j, _ in part], cap)
-                for (job, _), text in zip(part, texts):
+                too_long: dict[int, str] = {}
+                texts = policy.generate_answers([im for _, im in part], [j["prompt"] for j, _ in part], cap, too_long)
+                for i, ((job, _), text) in enumerate(zip(part, texts)):
+                    if text is None:
+                        skipped.append({"task": job["task"], "image": job["image"], "prompt": job["prompt"][:200],
+                                        "reason": too_long[i]})
+                        continue
                     answers[job_key(job)] = text
                     append_jsonl(fh, {**{k: job[k] for k in ("task", "image_id", "image", "prompt")}, "answer": text})
             bar.update(len(todo[start: start + size]))

@@ -75,6 +75,16 @@ class Policy:
         text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return text + answer if answer else text
 
+    @cached_property
+    def context_length(self) -> int | None:
+        """The most positions the language model takes (its max_position_embeddings), None when it does not say."""
+        n = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
+        return n if isinstance(n, int) and n > 0 else None
+
+    def prompt_length(self, image, question: str) -> int:
+        """Tokens of one image + question prompt as the model sees it (image tokens included)."""
+        return int(self.encode([image], [question])["input_ids"].shape[1])
+
     def encode(self, images: list, questions: list[str]):
         """Batch image + question prompts, left-padded, on the model's device."""
         tok = self.tokenizer
@@ -103,11 +113,32 @@ class Policy:
         eos = set(self.eos_ids)
         return sorted(i for i in tok.all_special_ids if i not in eos)
 
-    def generate_answers(self, images: list, questions: list[str], max_new_tokens: int) -> list[str]:
-        """Greedy answers for a batch of image + question prompts."""
+    def generate_answers(self, images: list, questions: list[str], max_new_tokens: int,
+                         too_long: dict[int, str] | None = None) -> list[str | None]:
+        """Greedy answers for a batch of image + question prompts.
+
+        A prompt whose tokens plus max_new_tokens exceed the model's context gets None instead of an answer,
+        and too_long[i] (when given) says why with the numbers; the other prompts are answered as usual.
+        """
         import torch
 
         batch = self.encode(images, questions)
+        lengths = batch["attention_mask"].sum(1).tolist()
+        limit = self.context_length
+        over = [i for i, n in enumerate(lengths) if limit is not None and n + max_new_tokens > limit]
+        if over:
+            for i in over:
+                reason = (f"prompt too long ({lengths[i]} tokens with the image + {max_new_tokens} answer tokens > "
+                          f"the model's context of {limit})")
+                if too_long is not None:
+                    too_long[i] = reason
+            fit = [i for i in range(len(questions)) if i not in over]
+            answers = self.generate_answers([images[i] for i in fit], [questions[i] for i in fit], max_new_tokens) \
+                if fit else []
+            out: list[str | None] = [None] * len(questions)
+            for i, answer in zip(fit, answers):
+                out[i] = answer
+            return out
         with torch.inference_mode():
             out = self.model.generate(
                 **batch,

@@ -35,7 +35,13 @@ class Group:
 
 class Engine(Protocol):
     """What the search needs from whatever runs the model (see the module docstring)."""
+
     eos_ids: list[int]
+    context_length: int | None
+    """The most positions (prompt + answer) the model takes; None when unknown."""
+
+    def prompt_tokens(self, image: Any, prompt: str) -> int:
+        """Tokens of the image + prompt as the model sees them, checked against context_length before a search."""
 
     def decode(self, tokens: list[int]) -> str:
         """The text of a sentence's tokens (EOS and special tokens dropped, stripped)."""

@@ -280,6 +280,13 @@ class HFEngine:
         self.eos_ids = policy.eos_ids
         self.suppress_ids = policy.suppressed_ids()
 
+    @property
+    def context_length(self) -> int | None:
+        return self.policy.context_length
+
+    def prompt_tokens(self, image, prompt: str) -> int:
+        return self.policy.prompt_length(image, prompt)
+
     def decode(self, tokens: list[int]) -> str:
         text_ids = [t for t in tokens if t not in self.eos_ids]
         return self.policy.tokenizer.decode(text_ids, skip_special_tokens=True).strip()
