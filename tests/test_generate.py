@@ -272,7 +272,7 @@ def test_official_prompt_list_with_image_prefix(tiny_llava, tmp_path):
 def test_prompt_batches_equal_one_at_a_time(tiny_llava, many_prompts, reference_run, tmp_path, one_thread,
                                             monkeypatch):
     """search.prompt_batch_size=8 over 20 prompts (chunks of 8, 8, 4): the same candidates, pairs and skips as
-    the one-at-a-time reference run, floats within 1e-6 (the wider batch rounds differently), and the same
+    the one-at-a-time reference run, floats within 1e-5 (the wider batch rounds differently), and the same
     minimal token count."""
     import csr_vlm.search.driver as driver
 

@@ -90,7 +90,9 @@ def test_directory_without_config_is_refused(tmp_path):
 def test_build_tiny_cli(tmp_path, capsys):
     assert main(["models", "build-tiny", "--out", str(tmp_path), "--family", "gemma3"]) == 0
     assert (tmp_path / "policy" / "config.json").exists() and (tmp_path / "clip" / "config.json").exists()
-    assert main(["models", "build-tiny", "--out", str(tmp_path), "--family", "nope"]) == 2
+    with pytest.raises(SystemExit) as info:
+        main(["models", "build-tiny", "--out", str(tmp_path), "--family", "nope"])
+    assert info.value.code == 2 and "invalid choice: 'nope'" in capsys.readouterr().err
 
 
 @pytest.mark.slow

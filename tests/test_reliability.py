@@ -102,7 +102,8 @@ def four_prompts(tmp_path):
 
 
 def _oom_once(monkeypatch, times: int):
-    """Make the HF engine's expansion raise torch.OutOfMemoryError on its first `times` calls."""
+    """Make the HF engine's expansion raise torch.OutOfMemoryError on its first `times` calls (the runs below
+    skip the start-up check of the cached search, which would take the first call)."""
     import torch
 
     import csr_vlm.search.hf_engine as hf
@@ -125,7 +126,8 @@ def test_an_out_of_memory_batch_is_retried_one_prompt_at_a_time(tiny_llava, tmp_
     assert main(["generate", *_args(tiny_llava, ref, four_prompts, "search.prompt_batch_size=4")]) == 0
     _oom_once(monkeypatch, times=1)
     out = tmp_path / "gen"
-    assert main(["generate", *_args(tiny_llava, out, four_prompts, "search.prompt_batch_size=4")]) == 0
+    assert main(["generate", *_args(tiny_llava, out, four_prompts, "search.prompt_batch_size=4",
+                                    "search.check_cache=false")]) == 0
     from helpers import assert_close
 
     for name in ("candidates.jsonl", "pairs.jsonl"):
@@ -137,7 +139,8 @@ def test_a_prompt_that_still_runs_out_of_memory_is_skipped(tiny_llava, tmp_path,
     """The batch and then the first prompt alone fail (2 OOMs): p0 is skipped with the reason, p1..p3 searched."""
     _oom_once(monkeypatch, times=2)
     out = tmp_path / "gen"
-    assert main(["generate", *_args(tiny_llava, out, four_prompts, "search.prompt_batch_size=4")]) == 0
+    assert main(["generate", *_args(tiny_llava, out, four_prompts, "search.prompt_batch_size=4",
+                                    "search.check_cache=false")]) == 0
     assert [c["id"] for c in _lines(out / "candidates.jsonl")] == ["p1", "p2", "p3"]
     (skip,) = [s for s in _lines(out / "skipped.jsonl") if s["id"] == "p0"]
     assert skip["reason"] == "search failed (OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 GiB)"

@@ -68,11 +68,14 @@ def test_cached_continuation_equals_reencoding(loaded, family):
     second and third sentences for every row: each equals decoding by re-encoding the whole text, token for token."""
     policy, _, image = loaded[family]
     suppress = policy.suppressed_ids()
-    stops = {i for i in range(len(policy.tokenizer)) if i % 5 == 0} | set(policy.eos_ids)  # many stops: ragged rows
+    diverse = SearchConfig(sampler="diverse_beam", num_candidates=3, max_new_tokens=4)
+    probe = expand(policy, prefill(policy, image, PROMPT, TokenCounter()), diverse, [], [], suppress, None,
+                   TokenCounter())
+    # stop row 0 after its first token and row 1 after its third: ragged rows (holes in the batched cache)
+    stops = {probe[0].tokens[0], probe[1].tokens[2]} | set(policy.eos_ids)
     counter = TokenCounter()
     state = prefill(policy, image, PROMPT, counter)
-    first = expand(policy, state, SearchConfig(sampler="diverse_beam", num_candidates=3, max_new_tokens=4),
-                   sorted(stops), policy.eos_ids, suppress, None, counter)
+    first = expand(policy, state, diverse, sorted(stops), policy.eos_ids, suppress, None, counter)
     assert len({len(c.tokens) for c in first}) > 1, "rows must stop at different lengths for this test to bite"
     greedy = SearchConfig(sampler="diverse_beam", num_candidates=1, diversity_penalty=0.0, max_new_tokens=4)
     second = expand(policy, state, greedy, sorted(stops), policy.eos_ids, suppress, None, counter)

@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "eval": ("csr_vlm.eval.evaluate", "stage", "generate with a model and score CHAIR / POPE"),
     "loop": ("csr_vlm.loop", "stage", "rounds of generate -> train -> eval, resumable"),
     "score": ("csr_vlm.score", "tool", "score existing outputs: chair, pope, pairs, clip (calibration)"),
+    "calibrate": ("csr_vlm.calibrate", "tool", "a labelled tau calibration set from COCO-format annotations"),
     "report": ("csr_vlm.report", "tool", "report.md and plots for a run directory"),
     "toyworld": ("csr_vlm.toyworld.build", "tool", "build the synthetic world and its tiny CLIP + LLaVA"),
     "demo": ("csr_vlm.toyworld.demo", "tool", "toy world + CSR loop + lam=0 ablation + report, on a CPU"),
@@ -72,17 +73,15 @@ def _run_stage(name: str, argv: list[str]) -> int:
 
 def models_cli(argv: list[str]) -> int:
     """`csr models build-tiny --out DIR [--family F]`."""
+    from .models.tiny import FAMILIES, build_tiny
+
     parser = argparse.ArgumentParser(prog="csr models", description=COMMANDS["models"][2])
     sub = parser.add_subparsers(dest="action", required=True)
     build = sub.add_parser("build-tiny", help="write DIR/policy and DIR/clip with random weights")
     build.add_argument("--out", required=True, help="output directory")
-    build.add_argument("--family", default="llava", help="llava (LLaVA-1.5 layout) or gemma3")
+    build.add_argument("--family", default="llava", choices=FAMILIES, help="the model family's layout")
     build.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    from .models.tiny import FAMILIES, build_tiny
-
-    if args.family not in FAMILIES:
-        raise InputError(f"--family: unknown family {args.family!r}; choose from {', '.join(FAMILIES)}")
     out = build_tiny(args.out, family=args.family, seed=args.seed)
     print(f"wrote {out}/policy and {out}/clip ({args.family})")
     return 0

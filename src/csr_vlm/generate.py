@@ -60,13 +60,15 @@ def run(cfg: RunConfig, round: int = 1) -> Path:
         records, input_skips = read_prompts(cfg.data.prompts, cfg.data.image_root, cfg.data.image_prefix)
         if cfg.data.max_prompts is not None:
             records = records[: cfg.data.max_prompts]
-        policy, scorer = _load_models(cfg, rank, world)
+        engine, scorer = _load_models(cfg, rank, world)
+        if cfg.search.check_cache:
+            _check_engine(engine, records, cfg)
         reward, tau_stats = _resolve_reward(cfg, scorer)
         if rank == 0:
             _prepare_dir(out, dataclasses.replace(cfg, reward=reward), fingerprint)
         _barrier(dist)
         started = time.perf_counter()
-        searched = _search_shard(cfg, reward, round, records, policy, scorer, out, rank, world)
+        searched = _search_shard(cfg, reward, round, records, engine, scorer, out, rank, world)
         _barrier(dist)
         if rank == 0:
             wall = time.perf_counter() - started
@@ -93,10 +95,11 @@ def _check_inputs(cfg: RunConfig) -> None:
 
 
 def _load_models(cfg: RunConfig, rank: int, world: int):
-    """(policy, CLIP scorer) on this rank's device; both fail before any work."""
+    """(engine on the policy, CLIP scorer) on this rank's device; both fail before any work."""
     import torch
 
     from .models import ClipScorer, load_policy
+    from .search.hf_engine import HFEngine
 
     device = None
     if world > 1 and cfg.model.device == "auto" and torch.cuda.is_available():
@@ -104,7 +107,7 @@ def _load_models(cfg: RunConfig, rank: int, world: int):
     policy = load_policy(cfg.model, device=device)
     scorer = ClipScorer(cfg.reward.clip_path, device=str(policy.device), dtype=cfg.model.dtype,
                         batch_size=cfg.reward.clip_batch_size)
-    return policy, scorer
+    return HFEngine(policy, cfg.search), scorer
 
 
 def _resolve_reward(cfg: RunConfig, scorer) -> tuple[RewardConfig, dict | None]:
@@ -174,12 +177,10 @@ def prompt_seed(seed: int, round: int, prompt_id: str) -> int:
 # ---------------------------------------------------------------------------- work
 
 
-def _search_shard(cfg: RunConfig, reward: RewardConfig, round: int, records, policy, scorer, out: Path, rank: int,
+def _search_shard(cfg: RunConfig, reward: RewardConfig, round: int, records, engine, scorer, out: Path, rank: int,
                   world: int) -> int:
     """Search this rank's prompts not yet in any shard; append one line per prompt to shards/rank-<r>.jsonl."""
     from tqdm import tqdm
-
-    from .search.hf_engine import HFEngine
 
     shard = out / "shards" / f"rank-{rank}.jsonl"
     repair_jsonl(shard)
@@ -187,7 +188,6 @@ def _search_shard(cfg: RunConfig, reward: RewardConfig, round: int, records, pol
     mine = [rec for i, rec in enumerate(records) if i % world == rank and rec.id not in done]
     if done:
         log.info("generate: resuming, %d prompts already done, %d left on rank %d", len(done), len(mine), rank)
-    engine = HFEngine(policy, cfg.search)
     pairs, size = 0, cfg.search.prompt_batch_size
     bar = tqdm(total=len(mine), desc="generate", unit="prompt", disable=rank != 0)
     with shard.open("a") as fh:
@@ -199,6 +199,19 @@ def _search_shard(cfg: RunConfig, reward: RewardConfig, round: int, records, pol
             bar.set_postfix(pairs=pairs)
     bar.close()
     return len(mine)
+
+
+def _check_engine(engine, records, cfg: RunConfig) -> None:
+    """engine.check on the first prompt whose image opens and fits (a family the cached search gets wrong stops
+    here, before any work, with one line)."""
+    for rec in records:
+        try:
+            image = load_image(rec.image, cfg.data.max_image_pixels)
+            _check_length(engine, image, rec.prompt, cfg)
+        except InputError:
+            continue
+        engine.check(image, rec.prompt)
+        return
 
 
 def _process_chunk(cfg: RunConfig, reward: RewardConfig, round: int, chunk, engine, scorer) -> list[dict[str, Any]]:

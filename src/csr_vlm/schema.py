@@ -144,6 +144,9 @@ class SearchConfig:
     prompt_batch_size: int = 1
     """Prompts searched together in one batch (one forward per token for all their candidate rows; each keeps its
     own seeded sampler, so results equal batch 1 up to float rounding)."""
+    check_cache: bool = True
+    """Before searching, compare the first prompt's cached greedy decoding with a full forward and refuse a model
+    whose cached decoding differs (a family the cached search does not support); false skips the check."""
 
     def validate(self, key: str = "search") -> None:
         """Check this section's values; a ConfigError names `<key>.<field>` (key: where the section sits)."""

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from .policy import check_model_path, resolve_device, resolve_dtype
+from .policy import check_model_path, one_line, resolve_device, resolve_dtype
 
 
 class ClipScorer:
@@ -24,6 +24,8 @@ class ClipScorer:
         self.batch_size = max(1, int(batch_size))
         self.tokenizer = getattr(self.processor, "tokenizer", None)
         self.max_length = self._max_length()
+        # SigLIP's text tower was trained on texts padded to its full length; its embeddings depend on it
+        self.padding = "max_length" if str(self.model.config.model_type).startswith("siglip") else True
         self._check_tokenizer()
 
     @property
@@ -63,7 +65,8 @@ class ClipScorer:
         out: list[float] = []
         for start in range(0, len(texts), self.batch_size):
             chunk = [t if t.strip() else " " for t in texts[start:start + self.batch_size]]
-            enc = self.tokenizer(chunk, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+            enc = self.tokenizer(chunk, padding=self.padding, truncation=True, max_length=self.max_length,
+                                 return_tensors="pt")
             enc = {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
             with torch.inference_mode():
                 emb = _features(self.model.get_text_features(**enc)).float()  # (n, D)
@@ -94,8 +97,8 @@ def load_clip(path: str, device: str = "auto", dtype: str = "auto", trust_remote
     try:
         processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
         model = AutoModel.from_pretrained(path, dtype=torch_dtype, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"reward.clip_path: cannot load {path} ({str(exc).splitlines()[0]})") from None
+    except Exception as exc:  # noqa: BLE001 - any loading failure is one line for the user, never a traceback
+        raise InputError(f"reward.clip_path: cannot load {path} ({one_line(exc)})") from None
     if not (hasattr(model, "get_image_features") and hasattr(model, "get_text_features")):
         raise InputError(f"reward.clip_path: {path} is a {type(model).__name__}, not an image-text model")
     model.to(device).eval()

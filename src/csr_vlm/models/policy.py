@@ -41,6 +41,12 @@ def resolve_dtype(dtype: str, device: str):
         raise InputError(f"model.dtype: unknown dtype {dtype!r} (use auto, float32, bfloat16, float16)") from None
 
 
+def one_line(exc: BaseException) -> str:
+    """An exception as one line: its type and the first non-empty line of its message."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
 def check_model_path(path: str, key: str) -> None:
     """Refuse an empty path, or a local-looking path that does not exist, with a one-line error."""
     if not path:
@@ -175,7 +181,9 @@ def load_policy(cfg: ModelConfig, path: str | None = None, device: str | None = 
     Raises:
         InputError: the path is missing or not a loadable checkpoint (one line, no traceback).
     """
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoModelForImageTextToText
+
+    from .processors import load_processor
 
     path = path or cfg.path
     check_model_path(path, "model.path")
@@ -186,10 +194,10 @@ def load_policy(cfg: ModelConfig, path: str | None = None, device: str | None = 
     if cfg.attn_implementation:
         kwargs["attn_implementation"] = cfg.attn_implementation
     try:
-        processor = AutoProcessor.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+        processor = load_processor(path, trust_remote_code=cfg.trust_remote_code)
         model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"model.path: cannot load {path} ({str(exc).splitlines()[0]})") from None
+    except Exception as exc:  # noqa: BLE001 - any loading failure is one line for the user, never a traceback
+        raise InputError(f"model.path: cannot load {path} ({one_line(exc)})") from None
     if getattr(processor, "tokenizer", None) is None or not getattr(processor, "chat_template", None):
         raise InputError(f"model.path: {path} has no processor with a tokenizer and a chat template")
     if processor.tokenizer.pad_token_id is None:

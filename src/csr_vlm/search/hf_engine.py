@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from ..errors import InputError
 from ..schema import SearchConfig
 from .engine import Group, PromptItem
 from .kvcache import SharedPrefixLayer, install, shared_prefix_mode
@@ -51,20 +52,42 @@ class BeamState:
         return int(self.last.shape[0])
 
 
+PER_TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")
+"""Processor outputs with one entry per token: the prefill drops their last column. Everything else is per image
+(Qwen's 2-D pixel_values, image_grid_thw, LLaVA-NeXT's image_sizes, Idefics3's pixel_attention_mask) and goes in
+whole, whatever its shape."""
+
+
+def _rope_holder(model):
+    """The module that keeps M-RoPE's rope_deltas (Qwen2-VL, Qwen2.5-VL, Qwen3-VL), or None."""
+    inner = getattr(model, "model", None)
+    return inner if inner is not None and hasattr(inner, "rope_deltas") else None
+
+
 def prefill(policy, image, prompt: str, counter: TokenCounter) -> BeamState:
-    """Run image + prompt[:-1] through the policy once; the last prompt token is fed by the first expand."""
+    """Run image + prompt[:-1] through the policy once; the last prompt token is fed by the first expand.
+
+    The position of the next token is the number of tokens so far plus, for M-RoPE models, the prompt's
+    rope_deltas: their image tokens take fewer positions than they have tokens (max(h, w) for an h x w grid),
+    and the decode steps pass explicit positions, which skips the model's own offset.
+    """
     batch = policy.encode([image], [prompt])
     ids = batch["input_ids"]  # (1, P)
-    seq_len = ids.shape[1]
-    inputs = {k: (v[:, :-1] if torch.is_tensor(v) and v.dim() == 2 and v.shape[1] == seq_len else v)
-              for k, v in batch.items()}  # every per-token key (ids, mask, token_type_ids) loses its last column
+    inputs = {k: v[:, :-1] if k in PER_TOKEN_KEYS else v for k, v in batch.items()}
+    holder = _rope_holder(policy.model)
+    if holder is not None:
+        holder.rope_deltas = None  # computed afresh from this prompt's image grid (a text-only prompt keeps the old)
     with torch.inference_mode():
         out = policy.model(**inputs, use_cache=True)
-    counter.forwarded += seq_len - 1
-    counter.prompt += seq_len
+    counter.forwarded += ids.shape[1] - 1
+    counter.prompt += ids.shape[1]
     install(out.cache, policy.model)  # append new tokens in place from here on (kvcache.py)
     mask = batch["attention_mask"][:, :-1].long()
-    return BeamState(cache=out.cache, mask=mask, last=ids[:, -1].clone(), pos=mask.sum(1))
+    pos = mask.sum(1)
+    deltas = getattr(holder, "rope_deltas", None)
+    if deltas is not None:
+        pos = pos + deltas.reshape(-1).to(pos.device)  # (1,): negative, the image's saved positions
+    return BeamState(cache=out.cache, mask=mask, last=ids[:, -1].clone(), pos=pos)
 
 
 def concat_states(states: list[BeamState]) -> BeamState:
@@ -259,6 +282,43 @@ def select(state: BeamState, rows: list[int]) -> BeamState:
                      pos=state.pos.index_select(0, index))
 
 
+# ---------------------------------------------------------------------------- the runtime check
+
+
+def cached_decoding_problem(policy, image, prompt: str, suppress_ids: list[int], eos_ids: list[int],
+                            tokens: int = 4) -> str | None:
+    """None when the cached decoding of the first `tokens` greedy tokens agrees with one full, uncached forward over
+    prompt + those tokens (the same tokens, log-probs within tolerance); else what differs first.
+
+    Tolerance: 1e-3 in float32, 0.3 in half precision (where cached and uncached sums round differently); a
+    different token counts only when it is not a near-tie within that tolerance.
+    """
+    counter = TokenCounter()
+    state = prefill(policy, image, prompt, counter)
+    greedy = SearchConfig(sampler="diverse_beam", num_candidates=1, diversity_penalty=0.0, max_new_tokens=tokens)
+    cand = expand(policy, state, greedy, [], eos_ids, suppress_ids, None, counter)[0]
+    batch = policy.encode([image], [prompt])
+    extra = torch.tensor([cand.tokens[:-1]], dtype=batch["input_ids"].dtype, device=batch["input_ids"].device)
+    full = dict(batch)
+    for key in PER_TOKEN_KEYS:
+        if key in full:
+            fill = extra if key == "input_ids" else (torch.ones_like(extra) if key == "attention_mask"
+                                                     else torch.zeros_like(extra))
+            full[key] = torch.cat([full[key], fill.to(full[key].dtype)], dim=1)
+    with torch.inference_mode():
+        logits = policy.model(**full).logits[0, -len(cand.tokens):].float()
+    logp = torch.log_softmax(logits, dim=-1)
+    choice = logp + suppress_bias(suppress_ids, logp) if suppress_ids else logp
+    tol = 1e-3 if policy.model.dtype == torch.float32 else 0.3
+    for i, tok in enumerate(cand.tokens):
+        best = int(choice[i].argmax())
+        if tok != best and float(choice[i, best] - choice[i, tok]) > tol:
+            return f"greedy token {i} is {tok} with the cache and {best} without"
+        if abs(float(logp[i, tok]) - cand.logprobs[i]) > tol:
+            return f"the log-prob of token {i} is {cand.logprobs[i]:.4f} with the cache and {float(logp[i, tok]):.4f} without"
+    return None
+
+
 # ---------------------------------------------------------------------------- the engine
 
 
@@ -286,6 +346,19 @@ class HFEngine:
 
     def prompt_tokens(self, image, prompt: str) -> int:
         return self.policy.prompt_length(image, prompt)
+
+    def check(self, image, prompt: str) -> None:
+        """Refuse a model whose cached decoding differs from a full forward (a family the search does not support).
+
+        Raises:
+            InputError: one line naming the family and what differs.
+        """
+        problem = cached_decoding_problem(self.policy, image, prompt, self.suppress_ids, self.eos_ids)
+        if problem:
+            config = self.policy.model.config
+            raise InputError(f"model.path: the cached search does not support {config.model_type} "
+                             f"({type(self.policy.model).__name__}) yet: {problem}; search.check_cache=false "
+                             "runs it anyway")
 
     def decode(self, tokens: list[int]) -> str:
         text_ids = [t for t in tokens if t not in self.eos_ids]
