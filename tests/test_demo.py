@@ -8,12 +8,6 @@ from pathlib import Path
 import pytest
 
 from csr_vlm.toyworld import demo
-from csr_vlm.toyworld.build import build
-
-
-@pytest.fixture(scope="session")
-def quick_world(tmp_path_factory):
-    return build(tmp_path_factory.getbasetemp() / "toy-quick-world", seed=0, quick=True)
 
 
 def test_the_toy_configs_ship_inside_the_package():

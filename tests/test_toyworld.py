@@ -8,18 +8,11 @@ import time
 from dataclasses import replace
 
 import numpy as np
-import pytest
 
 from csr_vlm.toyworld import build, measure
 from csr_vlm.toyworld import clip as toyclip
 from csr_vlm.toyworld import llava as toyllava
 from csr_vlm.toyworld import scenes as tw
-
-
-@pytest.fixture(scope="session")
-def quick_world(tmp_path_factory):
-    """The --quick world; test_demo.py builds the same path, so the second user finds it cached."""
-    return build.build(tmp_path_factory.getbasetemp() / "toy-quick-world", seed=0, quick=True)
 
 
 def _split_files(d, split):

@@ -24,10 +24,10 @@ import yaml
 from .errors import ConfigError
 from .coerce import build_section, check_key, choices_of
 from .schema import (CurateConfig, DataConfig, EvalConfig, LoopConfig, ModelConfig, RewardConfig, RunConfig,
-                     SearchConfig, TrainConfig)
+                     SearchConfig, TrainConfig, VLLMConfig)
 
 __all__ = ["ConfigError", "CurateConfig", "DataConfig", "EvalConfig", "LoopConfig", "ModelConfig", "RewardConfig",
-           "RunConfig", "SearchConfig", "TrainConfig", "check_reusable", "describe", "field_docs",
+           "RunConfig", "SearchConfig", "TrainConfig", "VLLMConfig", "check_reusable", "describe", "field_docs",
            "load_config", "save_config", "to_dict", "with_overrides"]
 
 

@@ -35,8 +35,8 @@ from typing import Any
 
 from .config import save_config, to_dict
 from .curate import shard_line
-from .data import (append_jsonl, is_done, load_image, mark_done, read_jsonl, read_prompts, repair_jsonl, write_json,
-                   write_jsonl)
+from .data import (append_jsonl, is_done, load_image, mark_done, read_json, read_jsonl, read_prompts, repair_jsonl,
+                   write_json, write_jsonl)
 from .errors import InputError
 from .lock import output_lock
 from .models import check_model_path
@@ -68,7 +68,11 @@ def run(cfg: RunConfig, round: int = 1) -> Path:
             _prepare_dir(out, dataclasses.replace(cfg, reward=reward), fingerprint)
         _barrier(dist)
         started = time.perf_counter()
-        searched = _search_shard(cfg, reward, round, records, engine, scorer, out, rank, world)
+        try:
+            searched = _search_shard(cfg, reward, round, records, engine, scorer, out, rank, world)
+            write_json(out / "shards" / f"engine-rank-{rank}.json", engine.stats())
+        finally:
+            engine.close()
         _barrier(dist)
         if rank == 0:
             wall = time.perf_counter() - started
@@ -95,19 +99,14 @@ def _check_inputs(cfg: RunConfig) -> None:
 
 
 def _load_models(cfg: RunConfig, rank: int, world: int):
-    """(engine on the policy, CLIP scorer) on this rank's device; both fail before any work."""
-    import torch
+    """(engine, CLIP scorer) on this rank's devices; both fail before any work."""
+    from .models import ClipScorer
+    from .search.engine import build_engine
 
-    from .models import ClipScorer, load_policy
-    from .search.hf_engine import HFEngine
-
-    device = None
-    if world > 1 and cfg.model.device == "auto" and torch.cuda.is_available():
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank)) % torch.cuda.device_count()}"
-    policy = load_policy(cfg.model, device=device)
-    scorer = ClipScorer(cfg.reward.clip_path, device=str(policy.device), dtype=cfg.model.dtype,
+    engine, device = build_engine(cfg, int(os.environ.get("LOCAL_RANK", rank)), world)
+    scorer = ClipScorer(cfg.reward.clip_path, device=device, dtype=cfg.model.dtype,
                         batch_size=cfg.reward.clip_batch_size)
-    return HFEngine(policy, cfg.search), scorer
+    return engine, scorer
 
 
 def _resolve_reward(cfg: RunConfig, scorer) -> tuple[RewardConfig, dict | None]:
@@ -306,11 +305,24 @@ def _merge(cfg: RunConfig, reward: RewardConfig, round: int, out: Path, records,
     write_jsonl(out / "pairs.jsonl", pairs)
     write_jsonl(out / "skipped.jsonl", skipped)
     write_json(out / "stats.json", _stats(cfg, reward, round, ordered, input_skips, skipped, pairs, tau_stats, wall,
-                                          searched, world, len(records)))
+                                          searched, world, len(records), _engine_stats(out)))
+
+
+def _engine_stats(out: Path) -> dict:
+    """The engines' own numbers of this run, summed over ranks (rates recomputed from the sums)."""
+    total: dict = {}
+    for path in sorted((out / "shards").glob("engine-rank-*.json")):
+        for key, value in read_json(path).items():
+            total[key] = total.get(key, 0) + value if isinstance(value, (int, float)) and key in total else value
+    if total.get("prompt_tokens"):
+        total["prefix_cache_hit_rate"] = total["cached_prompt_tokens"] / total["prompt_tokens"]
+    if total.get("generate_s"):
+        total["generated_tokens_per_s"] = total["generated_tokens"] / total["generate_s"]
+    return total
 
 
 def _stats(cfg, reward, round, ordered, input_skips, skipped, pairs, tau_stats, wall, searched, world,
-           n_valid) -> dict:
+           n_valid, engine_stats) -> dict:
     tokens, times, events = Counter(), Counter(), Counter()
     for ln in ordered:
         st = ln["stats"]
@@ -335,6 +347,7 @@ def _stats(cfg, reward, round, ordered, input_skips, skipped, pairs, tau_stats, 
         "mean_margin": sum(margins) / len(margins) if margins else None,
         "wall_s": round_(wall), "prompts_this_run": searched,
         "prompts_per_s": round_(searched / wall) if wall > 0 else None,
+        "engine": engine_stats,
     }
 
 

@@ -77,9 +77,7 @@ class Policy:
 
     def prompt_text(self, question: str, answer: str | None = None) -> str:
         """The chat-template text for one image + question (and, optionally, an answer so far)."""
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
-        text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return text + answer if answer else text
+        return chat_prompt(self.processor, question, answer)
 
     @cached_property
     def context_length(self) -> int | None:
@@ -101,13 +99,7 @@ class Policy:
 
     @cached_property
     def eos_ids(self) -> list[int]:
-        ids = {self.tokenizer.eos_token_id}
-        gen_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
-        if isinstance(gen_eos, int):
-            ids.add(gen_eos)
-        elif gen_eos:
-            ids.update(gen_eos)
-        return sorted(i for i in ids if i is not None)
+        return eos_token_ids(self.tokenizer, getattr(self.model, "generation_config", None))
 
     def delimiter_ids(self, delimiters: list[str]) -> list[int]:
         """Token ids whose text ends a sentence: a delimiter with only whitespace after it."""
@@ -115,9 +107,7 @@ class Policy:
 
     def suppressed_ids(self) -> list[int]:
         """Special tokens a sampled answer must never contain (image, pad, bos, ...), EOS excluded."""
-        tok = self.tokenizer
-        eos = set(self.eos_ids)
-        return sorted(i for i in tok.all_special_ids if i not in eos)
+        return suppressed_token_ids(self.tokenizer, self.eos_ids)
 
     def generate_answers(self, images: list, questions: list[str], max_new_tokens: int,
                          too_long: dict[int, str] | None = None) -> list[str | None]:
@@ -156,6 +146,30 @@ class Policy:
             )
         new = out[:, batch["input_ids"].shape[1] :]
         return [t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
+
+
+def chat_prompt(processor, question: str, answer: str | None = None) -> str:
+    """The processor's chat-template text for one image + question (and, optionally, an answer so far)."""
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return text + answer if answer else text
+
+
+def eos_token_ids(tokenizer, generation_config) -> list[int]:
+    """The tokens that end an answer: the tokenizer's EOS and the generation config's eos_token_id(s)."""
+    ids = {tokenizer.eos_token_id}
+    gen_eos = getattr(generation_config, "eos_token_id", None)
+    if isinstance(gen_eos, int):
+        ids.add(gen_eos)
+    elif gen_eos:
+        ids.update(gen_eos)
+    return sorted(i for i in ids if i is not None)
+
+
+def suppressed_token_ids(tokenizer, eos_ids: list[int]) -> list[int]:
+    """Special tokens a sampled answer must never contain (image, pad, bos, ...), the EOS tokens excepted."""
+    eos = set(eos_ids)
+    return sorted(i for i in tokenizer.all_special_ids if i not in eos)
 
 
 def sentence_end_ids(tokenizer, delimiters: list[str]) -> list[int]:

@@ -18,7 +18,8 @@ Several prompts: `concat_states` stacks the prefilled states of several prompts 
 and `expand_groups` decodes all their rows together, one forward per token; each `Group` (one
 prompt's block of rows) samples with its own generator and counts its own tokens.
 
-Samplers: `sample` (temperature, top_p, special tokens suppressed, seeded torch.Generator) and
+Samplers: `sample` (temperature, top_p, special tokens suppressed, seeded torch.Generator; temperature 0 is
+greedy) and
 `diverse_beam` (our own Hamming-diverse group beam search: K groups of one beam each, as in the
 official code's num_beams = num_beam_groups = 5; group g takes the best token after subtracting
 diversity_penalty times the number of earlier groups that chose that token at this step).
@@ -242,6 +243,8 @@ def _choose(logits: torch.Tensor, logp: torch.Tensor, cfg: SearchConfig, suppres
     bias = suppress_bias(suppress_ids, logits) if isinstance(suppress_ids, list) else suppress_ids
     if bias is not None:
         logits, logp = logits + bias, logp + bias
+    if cfg.sampler == "sample" and cfg.temperature == 0:  # greedy, as in any engine
+        return logits.argmax(dim=-1)
     if cfg.sampler == "diverse_beam":
         rows, vocab = logp.shape
         groups = logp.view(rows // k, k, vocab)
@@ -282,43 +285,6 @@ def select(state: BeamState, rows: list[int]) -> BeamState:
                      pos=state.pos.index_select(0, index))
 
 
-# ---------------------------------------------------------------------------- the runtime check
-
-
-def cached_decoding_problem(policy, image, prompt: str, suppress_ids: list[int], eos_ids: list[int],
-                            tokens: int = 4) -> str | None:
-    """None when the cached decoding of the first `tokens` greedy tokens agrees with one full, uncached forward over
-    prompt + those tokens (the same tokens, log-probs within tolerance); else what differs first.
-
-    Tolerance: 1e-3 in float32, 0.3 in half precision (where cached and uncached sums round differently); a
-    different token counts only when it is not a near-tie within that tolerance.
-    """
-    counter = TokenCounter()
-    state = prefill(policy, image, prompt, counter)
-    greedy = SearchConfig(sampler="diverse_beam", num_candidates=1, diversity_penalty=0.0, max_new_tokens=tokens)
-    cand = expand(policy, state, greedy, [], eos_ids, suppress_ids, None, counter)[0]
-    batch = policy.encode([image], [prompt])
-    extra = torch.tensor([cand.tokens[:-1]], dtype=batch["input_ids"].dtype, device=batch["input_ids"].device)
-    full = dict(batch)
-    for key in PER_TOKEN_KEYS:
-        if key in full:
-            fill = extra if key == "input_ids" else (torch.ones_like(extra) if key == "attention_mask"
-                                                     else torch.zeros_like(extra))
-            full[key] = torch.cat([full[key], fill.to(full[key].dtype)], dim=1)
-    with torch.inference_mode():
-        logits = policy.model(**full).logits[0, -len(cand.tokens):].float()
-    logp = torch.log_softmax(logits, dim=-1)
-    choice = logp + suppress_bias(suppress_ids, logp) if suppress_ids else logp
-    tol = 1e-3 if policy.model.dtype == torch.float32 else 0.3
-    for i, tok in enumerate(cand.tokens):
-        best = int(choice[i].argmax())
-        if tok != best and float(choice[i, best] - choice[i, tok]) > tol:
-            return f"greedy token {i} is {tok} with the cache and {best} without"
-        if abs(float(logp[i, tok]) - cand.logprobs[i]) > tol:
-            return f"the log-prob of token {i} is {cand.logprobs[i]:.4f} with the cache and {float(logp[i, tok]):.4f} without"
-    return None
-
-
 # ---------------------------------------------------------------------------- the engine
 
 
@@ -353,6 +319,8 @@ class HFEngine:
         Raises:
             InputError: one line naming the family and what differs.
         """
+        from .cache_check import cached_decoding_problem
+
         problem = cached_decoding_problem(self.policy, image, prompt, self.suppress_ids, self.eos_ids)
         if problem:
             config = self.policy.model.config
@@ -363,6 +331,13 @@ class HFEngine:
     def decode(self, tokens: list[int]) -> str:
         text_ids = [t for t in tokens if t not in self.eos_ids]
         return self.policy.tokenizer.decode(text_ids, skip_special_tokens=True).strip()
+
+    def stats(self) -> dict[str, Any]:
+        """Engine numbers for stats.json (per prompt, the search's own token counts say the rest)."""
+        return {"engine": "hf"}
+
+    def close(self) -> None:
+        """Nothing to shut down: the policy is freed with the engine."""
 
     def open(self, items: list[PromptItem]) -> _Batch:
         states = [prefill(self.policy, item.image, item.prompt, item.counter) for item in items]

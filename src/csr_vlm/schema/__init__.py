@@ -1,0 +1,105 @@
+"""The configuration schema: one frozen dataclass per section, with every allowed value and every rule.
+
+Each field has a type, a default and a docstring right under it (`csr <command> --help` prints them).
+A field with a fixed set of values says so in its type (`Literal[...]`) or, where a module owns the
+list (filters, POPE parsers and splits, benchmarks), in `field(metadata={"choices": ...})`.
+`RunConfig.validate()` checks every such value and every rule between fields, naming the override
+key and listing the allowed values or the nearest one, so a misspelt value fails when the config is
+loaded, before any stage starts. The dataclasses are frozen: a stage derives new values (an
+estimated tau, a device per rank) into its outputs and passes them on explicitly; it never edits the
+config it was given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from ..coerce import build_section, check_choices, did_you_mean
+from ..errors import ConfigError
+from ..eval.registry import TASKS, metric_names
+from .evaluation import EvalConfig, LoopConfig
+from .generation import (DEVICE, NORMALIZE_MODES, TAU_RULES, CurateConfig, DataConfig, ModelConfig, RewardConfig,
+                         SearchConfig, VLLMConfig)
+from .training import LR_SCHEDULERS, TRL_LOSS_TYPES, TrainConfig
+
+__all__ = ["DEVICE", "LR_SCHEDULERS", "NORMALIZE_MODES", "TAU_RULES", "TRL_LOSS_TYPES", "CurateConfig", "DataConfig",
+           "EvalConfig", "LoopConfig", "ModelConfig", "RewardConfig", "RunConfig", "SearchConfig", "TrainConfig",
+           "VLLMConfig"]
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The whole configuration: output, seed, and one section per stage."""
+
+    out: str = "runs/default"
+    """Output directory of the stage (or of the whole loop)."""
+    seed: int = 0
+    """Seed for sampling, splits and training; per-prompt seeds derive from it and the prompt id."""
+    overwrite: bool = False
+    """Redo finished work instead of resuming it."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The policy."""
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    """The calibrated sentence reward."""
+    search: SearchConfig = field(default_factory=SearchConfig)
+    """The sentence-level search."""
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)
+    """The vLLM engine (search.engine=vllm)."""
+    curate: CurateConfig = field(default_factory=CurateConfig)
+    """Turning searched answers into preference pairs."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """DPO + LoRA training."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Evaluation benchmarks (CHAIR, POPE)."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Prompts and images."""
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    """The iterative CSR loop."""
+
+    def validate(self) -> RunConfig:
+        """Check every allowed value and every rule between fields; returns self (a ConfigError names the key)."""
+        check_choices(self)
+        if self.seed < 0:
+            raise ConfigError(f"seed must be >= 0, got {self.seed}")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if dataclasses.is_dataclass(value):
+                value.validate(f.name)
+        dev = self.dev_eval()
+        check_choices(dev, "loop.dev.")
+        dev.validate("loop.dev")
+        self._validate_selection(dev)
+        return self
+
+    def validate_loop(self) -> RunConfig:
+        """validate() plus the rules that only bind when the stages run as a loop (`csr loop`)."""
+        self.validate()
+        if self.loop.rounds > 1 and self.train.use_lora and not self.train.merge:
+            raise ConfigError("train.merge=false keeps only the adapter, but round 2 starts from a full checkpoint; "
+                              "set train.merge=true or loop.rounds=1")
+        if self.loop.evaluate or self.loop.select_on:
+            needing = [t for t in self.eval.tasks if TASKS[t].needs_annotations(self.eval)]
+            if needing and not self.eval.annotations:
+                raise ConfigError(f"eval.annotations is not set, but loop.evaluate/select_on evaluate "
+                                  f"{', '.join(needing)} (set loop.evaluate=false to train without evaluating)")
+        return self
+
+    def dev_eval(self) -> EvalConfig:
+        """The eval section of the dev evaluation: eval with loop.dev's keys overridden (checked like overrides)."""
+        merged = {**dataclasses.asdict(self.eval), **self.loop.dev}
+        return build_section(EvalConfig, merged, "loop.dev.")
+
+    def _validate_selection(self, dev: EvalConfig) -> None:
+        """select_on and the guards must name metrics that the dev evaluation's tasks produce."""
+        known = metric_names(dev.tasks)
+        wanted = [("loop.select_on", self.loop.select_on)] if self.loop.select_on else []
+        wanted += [("loop.guards", m) for m in self.loop.guards]
+        wanted += [("loop.relative_guards", m) for m in self.loop.relative_guards]
+        for key, metric in wanted:
+            if metric not in known:
+                raise ConfigError(f"{key}: {metric!r} is not a metric of the dev tasks ({', '.join(dev.tasks)})"
+                                  f"{did_you_mean(metric, known)}")
+        for metric, factor in self.loop.relative_guards.items():
+            if factor <= 0:
+                raise ConfigError(f"loop.relative_guards.{metric} must be > 0, got {factor}")
