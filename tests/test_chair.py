@@ -152,3 +152,15 @@ def test_score_chair_without_usable_caption_fails(tmp_path, capsys):
     caps.write_text(json.dumps({"image_id": 99, "caption": "A dog."}) + "\n")
     assert main(["score", "chair", "--captions", str(caps), "--instances", str(inst)]) == 2
     assert "no caption matches" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("word, canonical", [
+    ("taxis", "car"), ("corgis", "dog"), ("broccolis", "broccoli"), ("tvs", "tv"), ("zebus", "cow"),
+    ("magpies", "bird"), ("men", "person"), ("vases", "vase"), ("buses", "bus"), ("glasses", None), ("skis", "skis"),
+])
+def test_plurals_the_table_knows(word, canonical):
+    """A plural whose stem (minus s / es) is a synonym-table word maps to its object; -is / -us words that the
+    rules keep whole ("this", "bus") stay safe. "glasses" is not an object (no "glass" entry alone)."""
+    vocab = chair.load_vocabulary()
+    nodes = chair.caption_to_words(f"There are two {word} here.", vocab)[1]
+    assert nodes == ([canonical] if canonical else [])

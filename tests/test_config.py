@@ -132,7 +132,8 @@ ENUMERATED = _enumerated()
 def test_the_enumerated_keys_are_the_ones_we_expect():
     keys = {k for k, _, _ in ENUMERATED}
     assert keys == {"model.dtype", "reward.self_score", "reward.normalize", "reward.tau_rule", "reward.end_reward",
-                    "search.mode", "search.sampler", "search.filters", "train.loss_type", "train.lr_scheduler_type",
+                    "search.engine", "search.mode", "search.sampler", "search.filters", "train.loss_type",
+                    "train.lr_scheduler_type",
                     "eval.tasks", "eval.pope_splits", "eval.pope_parser"}
 
 
@@ -169,7 +170,7 @@ def test_a_misspelt_value_in_yaml_is_refused_with_its_choices(tmp_path):
     (["search.delimiters=[]"], "search.delimiters must be a non-empty list"),
     (["train.loss_type=[sigmoid,sft]", "train.loss_weights=[1.0]"], "1 weight\\(s\\) for 2 loss type\\(s\\)"),
     (["train.loss_type=[]"], "train.loss_type must name at least one"),
-    (["eval.tasks=[]"], "eval.tasks is empty"),
+    (["eval.tasks=[]"], "eval.tasks and eval.lmms_tasks are empty"),
     (["eval.batch_size=0"], "eval.batch_size must be > 0"),
     (["data.max_prompts=0"], "data.max_prompts must be >= 1 or null"),
     (["model.device=gpu"], "model.device: 'gpu' is not a device"),

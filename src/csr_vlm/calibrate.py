@@ -24,6 +24,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from .data import load_image, resolve_image, write_json, write_jsonl
+from .eval.pope import with_article
 from .errors import InputError
 from .schema import TAU_RULES
 from .tables import text_table
@@ -31,13 +32,6 @@ from .tables import text_table
 log = logging.getLogger(__name__)
 
 TEMPLATES = ("There is a {} in the image.", "A photo of a {}.", "I can see a {} here.")
-
-
-def with_article(template: str, name: str) -> str:
-    """The template with `name`, "a" turned into "an" before a vowel ("an apple")."""
-    if name[:1].lower() in "aeiou":
-        template = template.replace("a {}", "an {}").replace("A {}", "An {}")
-    return template.format(name)
 
 
 def cooccurrence(objects: dict) -> dict[str, Counter]:
@@ -49,13 +43,14 @@ def cooccurrence(objects: dict) -> dict[str, Counter]:
     return counts
 
 
-def labelled_sentences(instances: dict, gt: dict, image_root: str, n_images: int, seed: int,
-                       templates: tuple[str, ...], n_cooccurring: int, n_random: int, max_pixels: int
-                       ) -> tuple[list[dict], list[dict]]:
-    """(records {image, text, present, object}, skipped {image, reason}) for a seeded sample of the images.
+def present_and_absent(instances: dict, gt: dict, image_root: str, n_images: int, rng: random.Random,
+                       n_cooccurring: int, n_random: int, max_pixels: int = 50_000_000
+                       ) -> tuple[list[tuple[object, str, list[str], list[str]]], list[dict]]:
+    """For a seeded sample of the annotated images: ([(image id, path, present, absent)], skipped {image, reason}).
 
-    present: the image's annotated categories and the canonical objects its captions name (gt); absent: the
-    categories co-occurring most with the present ones that the image lacks, then random absent ones.
+    present: the image's annotated categories; absent: categories that neither its annotations nor its reference
+    captions (gt, as CHAIR counts them) name: first the n_cooccurring that co-occur most with the present ones
+    in this file (what a model hallucinates), then n_random others. Missing or unreadable images are skipped.
     """
     from .eval.chair import norm_image_id
 
@@ -65,10 +60,9 @@ def labelled_sentences(instances: dict, gt: dict, image_root: str, n_images: int
         if ann["category_id"] in names:
             annotated[norm_image_id(ann["image_id"])].add(names[ann["category_id"]])
     cooc = cooccurrence(annotated)
-    rng = random.Random(seed)
     images = sorted((im for im in instances.get("images", []) if annotated.get(norm_image_id(im["id"]))),
                     key=lambda im: str(im["id"]).zfill(20))
-    records, skipped = [], []
+    rows, skipped = [], []
     for im in rng.sample(images, min(n_images, len(images))):
         path = resolve_image(str(im.get("file_name", im["id"])), image_root)
         try:
@@ -76,16 +70,31 @@ def labelled_sentences(instances: dict, gt: dict, image_root: str, n_images: int
         except InputError as exc:
             skipped.append({"image": path, "reason": str(exc)})
             continue
-        present = sorted(annotated[norm_image_id(im["id"])])
-        seen = gt.get(norm_image_id(im["id"]), set()) | set(present)  # never call a captioned object absent
+        image_id = norm_image_id(im["id"])
+        present = sorted(annotated[image_id])
+        seen = gt.get(image_id, set()) | set(present)  # never call a captioned object absent
         candidates = [c for c in names.values() if c not in seen]
         together = Counter({c: sum(cooc[p][c] for p in present) for c in candidates})
         absent = [c for c, n in together.most_common() if n > 0][:n_cooccurring]
         others = [c for c in candidates if c not in absent]
         absent += rng.sample(others, min(n_random, len(others)))
+        rows.append((image_id, path, present, absent))
+    return rows, skipped
+
+
+def labelled_sentences(instances: dict, gt: dict, image_root: str, n_images: int, seed: int,
+                       templates: tuple[str, ...], n_cooccurring: int, n_random: int, max_pixels: int,
+                       names: dict[str, str] | None = None) -> tuple[list[dict], list[dict]]:
+    """(records {image, text, present, object}, skipped) : one sentence per present and absent object of each
+    image of `present_and_absent`, each from a template drawn at random; `names` says how a sentence names an
+    object (default: its category name)."""
+    rng = random.Random(seed)
+    rows, skipped = present_and_absent(instances, gt, image_root, n_images, rng, n_cooccurring, n_random, max_pixels)
+    records = []
+    for _, path, present, absent in rows:
         for obj, is_present in [(p, True) for p in present] + [(a, False) for a in absent]:
-            records.append({"image": path, "text": with_article(rng.choice(templates), obj), "present": is_present,
-                            "object": obj})
+            text = with_article(rng.choice(templates), (names or {}).get(obj, obj))
+            records.append({"image": path, "text": text, "present": is_present, "object": obj})
     return records, skipped
 
 
@@ -102,6 +111,7 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--n-images", type=int, default=500, help="images sampled (seeded)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--templates", nargs="+", default=list(TEMPLATES), help="sentence templates with {}")
+    parser.add_argument("--names", help="JSON {category: name} for the sentences (as reward.object_names)")
     parser.add_argument("--cooccurring", type=int, default=2, help="absent objects per image that co-occur most")
     parser.add_argument("--random", type=int, default=1, help="other absent objects per image, drawn at random")
     parser.add_argument("--sd", type=float, default=3.0, help="rule true_sd: tau = mean(present) - SD * stdev")
@@ -127,8 +137,11 @@ def calibrate(args) -> dict:
     from .models import ClipScorer
 
     vocab, instances, gt = load_ground_truth(args.annotations, args.captions, args.synonyms)
+    from .reward import object_names
+
     records, skipped = labelled_sentences(instances, gt, args.image_root, args.n_images, args.seed,
-                                          tuple(args.templates), args.cooccurring, args.random, 50_000_000)
+                                          tuple(args.templates), args.cooccurring, args.random, 50_000_000,
+                                          object_names(args.names or ""))
     if not records:
         raise InputError(f"{args.annotations}: no readable image with annotations ({len(skipped)} skipped; "
                          f"first: {skipped[0]['reason'] if skipped else 'none'})")

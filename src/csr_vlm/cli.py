@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "loop": ("csr_vlm.loop", "stage", "rounds of generate -> train -> eval, resumable"),
     "score": ("csr_vlm.score", "tool", "score existing outputs: chair, pope, pairs, clip (calibration)"),
     "calibrate": ("csr_vlm.calibrate", "tool", "a labelled tau calibration set from COCO-format annotations"),
+    "questions": ("csr_vlm.questions", "tool", "yes/no prompts about the training images' objects (data.mix_prompts)"),
     "report": ("csr_vlm.report", "tool", "report.md and plots for a run directory"),
     "toyworld": ("csr_vlm.toyworld.build", "tool", "build the synthetic world and its tiny CLIP + LLaVA"),
     "demo": ("csr_vlm.toyworld.demo", "tool", "toy world + CSR loop + lam=0 ablation + report, on a CPU"),

@@ -57,9 +57,7 @@ def run(cfg: RunConfig, round: int = 1) -> Path:
         log.info("generate: %s is complete (DONE); overwrite=true redoes it", out)
         return out
     with output_lock(out, enabled=rank == 0):  # a second run on this out stops here, before any work
-        records, input_skips = read_prompts(cfg.data.prompts, cfg.data.image_root, cfg.data.image_prefix)
-        if cfg.data.max_prompts is not None:
-            records = records[: cfg.data.max_prompts]
+        records, input_skips = _read_all_prompts(cfg)
         engine, scorer = _load_models(cfg, rank, world)
         if cfg.search.check_cache:
             _check_engine(engine, records, cfg)
@@ -94,8 +92,24 @@ def _check_inputs(cfg: RunConfig) -> None:
     check_model_path(cfg.reward.clip_path, "reward.clip_path")
     if not cfg.data.prompts:
         raise InputError("data.prompts is not set")
+    if cfg.data.mix_prompts and not Path(cfg.data.mix_prompts).is_file():
+        raise InputError(f"data.mix_prompts: file not found: {cfg.data.mix_prompts}")
     if cfg.reward.tau_calibration and not Path(cfg.reward.tau_calibration).is_file():
         raise InputError(f"reward.tau_calibration: file not found: {cfg.reward.tau_calibration}")
+
+
+def _read_all_prompts(cfg: RunConfig):
+    """data.prompts (its first data.max_prompts), then data.mix_prompts; (records, skipped inputs)."""
+    records, skipped = read_prompts(cfg.data.prompts, cfg.data.image_root, cfg.data.image_prefix)
+    if cfg.data.max_prompts is not None:
+        records = records[: cfg.data.max_prompts]
+    if cfg.data.mix_prompts:
+        mix, mix_skipped = read_prompts(cfg.data.mix_prompts, cfg.data.image_root, cfg.data.image_prefix)
+        ids = {r.id for r in records}
+        skipped += mix_skipped + [{"id": r.id, "reason": "duplicate id (also in data.prompts)"} for r in mix
+                                  if r.id in ids]
+        records += [r for r in mix if r.id not in ids]
+    return records, skipped
 
 
 def _load_models(cfg: RunConfig, rank: int, world: int):

@@ -191,8 +191,8 @@ def check(cfg: RunConfig, from_round: int | None) -> None:
     check_model_path(cfg.model.path, "model.path")  # a wrong path fails here, before any directory is made
     if cfg.reward.clip_path:
         check_model_path(cfg.reward.clip_path, "reward.clip_path")
-    for key, path in (("data.prompts", cfg.data.prompts), ("eval.annotations", cfg.eval.annotations),
-                      ("reward.tau_calibration", cfg.reward.tau_calibration)):
+    for key, path in (("data.prompts", cfg.data.prompts), ("data.mix_prompts", cfg.data.mix_prompts),
+                      ("eval.annotations", cfg.eval.annotations), ("reward.tau_calibration", cfg.reward.tau_calibration)):
         if path and not Path(path).is_file():
             raise InputError(f"{key}: file not found: {path}")
 

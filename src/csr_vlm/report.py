@@ -98,6 +98,7 @@ def round_table(rounds: dict[int, dict]) -> tuple[list[str], list[list[Any]]]:
     """Columns and rows of the all-numbers table (one row per round): every registered metric the run measured,
     then the pairs' and the training's numbers."""
     measured = [m for m in registered_metrics() if any(m in _flat(r) for r in rounds.values())]
+    measured += sorted({m for r in rounds.values() for m in _flat(r) if m.startswith("lmms_")})  # lmms-eval's
     cols = ["round", *measured, "n_pairs", "chosen_r_i", "rejected_r_i", "margin", "dpo_loss", "reward_acc",
             "reward_margin"]
     rows = []

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
 
 from .schema import RewardConfig
 
@@ -60,6 +62,26 @@ def step_rewards(r_i: Sequence[float], r_t: Sequence[float], cfg: RewardConfig) 
     if cfg.normalize == "rank":
         return [lam * i + (1 - lam) * t for i, t in zip(fractional_ranks(r_i), fractional_ranks(r_t))]
     raise ValueError(f"reward.normalize: unknown mode {cfg.normalize!r}")
+
+
+@lru_cache(maxsize=8)
+def object_names(path: str) -> dict[str, str]:
+    """reward.object_names read once: {object: how the yes/no statement names it} ({} for no file)."""
+    if not path:
+        return {}
+    from .data import read_json
+    from .errors import InputError
+
+    names = read_json(Path(path), "reward.object_names")
+    if not isinstance(names, dict) or not all(isinstance(v, str) for v in names.values()):
+        raise InputError(f"reward.object_names: {path} must be a JSON object of names")
+    return names
+
+
+def yes_no_relevance(verdict: str, statement_r_i: float, tau: float) -> float:
+    """R_I of a yes/no answer about an object, from R_I of the statement that the object is there: "yes" earns the
+    statement's R_I, "no" its mirror image around tau (under normalize=center, +d for one is -d for the other)."""
+    return statement_r_i if verdict == "yes" else 2.0 * tau - statement_r_i
 
 
 def penalize_repeats(rewards: Sequence[float], repeats: Sequence[bool], penalty: float) -> list[float]:

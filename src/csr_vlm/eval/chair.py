@@ -13,7 +13,9 @@ Maxlinn's CHAIR-metric-standalone): every mention counts, duplicates included.
   same caption already named / mentions.
 
 Differences from the original, all offline (the tokeniser and singulariser are words.py's):
-- A token that is already a word of the synonym table is kept as is ("skis", "scissors", "people");
+- A token that is already a word of the synonym table is kept as is ("skis", "scissors", "people"); a plural
+  whose stem without s / es is a table word becomes that word ("taxis", "corgis", "broccolis", "tvs", "zebus",
+  "magpies", which the rules alone miss); other words take the rule-based singular;
   the `wine glas` rule is kept for text that already has the pattern.en spelling.
 - Every multi-word entry of the synonym table is matched as a phrase too (longest match first; the
   fixed double-word table wins on ties), so other tables (e.g. the toy world's) work. On the COCO
@@ -127,9 +129,21 @@ def merge_phrases(words: list[str], vocab: Vocabulary) -> list[str]:
     return out
 
 
+def table_singular(token: str, vocab: Vocabulary) -> str:
+    """The token's singular as the synonym table knows it: the token itself if the table has it, else the token
+    without its final s or es if the table has that ("taxis", "tvs", "zebus", "magpies", "buses"), else the
+    rule-based singular (which keeps words in -is / -us, as "this", "glass", "bus" need)."""
+    if token in vocab.canonical:
+        return token
+    for cut in (1, 2):
+        if token.endswith("s") and token[:-cut] in vocab.canonical:
+            return token[:-cut]
+    return singularize(token)
+
+
 def caption_to_words(caption: str, vocab: Vocabulary) -> tuple[list[str], list[str]]:
     """(surface object words, canonical object words) of a caption, in order, duplicates kept."""
-    tokens = [t if t in vocab.canonical else singularize(t) for t in tokenize(caption or "")]
+    tokens = [table_singular(t, vocab) for t in tokenize(caption or "")]
     words = merge_phrases(tokens, vocab)
     if "toilet" in words and "seat" in words:
         words = [w for w in words if w != "seat"]

@@ -25,6 +25,7 @@ from ..data import (DONE_MARKER, append_jsonl, is_done, load_image, mark_done, r
 from ..errors import InputError
 from ..lock import output_lock
 from ..schema import RunConfig
+from . import lmms
 from .chair import load_instances
 from .registry import TASKS, flat_metrics
 from .task import Plan, job_key
@@ -40,8 +41,10 @@ def run(cfg: RunConfig, round: int = 0) -> Path:
         log.info("eval: %s is done; skipping (overwrite=true redoes it)", out)
         return out
     ev = cfg.eval
+    if ev.lmms_tasks:
+        lmms.check_installed()  # before any model loads
     input_skips: list[dict] = []
-    plans = _plans(cfg, input_skips)
+    plans = _plans(cfg, input_skips) if ev.tasks else {}
 
     from ..models import load_policy
 
@@ -49,23 +52,30 @@ def run(cfg: RunConfig, round: int = 0) -> Path:
         if cfg.overwrite:  # a killed redo must not leave the old DONE / metrics behind
             for name in (DONE_MARKER, "metrics.json", "samples.jsonl", "skipped.jsonl"):
                 (out / name).unlink(missing_ok=True)
-        policy = load_policy(cfg.model)
-        jobs = [job for plan in plans.values() for job in plan.jobs]
-        answers, skipped = _answer_all(policy, jobs, out / "samples.jsonl", ev.batch_size, cfg.data.max_image_pixels)
+        answers, skipped = {}, []
+        if plans:
+            policy = load_policy(cfg.model)
+            jobs = [job for plan in plans.values() for job in plan.jobs]
+            answers, skipped = _answer_all(policy, jobs, out / "samples.jsonl", ev.batch_size,
+                                           cfg.data.max_image_pixels)
+            del policy  # lmms-eval loads the checkpoint again in its own process
         if skipped or input_skips:
             write_jsonl(out / "skipped.jsonl", input_skips + skipped)
         _check_answered(cfg, plans, answers, len(skipped))
-        _save(cfg, round, out, plans, answers, skipped, input_skips)
+        metrics: dict[str, Any] = {name: TASKS[name].score(plan, answers, ev, out) for name, plan in plans.items()}
+        if ev.lmms_tasks:
+            from ..models import resolve_device
+
+            metrics["lmms"] = lmms.run(cfg.model.path, ev, out, resolve_device(cfg.model.device))
+        _save(cfg, round, out, metrics, skipped, input_skips)
     log.info("eval: %s -> %s", cfg.model.path, out)
     return out
 
 
-def _save(cfg: RunConfig, round: int, out: Path, plans: dict[str, Plan], answers: dict, skipped: list[dict],
-          input_skips: list[dict]) -> None:
+def _save(cfg: RunConfig, round: int, out: Path, metrics: dict, skipped: list[dict], input_skips: list[dict]) -> None:
     """metrics.json (each task's section, the flat summary, the protocol), config.yaml, then DONE."""
     ev = cfg.eval
-    metrics: dict[str, Any] = {name: TASKS[name].score(plan, answers, ev, out) for name, plan in plans.items()}
-    metrics["flat"] = flat_metrics(metrics, plans)
+    metrics["flat"] = {**flat_metrics(metrics, ev.tasks), **lmms.flat(metrics.get("lmms", {}))}
     metrics["protocol"] = {
         "prompt": ev.prompt, "max_new_tokens": ev.max_new_tokens, "num_images": ev.num_images, "seed": cfg.seed,
         "parser": ev.pope_parser, "pope_suffix": ev.pope_suffix, "pope_max_new_tokens": ev.pope_max_new_tokens,

@@ -59,10 +59,16 @@ def image_objects(instances: dict) -> list[dict]:
     return [{"image_id": i, "image": files.get(i, str(i)), "objects": objs} for i, objs in objects.items()]
 
 
+def with_article(template: str, name: str) -> str:
+    """The template with `name` in it, its "a {}" turned into "an {}" before a vowel ("Is there an apple ...")."""
+    if name[:1].lower() in ("a", "e", "i", "o", "u"):
+        template = template.replace("a {}", "an {}", 1).replace("A {}", "An {}", 1)
+    return template.format(name)
+
+
 def question(qid: int, im: dict, obj: str, label: str, split: str, template: str = TEMPLATE) -> dict:
     """One question record; "an" before a vowel-initial object (without the original's "imange")."""
-    article = "an" if obj[:1].lower() in ("a", "e", "i", "o", "u") else "a"
-    text = template.replace("a {}", f"{article} {{}}", 1).format(obj)
+    text = with_article(template, obj)
     return {"question_id": qid, "image": im["image"], "image_id": im["image_id"], "text": text, "label": label,
             "object": obj, "category": split}
 

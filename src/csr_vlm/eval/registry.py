@@ -43,7 +43,11 @@ def metric_names(tasks: Iterable[str] | None = None) -> list[str]:
 
 
 def lower_is_better(name: str) -> bool:
-    """The direction of a flat metric of any registered task."""
+    """The direction of a flat metric of any registered task (or of an lmms-eval task: `lmms_<task>_<metric>`)."""
+    if name.startswith("lmms_"):
+        from .lmms import lower_is_better as lmms_lower
+
+        return lmms_lower(name)
     known = metrics()
     if name not in known:
         raise ConfigError(f"{name!r} is not a metric of any benchmark (known: {', '.join(known)})")

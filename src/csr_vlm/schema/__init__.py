@@ -93,11 +93,12 @@ class RunConfig:
     def _validate_selection(self, dev: EvalConfig) -> None:
         """select_on and the guards must name metrics that the dev evaluation's tasks produce."""
         known = metric_names(dev.tasks)
+        lmms = tuple(f"lmms_{t}_" for t in dev.lmms_tasks)  # lmms-eval's metric names are known once it has run
         wanted = [("loop.select_on", self.loop.select_on)] if self.loop.select_on else []
         wanted += [("loop.guards", m) for m in self.loop.guards]
         wanted += [("loop.relative_guards", m) for m in self.loop.relative_guards]
         for key, metric in wanted:
-            if metric not in known:
+            if metric not in known and not (lmms and metric.startswith(lmms)):
                 raise ConfigError(f"{key}: {metric!r} is not a metric of the dev tasks ({', '.join(dev.tasks)})"
                                   f"{did_you_mean(metric, known)}")
         for metric, factor in self.loop.relative_guards.items():

@@ -43,12 +43,23 @@ class EvalConfig:
     """Token cap for POPE answers."""
     batch_size: int = 8
     """Prompts decoded together."""
+    lmms_tasks: list[str] = field(default_factory=list)
+    """lmms-eval tasks run on the checkpoint too (e.g. [mme, seedbench, mmbench_en_dev]); needs the lmms extra."""
+    lmms_model: str = ""
+    """lmms-eval model class; empty = chosen from the checkpoint's model_type (llava, llava_next: llava_hf)."""
+    lmms_model_args: dict[str, Any] = field(default_factory=dict)
+    """Extra lmms-eval model_args (pretrained and device_map are set by csr)."""
+    lmms_include_path: str = ""
+    """A folder of extra lmms-eval task YAMLs (e.g. <toy world>/lmms_tasks)."""
+    lmms_args: dict[str, Any] = field(default_factory=dict)
+    """Other lmms-eval command-line options, e.g. {limit: 100}, passed as --key value."""
 
     def validate(self, key: str = "eval") -> None:
         """Check this section's values; a ConfigError names `<key>.<field>` (key: where the section sits)."""
         check_positive(key, self, ("num_images", "max_new_tokens", "pope_max_new_tokens", "batch_size"))
-        if not self.tasks:
-            raise ConfigError(f"{key}.tasks is empty; choose from {', '.join(TASKS)}")
+        if not self.tasks and not self.lmms_tasks:
+            raise ConfigError(f"{key}.tasks and {key}.lmms_tasks are empty; choose from {', '.join(TASKS)} (or name "
+                              "lmms-eval tasks)")
         if "pope" in self.tasks and not self.pope_splits:
             raise ConfigError(f"{key}.pope_splits is empty; choose from {', '.join(SPLITS)}")
 

@@ -73,6 +73,12 @@ class RewardConfig:
     """Subtracted from R of a sentence that repeats the answer; > 0 makes repeating worse than ending."""
     clip_batch_size: int = 64
     """Sentences scored by CLIP in one forward pass."""
+    yes_no_statement: str = "There is a {} in the image."
+    """For a prompt asking whether an object is in the image (POPE's "Is there a {} in the image?"), under
+    normalize=center: an answer's "yes" earns R_I of this statement about the object, "no" its mirror around tau."""
+    object_names: str = ""
+    """JSON {object: name} for that statement (e.g. {tv: television}, or the toy world's {circle: red circle},
+    the words its CLIP knows); empty or an object not listed = the object as the question names it."""
 
     def validate(self, key: str = "reward") -> None:
         """Check this section's values; a ConfigError names `<key>.<field>` (key: where the section sits)."""
@@ -80,6 +86,8 @@ class RewardConfig:
         check_positive(key, self, ("tau_sd", "scale", "clip_batch_size"))
         if self.repeat_penalty < 0:
             raise ConfigError(f"{key}.repeat_penalty must be >= 0, got {self.repeat_penalty}")
+        if "{}" not in self.yes_no_statement:
+            raise ConfigError(f"{key}.yes_no_statement needs a {{}} where the object goes")
         if self.normalize == "center" and self.tau is None and not self.tau_calibration:
             raise ConfigError(f"{key}.normalize=center needs {key}.tau or {key}.tau_calibration (a labelled "
                               "sentence file from which tau is estimated)")
@@ -198,8 +206,11 @@ class DataConfig:
     """Directory that relative image paths are resolved against."""
     image_prefix: str = ""
     """Prefix added to image file names (the official prompt file needs COCO_train2014_)."""
+    mix_prompts: str = ""
+    """A second prompts file searched beside data.prompts every round (same format), e.g. the yes/no questions
+    about the training images that `csr questions` writes; ids must differ from data.prompts'."""
     max_prompts: int | None = None
-    """Use only the first N valid prompts."""
+    """Use only the first N valid prompts (of data.prompts; data.mix_prompts come on top, whole)."""
     max_image_pixels: int = 50_000_000
     """Images with more pixels than this are skipped as extreme."""
     max_prompt_tokens: int | None = None

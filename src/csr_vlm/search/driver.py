@@ -24,6 +24,8 @@ import time
 from collections import Counter
 from typing import Any
 
+from ..eval.pope import parse_answer, question_object, with_article
+from ..reward import image_relevance, object_names
 from ..schema import RewardConfig, SearchConfig
 from .engine import Engine, Group, PromptItem
 from .official import official_steps
@@ -32,13 +34,31 @@ from .types import SearchResult, Steps, TokenCounter
 
 
 class SearchContext:
-    """What one prompt's search needs besides its beams: settings, scorer, decoding, counters and timers."""
+    """What one prompt's search needs besides its beams: settings, scorer, decoding, counters and timers, and for
+    a yes/no question about an object, that object (paper.py judges its answers by CLIP's view of it)."""
 
-    def __init__(self, engine: Engine, scorer, search: SearchConfig, reward: RewardConfig):
+    def __init__(self, engine: Engine, scorer, search: SearchConfig, reward: RewardConfig, prompt: str = ""):
         self.engine, self.scorer, self.search, self.reward = engine, scorer, search, reward
         self.counter = TokenCounter()
         self.times: Counter = Counter()
         self.events: Counter = Counter()
+        self.question_object = question_object(prompt) if reward.normalize == "center" else None
+        self._statement: float | None = None
+
+    def verdict(self, text: str) -> str | None:
+        """"yes" / "no" when this prompt is a yes/no question and the sentence answers it, else None."""
+        if self.question_object is None:
+            return None
+        answer = parse_answer(text, "default")
+        return answer if answer in ("yes", "no") else None
+
+    def statement_relevance(self, image_emb) -> float:
+        """R_I of "the object is there" (reward.yes_no_statement), scored once per prompt."""
+        if self._statement is None:
+            name = object_names(self.reward.object_names).get(self.question_object, self.question_object)
+            text = with_article(self.reward.yes_no_statement, name)
+            self._statement = image_relevance(self.score(image_emb, [text])[0])
+        return self._statement
 
     def decode(self, tokens: list[int]) -> str:
         return self.engine.decode(tokens)
@@ -70,7 +90,7 @@ def search_prompts(engine: Engine, scorer, images: list, prompts: list[str], sea
         scorer: the CLIP scorer (image_embedding, score).
         search, reward: the settings; reward.tau must be set when reward.normalize=center.
     """
-    ctxs = [SearchContext(engine, scorer, search, reward) for _ in seeds]
+    ctxs = [SearchContext(engine, scorer, search, reward, prompt) for prompt in prompts]
     t0 = time.perf_counter()
     state = engine.open([PromptItem(image, prompt, seed, ctx.counter)
                          for ctx, image, prompt, seed in zip(ctxs, images, prompts, seeds, strict=True)])

@@ -4,7 +4,13 @@ Every live partial answer proposes K next sentences; each gets R = lam * R_I + (
 one scale by reward.normalize, with a defined reward for ending the answer and a neutral R_I for
 sentences that repeat the answer); partial answers are ranked by cumulative R and the keep_top best +
 keep_bottom worst survive, until every answer has ended or search.max_sentences. Chosen = highest
-cumulative R among complete answers, rejected = lowest.
+cumulative R among complete answers that say something (an answer that ends at once is no answer), rejected =
+lowest.
+
+A prompt that asks whether an object is in the image ("Is there a dog in the image?", POPE's form; under
+reward.normalize=center) is judged by CLIP too: the first sentence of an answer that says yes or no gets
+the R_I of the statement reward.yes_no_statement ("There is a dog in the image."), mirrored around tau
+for "no", so the calibrated reward prefers the answer CLIP backs.
 """
 
 from __future__ import annotations
@@ -12,7 +18,8 @@ from __future__ import annotations
 import re
 import time
 
-from ..reward import image_relevance, neutral_image_value, penalize_repeats, self_score, step_rewards, top_bottom
+from ..reward import (image_relevance, neutral_image_value, penalize_repeats, self_score, step_rewards, top_bottom,
+                      yes_no_relevance)
 from .filters import junk_reason
 from .types import Answer, Candidate, SearchResult, Sentence
 
@@ -41,8 +48,9 @@ def paper_steps(ctx, image_emb):
     for answer in complete:
         answer.text = ctx.decode(answer.tokens)
     chosen = rejected = None
-    if complete:
-        order = sorted(range(len(complete)), key=lambda k: -complete[k].reward)
+    said = [k for k, a in enumerate(complete) if any(not s.end for s in a.sentences)]  # an empty answer is none
+    if said:
+        order = sorted(said, key=lambda k: -complete[k].reward)
         chosen, rejected = order[0], order[-1]
     return SearchResult("paper", complete, chosen, rejected, ctx.stats())
 
@@ -65,11 +73,17 @@ def score_step(ctx, beams: list[Answer], cands: list[Candidate], image_emb) -> l
     detect = rcfg.repeat_neutral or rcfg.repeat_penalty > 0
     repeats = [detect and not is_end and is_repeat(text, [s.text for s in beams[c.parent].sentences])
                for _, c, text, is_end in kept]
-    to_score = [k for k, (_, _, _, is_end) in enumerate(kept) if not (is_end or (repeats[k] and rcfg.repeat_neutral))]
+    verdicts = [ctx.verdict(text) if not (is_end or beams[c.parent].sentences) else None
+                for _, c, text, is_end in kept]  # a yes/no question's first sentence
+    to_score = [k for k, (_, _, _, is_end) in enumerate(kept)
+                if not (is_end or (repeats[k] and rcfg.repeat_neutral) or verdicts[k])]
     raw = ctx.score(image_emb, [kept[k][2] for k in to_score])
     r_i: list[float | None] = [None] * len(kept)
     for k, value in zip(to_score, raw):
         r_i[k] = image_relevance(value)
+    for k, verdict in enumerate(verdicts):
+        if verdict:
+            r_i[k] = yes_no_relevance(verdict, ctx.statement_relevance(image_emb), float(rcfg.tau))
     neutral = neutral_image_value([v for v in r_i if v is not None], rcfg)
     end_value = 0.0 if rcfg.end_reward == "zero" else neutral
     filled = [v if v is not None else (end_value if kept[k][3] else neutral) for k, v in enumerate(r_i)]

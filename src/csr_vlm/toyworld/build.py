@@ -1,4 +1,4 @@
-"""`csr toyworld build`: the toy world's split files, its tiny CLIP and its tiny LLaVA, seeded and cached.
+"""`csr toyworld build`: the toy world's split files, its tiny CLIP, its tiny LLaVA and its lmms-eval task, seeded.
 
     csr toyworld build --out worlds/toy-seed0 [--seed 0] [--quick] [--threads 1]
 
@@ -16,10 +16,11 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from ..data import is_done, mark_done, read_json, write_json
+from ..data import is_done, mark_done, read_json, write_json, write_jsonl
 from ..errors import InputError
 from . import clip as toyclip
 from . import llava as toyllava
+from .lmms_task import write_lmms_task
 from .scenes import CATEGORY_ID_BASE, CLIP_PARAMS, DESCRIBE_PROMPT, PAIRS, POPE_QUESTION, TYPES, WorldParams, \
     type_name, write_calibration, write_split, write_synonyms
 
@@ -37,6 +38,7 @@ def build(out: str | Path, seed: int = 0, quick: bool = False, threads: int = 0)
     p = WorldParams.make(seed, quick)
     if is_done(out) and read_json(out / "DONE").get("digest") == p.digest():
         log.info("toy world %s is built (seed %d, digest %s): reusing it", out, seed, p.digest())
+        write_extras(out, seed)  # cheap, and the lmms task's YAML holds absolute paths: the world may have moved
         return out
     if out.exists():
         for child in ("DONE", "policy", "images"):
@@ -59,8 +61,36 @@ def build(out: str | Path, seed: int = 0, quick: bool = False, threads: int = 0)
     info["llava"] = toyllava.train_llava(out, p)
     info["seconds"] = round(time.time() - start, 1)
     write_json(out / "world.json", info)
+    write_extras(out, seed)
     mark_done(out, {"digest": p.digest(), "seed": seed, "quick": quick})
     return out
+
+
+YES_NO_IMAGES = 200
+"""Training images asked a yes/no question about one present and one absent object (data.mix_prompts)."""
+
+
+def write_extras(out: Path, seed: int) -> None:
+    """What the stages can use beside the splits, all from the split files: the lmms-eval task (lmms_task.py), the
+    words the tiny CLIP knows each object by (object_names.json: {"circle": "red circle"}, for
+    reward.object_names and `csr calibrate --names`) and yes/no questions about the training images
+    (prompts_yesno_train.jsonl, as `csr questions` writes them, for data.mix_prompts)."""
+    import random
+
+    from ..calibrate import present_and_absent
+    from ..eval.chair import load_ground_truth
+    from ..questions import SUFFIX, yes_no_prompts
+
+    write_lmms_task(out, seed)
+    write_json(out / "object_names.json", {noun: type_name(t) for t, (_, noun) in enumerate(TYPES)})
+    _, instances, gt = load_ground_truth(out / "instances_train.json", out / "captions_train.json",
+                                         out / "synonyms.txt")
+    rng = random.Random(seed)
+    rows, _ = present_and_absent(instances, gt, str(out), YES_NO_IMAGES, rng, 1, 1)
+    prompts = yes_no_prompts(rows, 1, POPE_QUESTION + SUFFIX, rng, prefix="train-yn")
+    for p in prompts:  # relative to the world, as prompts_train.jsonl: data.image_root points there
+        p["image"] = str(Path(p["image"]).relative_to(out))
+    write_jsonl(out / "prompts_yesno_train.jsonl", prompts)
 
 
 def _clip(out: Path, p: WorldParams) -> dict:

@@ -50,7 +50,8 @@ def world_overrides(world: Path, dev: dict) -> list[str]:
     w = world.resolve()
     dev = {**dev, "annotations": f"{w}/instances_dev.json", "gt_captions": f"{w}/captions_dev.json"}
     return [f"model.path={w}/policy", f"reward.clip_path={w}/clip",
-            f"reward.tau_calibration={w}/tau_calibration.jsonl", f"data.prompts={w}/prompts_train.jsonl",
+            f"reward.tau_calibration={w}/tau_calibration.jsonl", f"reward.object_names={w}/object_names.json",
+            f"data.prompts={w}/prompts_train.jsonl", f"data.mix_prompts={w}/prompts_yesno_train.jsonl",
             f"data.image_root={w}", f"eval.annotations={w}/instances_test.json",
             f"eval.gt_captions={w}/captions_test.json", f"eval.image_root={w}", f"eval.synonyms={w}/synonyms.txt",
             f"loop.dev={json.dumps(dev)}"]
