@@ -19,8 +19,8 @@ from csr_vlm.cli import main
 from csr_vlm.config import ModelConfig, SearchConfig
 from csr_vlm.models import load_policy
 from csr_vlm.models.tiny import FAMILIES, build_tiny
-from csr_vlm.search import hf_engine
-from csr_vlm.search.hf_engine import RowBlock, concat_states, expand, expand_groups, prefill
+from csr_vlm.search import hf_decode
+from csr_vlm.search.hf_decode import RowBlock, concat_states, expand, expand_groups, prefill
 from csr_vlm.search.types import TokenCounter
 
 N_TOKENS = 24
@@ -61,7 +61,7 @@ def _reference(policy, image, prompt: str, suppress: list[int]):
         tokens = out[0, batch["input_ids"].shape[1]:].tolist()
         full = dict(batch)
         extra = torch.tensor([tokens[:-1]])
-        for key in hf_engine.PER_TOKEN_KEYS:
+        for key in hf_decode.PER_TOKEN_KEYS:
             if key in full:
                 fill = extra if key == "input_ids" else torch.ones_like(extra) if key == "attention_mask" else \
                     torch.zeros_like(extra)
@@ -107,7 +107,7 @@ def test_without_the_m_rope_offset_qwen_decodes_wrong_and_the_guard_refuses_it(f
     """Take the rope_deltas correction away (the engine as it was): the cached tokens leave generate's within the
     first few, and `csr generate` stops at once with one line naming the family; search.check_cache=false runs it."""
     d = family_dir(family)
-    monkeypatch.setattr(hf_engine, "_rope_holder", lambda model: None)
+    monkeypatch.setattr(hf_decode, "_rope_holder", lambda model: None)
     policy = load_policy(ModelConfig(path=str(d / "policy"), device="cpu", dtype="float32"))
     suppress = sorted(set(policy.suppressed_ids()) | set(policy.eos_ids))
     image = _images(d)[0]

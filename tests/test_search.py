@@ -15,7 +15,8 @@ from csr_vlm.config import ModelConfig, RewardConfig, SearchConfig
 from csr_vlm.models import ClipScorer, load_policy
 from csr_vlm.search.driver import search_prompt, search_prompts
 from csr_vlm.search.filters import junk_reason
-from csr_vlm.search.hf_engine import HFEngine, _choose, expand, prefill, select
+from csr_vlm.search.hf_decode import _choose, expand, prefill, select
+from csr_vlm.search.hf_engine import HFEngine
 from csr_vlm.search.official import Node, path_answers, rank_tree
 from csr_vlm.search.paper import is_repeat, score_step
 from csr_vlm.search.types import Answer, Candidate, Sentence, TokenCounter

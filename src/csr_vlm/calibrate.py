@@ -98,14 +98,19 @@ def labelled_sentences(instances: dict, gt: dict, image_root: str, n_images: int
     return records, skipped
 
 
+def add_coco_args(parser: argparse.ArgumentParser) -> None:
+    """--annotations, --captions, --synonyms, --image-root: the COCO-format files `present_and_absent` reads."""
+    parser.add_argument("--annotations", required=True, help="COCO instances JSON (images, annotations, categories)")
+    parser.add_argument("--captions", help="COCO captions JSON: objects named there are present, never asked absent")
+    parser.add_argument("--synonyms", help="CHAIR synonym table for --captions (default: the shipped COCO table)")
+    parser.add_argument("--image-root", default="", help="directory of the images' file_name paths")
+
+
 def cli(argv: list[str]) -> int:
     """`csr calibrate ...` (see the module docstring); returns the exit code."""
     parser = argparse.ArgumentParser(prog="csr calibrate", description="a labelled tau calibration set from "
                                      "COCO-format annotations, scored with the CLIP")
-    parser.add_argument("--annotations", required=True, help="COCO instances JSON (images, annotations, categories)")
-    parser.add_argument("--captions", help="COCO captions JSON: objects named there count as present")
-    parser.add_argument("--synonyms", help="CHAIR synonym table for --captions (default: the shipped COCO table)")
-    parser.add_argument("--image-root", default="", help="directory of the images' file_name paths")
+    add_coco_args(parser)
     parser.add_argument("--clip", required=True, help="CLIP / SigLIP directory or hub id (the reward's scorer)")
     parser.add_argument("--out", required=True, help="the reward.tau_calibration JSONL to write")
     parser.add_argument("--n-images", type=int, default=500, help="images sampled (seeded)")

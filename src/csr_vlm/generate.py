@@ -115,7 +115,7 @@ def _read_all_prompts(cfg: RunConfig):
 def _load_models(cfg: RunConfig, rank: int, world: int):
     """(engine, CLIP scorer) on this rank's devices; both fail before any work."""
     from .models import ClipScorer
-    from .search.engine import build_engine
+    from .search.build import build_engine
 
     engine, device = build_engine(cfg, int(os.environ.get("LOCAL_RANK", rank)), world)
     scorer = ClipScorer(cfg.reward.clip_path, device=device, dtype=cfg.model.dtype,

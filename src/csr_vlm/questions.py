@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import random
 
-from .calibrate import present_and_absent
+from .calibrate import add_coco_args, present_and_absent
 from .data import write_jsonl
 from .errors import InputError
 from .eval.pope import TEMPLATE, with_article
@@ -42,10 +42,7 @@ def cli(argv: list[str]) -> int:
 
     parser = argparse.ArgumentParser(prog="csr questions", description="yes/no prompts about the objects of the "
                                      "training images (for data.mix_prompts)")
-    parser.add_argument("--annotations", required=True, help="COCO instances JSON of the training images")
-    parser.add_argument("--captions", help="COCO captions JSON: objects named there are never asked as absent")
-    parser.add_argument("--synonyms", help="CHAIR synonym table for --captions (default: the shipped COCO table)")
-    parser.add_argument("--image-root", default="", help="directory of the images' file_name paths")
+    add_coco_args(parser)
     parser.add_argument("--out", required=True, help="the prompts JSONL to write")
     parser.add_argument("--n-images", type=int, default=2000, help="images sampled (seeded)")
     parser.add_argument("--per-image", type=int, default=1, help="present objects asked per image (as many absent)")

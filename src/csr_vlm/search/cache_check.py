@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..schema import SearchConfig
-from .hf_engine import PER_TOKEN_KEYS, expand, prefill, suppress_bias
+from .hf_decode import PER_TOKEN_KEYS, expand, prefill, suppress_bias
 from .types import TokenCounter
 
 

@@ -66,7 +66,7 @@ def build(out: str | Path, seed: int = 0, quick: bool = False, threads: int = 0)
     return out
 
 
-YES_NO_IMAGES = 200
+YES_NO_IMAGES = 120
 """Training images asked a yes/no question about one present and one absent object (data.mix_prompts)."""
 
 

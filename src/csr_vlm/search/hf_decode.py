@@ -1,0 +1,283 @@
+"""The transformers engine's decoding: next sentences for every live partial answer, from cached keys/values.
+
+hf_engine.py's `HFEngine` implements engine.py's Protocol with the functions here.
+
+The image + prompt go through the policy once (`prefill`, over prompt[:-1]); afterwards each row of
+a `BeamState` is one partial answer: its keys/values in a batched `DynamicCache`, an attention mask
+(zeros mark the holes left by rows that stopped early), the position and id of its last token, which
+is not yet in the cache. `expand` feeds the B last tokens once, repeats the cache K times
+(`batch_repeat_interleave`) and decodes all B*K candidate sentences together with its own token loop,
+so R_T comes from the raw (untempered) logits and stops are exact: a delimiter token, an EOS, or
+`max_new_tokens` (with `search.offer_end` the K-th candidate of each row is EOS itself). `select`
+keeps the surviving rows (`batch_select_indices`) and `crop`s trailing columns no survivor uses.
+Nothing is ever re-encoded. `prefill` installs kvcache.py's layers: new tokens are written in place
+(no `torch.cat` per token) and the image + prompt keys/values are kept once per prompt, not once per
+row (`_forward` switches on kvcache.shared_prefix_attention for that).
+
+Several prompts: `concat_states` stacks the prefilled states of several prompts (left-padded holes),
+and `expand_groups` decodes all their rows together, one forward per token; each `Group` (one
+prompt's block of rows) samples with its own generator and counts its own tokens.
+
+Samplers: `sample` (temperature, top_p, special tokens suppressed, seeded torch.Generator; temperature 0 is
+greedy) and
+`diverse_beam` (our own Hamming-diverse group beam search: K groups of one beam each, as in the
+official code's num_beams = num_beam_groups = 5; group g takes the best token after subtracting
+diversity_penalty times the number of earlier groups that chose that token at this step).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..schema import SearchConfig
+from .kvcache import SharedPrefixLayer, install, shared_prefix_mode
+from .types import Candidate, TokenCounter
+
+
+@dataclass
+class BeamState:
+    """Per-answer continuation state; row r is one partial answer."""
+
+    cache: Any
+    mask: torch.Tensor  # (rows, cache_len) 1 = real token, 0 = hole
+    last: torch.Tensor  # (rows,) last token id, not yet in the cache
+    pos: torch.Tensor  # (rows,) position id of `last`
+
+    @property
+    def rows(self) -> int:
+        return int(self.last.shape[0])
+
+
+PER_TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")
+"""Processor outputs with one entry per token: the prefill drops their last column. Everything else is per image
+(Qwen's 2-D pixel_values, image_grid_thw, LLaVA-NeXT's image_sizes, Idefics3's pixel_attention_mask) and goes in
+whole, whatever its shape."""
+
+
+def _rope_holder(model):
+    """The module that keeps M-RoPE's rope_deltas (Qwen2-VL, Qwen2.5-VL, Qwen3-VL), or None."""
+    inner = getattr(model, "model", None)
+    return inner if inner is not None and hasattr(inner, "rope_deltas") else None
+
+
+def prefill(policy, image, prompt: str, counter: TokenCounter) -> BeamState:
+    """Run image + prompt[:-1] through the policy once; the last prompt token is fed by the first expand.
+
+    The position of the next token is the number of tokens so far plus, for M-RoPE models, the prompt's
+    rope_deltas: their image tokens take fewer positions than they have tokens (max(h, w) for an h x w grid),
+    and the decode steps pass explicit positions, which skips the model's own offset.
+    """
+    batch = policy.encode([image], [prompt])
+    ids = batch["input_ids"]  # (1, P)
+    inputs = {k: v[:, :-1] if k in PER_TOKEN_KEYS else v for k, v in batch.items()}
+    holder = _rope_holder(policy.model)
+    if holder is not None:
+        holder.rope_deltas = None  # computed afresh from this prompt's image grid (a text-only prompt keeps the old)
+    with torch.inference_mode():
+        out = policy.model(**inputs, use_cache=True)
+    counter.forwarded += ids.shape[1] - 1
+    counter.prompt += ids.shape[1]
+    install(out.cache, policy.model)  # append new tokens in place from here on (kvcache.py)
+    mask = batch["attention_mask"][:, :-1].long()
+    pos = mask.sum(1)
+    deltas = getattr(holder, "rope_deltas", None)
+    if deltas is not None:
+        pos = pos + deltas.reshape(-1).to(pos.device)  # (1,): negative, the image's saved positions
+    return BeamState(cache=out.cache, mask=mask, last=ids[:, -1].clone(), pos=pos)
+
+
+def concat_states(states: list[BeamState]) -> BeamState:
+    """Stack the rows of several prompts' states into one (left-padded with holes to a common cache width).
+
+    Each prompt keeps the keys/values its own prefill computed; positions are explicit, so the pad
+    columns are plain holes in the mask. Only dynamic caches that still hold every token can be joined.
+    """
+    if len(states) == 1:
+        return states[0]
+    width = max(st.mask.shape[1] for st in states)
+    cache = states[0].cache
+    for i, layer in enumerate(cache.layers):
+        parts = [st.cache.layers[i] for st in states]
+        if isinstance(layer, SharedPrefixLayer):  # prefill left every row's suffix empty
+            layer.set_prefix(torch.cat([_pad_left(part.prefix_k, width, dim=-2) for part in parts]),
+                             torch.cat([_pad_left(part.prefix_v, width, dim=-2) for part in parts]))
+            continue
+        for part in parts:
+            whole = (type(part).__name__ in _STACKABLE and part.is_initialized
+                     and getattr(part, "cumulative_length", part.keys.shape[-2]) == part.keys.shape[-2])
+            if not whole:
+                raise ValueError(f"cannot batch prompts with a {type(part).__name__} cache layer (or a prompt "
+                                 "longer than its sliding window); use search.prompt_batch_size=1")
+        layer.keys = torch.cat([_pad_left(part.keys, width, dim=-2) for part in parts])
+        layer.values = torch.cat([_pad_left(part.values, width, dim=-2) for part in parts])
+        if hasattr(layer, "cumulative_length"):
+            layer.cumulative_length = width
+    mask = torch.cat([_pad_left(st.mask, width, dim=1) for st in states])
+    return BeamState(cache=cache, mask=mask, last=torch.cat([st.last for st in states]),
+                     pos=torch.cat([st.pos for st in states]))
+
+
+_STACKABLE = ("DynamicLayer", "DynamicSlidingWindowLayer", "GrowingLayer")
+
+
+def _pad_left(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    shape = list(t.shape)
+    shape[dim] = width - t.shape[dim]
+    return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+
+def _forward(policy, state: BeamState, tokens: torch.Tensor, live: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """Feed one token per row (holes where `live` is False); returns the raw next-token logits (rows, V)."""
+    state.mask = torch.cat([state.mask, live.long()[:, None]], dim=1)
+    with torch.inference_mode(), shared_prefix_mode(policy.model, state.cache):
+        out = policy.model(input_ids=tokens[:, None], attention_mask=state.mask, position_ids=pos[:, None],
+                           cache=state.cache, use_cache=True)
+    state.cache = out.cache
+    return out.logits[:, -1, :].float()
+
+
+@dataclass
+class RowBlock:
+    """A block of consecutive rows that belongs to one prompt: its sampler RNG and its token counter."""
+
+    rows: int
+    generator: torch.Generator | None
+    counter: TokenCounter
+
+
+def expand(policy, state: BeamState, cfg: SearchConfig, stop_ids: list[int], eos_ids: list[int],
+           suppress_ids: list[int], generator: torch.Generator | None, counter: TokenCounter) -> list[Candidate]:
+    """Propose cfg.num_candidates sentences per row; `state` becomes the B*K candidate rows (parent-major)."""
+    return expand_groups(policy, state, cfg, stop_ids, eos_ids, suppress_ids, [RowBlock(state.rows, generator, counter)])
+
+
+def expand_groups(policy, state: BeamState, cfg: SearchConfig, stop_ids: list[int], eos_ids: list[int],
+                  suppress_ids: list[int], groups: list[RowBlock]) -> list[Candidate]:
+    """`expand` over the rows of several prompts at once (one forward per token for all of them).
+
+    Each block samples its own rows with its own generator, and only while one of its rows
+    still runs, so a prompt draws exactly the random numbers it draws when expanded alone.
+    """
+    k = cfg.num_candidates
+    device = state.last.device
+    bounds, start = [], 0
+    for g in groups:  # row ranges after the K-fold repeat
+        bounds.append((start * k, (start + g.rows) * k))
+        start += g.rows
+    logits = _forward(policy, state, state.last, torch.ones_like(state.last, dtype=torch.bool), state.pos)
+    _count_forward(groups, 1)
+    state.cache.batch_repeat_interleave(k)
+    state.mask = state.mask.repeat_interleave(k, dim=0)
+    logits = logits.repeat_interleave(k, dim=0)  # (B*K, V)
+    pos = state.pos.repeat_interleave(k) + 1  # position of the next generated token
+    rows = logits.shape[0]
+    cands = [Candidate(parent=r // k) for r in range(rows)]
+    running = torch.ones(rows, dtype=torch.bool, device=device)
+    live_rows = [True] * rows
+    last = torch.zeros(rows, dtype=torch.long, device=device)
+    stops, eos = set(stop_ids) | set(eos_ids), set(eos_ids)
+    stop_t = torch.tensor(sorted(stops), device=device)
+    bias = suppress_bias(suppress_ids, logits)
+    for step in range(cfg.max_new_tokens):
+        logp = torch.log_softmax(logits, dim=-1)  # raw, untempered: R_T
+        blocks = [(a, b, g.generator) for (a, b), g in zip(bounds, groups) if any(live_rows[a:b])]
+        tokens = _choose(logits, logp, cfg, bias, None, k, blocks)
+        if step == 0 and cfg.offer_end and eos_ids:
+            tokens[k - 1::k] = eos_ids[0]
+        tokens = torch.where(running, tokens, last)
+        picked = logp.gather(1, tokens[:, None]).squeeze(1).tolist()  # one device sync per step, not per row
+        for r, (tok, lp, live) in enumerate(zip(tokens.tolist(), picked, live_rows)):
+            if not live:
+                continue
+            cands[r].tokens.append(tok)
+            cands[r].logprobs.append(lp)
+            if tok in stops:
+                cands[r].stop = "eos" if tok in eos else "delimiter"
+        for (a, b), g in zip(bounds, groups):
+            g.counter.generated += sum(live_rows[a:b])
+        last = tokens
+        just_stopped = running & torch.isin(tokens, stop_t)
+        still = running & ~just_stopped
+        live_rows = still.tolist()
+        if not any(live_rows) or step == cfg.max_new_tokens - 1:
+            running = still
+            break
+        # Rows that stopped keep their final token out of the cache (it is fed by the next expand).
+        logits = _forward(policy, state, tokens, still, pos)
+        _count_forward(groups, k)
+        pos = pos + still.long()
+        running = still
+    state.last = last
+    state.pos = pos
+    return cands
+
+
+def _count_forward(groups: list[RowBlock], repeat: int) -> None:
+    for g in groups:
+        g.counter.forwarded += g.rows * repeat
+
+
+def suppress_bias(suppress_ids: list[int], logits: torch.Tensor) -> torch.Tensor | None:
+    """A (V,) row, -inf at the suppressed ids and 0 elsewhere (None when nothing is suppressed)."""
+    if not suppress_ids:
+        return None
+    bias = logits.new_zeros(logits.shape[-1])
+    bias[suppress_ids] = float("-inf")
+    return bias
+
+
+def _choose(logits: torch.Tensor, logp: torch.Tensor, cfg: SearchConfig, suppress_ids: list[int] | torch.Tensor | None,
+            generator: torch.Generator | None, k: int,
+            blocks: list[tuple[int, int, torch.Generator | None]] | None = None) -> torch.Tensor:
+    """Next token per row: tempered nucleus sampling, or Hamming-diverse greedy groups.
+
+    `suppress_ids` is a list of ids or a precomputed `suppress_bias` row (added, so no clone is needed).
+    Sampling draws rows [a, b) of each block with that block's generator (default: all rows with
+    `generator`); rows outside every block get token 0, which the caller ignores.
+    """
+    bias = suppress_bias(suppress_ids, logits) if isinstance(suppress_ids, list) else suppress_ids
+    if bias is not None:
+        logits, logp = logits + bias, logp + bias
+    if cfg.sampler == "sample" and cfg.temperature == 0:  # greedy, as in any engine
+        return logits.argmax(dim=-1)
+    if cfg.sampler == "diverse_beam":
+        rows, vocab = logp.shape
+        groups = logp.view(rows // k, k, vocab)
+        counts = torch.zeros(rows // k, vocab, device=logp.device)
+        picks = []
+        for g in range(k):  # group g is penalised for tokens earlier groups took at this step
+            tok = (groups[:, g] - cfg.diversity_penalty * counts).argmax(dim=-1)
+            counts.scatter_add_(1, tok[:, None], torch.ones_like(tok[:, None], dtype=counts.dtype))
+            picks.append(tok)
+        return torch.stack(picks, dim=1).reshape(rows)
+    probs = torch.softmax(logits / max(cfg.temperature, 1e-6), dim=-1)
+    if cfg.top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        drop = sorted_p.cumsum(-1) - sorted_p > cfg.top_p  # keep the smallest prefix reaching top_p
+        sorted_p = sorted_p.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter(1, order, sorted_p)
+    if blocks is None:
+        blocks = [(0, probs.shape[0], generator)]
+    tokens = torch.zeros(probs.shape[0], dtype=torch.long, device=probs.device)
+    for a, b, gen in blocks:
+        gen_device = gen.device if gen is not None else probs.device
+        tokens[a:b] = torch.multinomial(probs[a:b].to(gen_device), 1, generator=gen).flatten().to(probs.device)
+    return tokens
+
+
+def select(state: BeamState, rows: list[int]) -> BeamState:
+    """Keep only `rows` (in that order) and drop trailing cache columns none of them uses."""
+    index = torch.tensor(rows, dtype=torch.long, device=state.last.device)
+    state.cache.batch_select_indices(index)
+    mask = state.mask.index_select(0, index)
+    used = mask.any(dim=0).nonzero()
+    width = int(used.max()) + 1 if used.numel() else mask.shape[1]
+    extra = mask.shape[1] - width
+    if extra > 0:
+        state.cache.crop(-extra)
+        mask = mask[:, :width]
+    return BeamState(cache=state.cache, mask=mask, last=state.last.index_select(0, index),
+                     pos=state.pos.index_select(0, index))
