@@ -23,6 +23,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from search_bench import env_info, write_result  # noqa: E402
 
+from csr_vlm.config import load_config  # noqa: E402
+from csr_vlm.toyworld.demo import world_overrides  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 PYTHONS = {"hf": REPO / ".venv" / "bin" / "python", "vllm": REPO / ".venv-vllm" / "bin" / "python"}
 RUN = ("import json, resource, sys, time; from csr_vlm.cli import main; t = time.perf_counter(); "
@@ -32,9 +35,9 @@ RUN = ("import json, resource, sys, time; from csr_vlm.cli import main; t = time
 
 
 def world_args(world: Path, config: Path, out: Path, prompts: int) -> list[str]:
-    return ["--config", str(config), f"model.path={world / 'policy'}", f"reward.clip_path={world / 'clip'}",
-            f"reward.tau_calibration={world / 'tau_calibration.jsonl'}", f"data.prompts={world / 'prompts_train.jsonl'}",
-            f"data.image_root={world}", f"data.max_prompts={prompts}", f"out={out}", "vllm.enforce_eager=true"]
+    """The config with every world path pointed at `world` (as `csr demo` does)."""
+    return ["--config", str(config), *world_overrides(world, load_config(config).loop.dev),
+            f"data.max_prompts={prompts}", f"out={out}", "vllm.enforce_eager=true"]
 
 
 def run(engine: str, args: list[str]) -> dict:

@@ -94,8 +94,13 @@ def test_report_on_empty_dir(tmp_path, capsys):
 
 def test_score_pairs_cli(run_dir, tmp_path):
     """Round 2 vs GT: chosen "A man." 0/1, "A cat." 0/1 -> 0; rejected "A cat." on 1.jpg 1/1, "A dog." on 2.jpg 1/1
-    -> 1; chosen cleaner 2/2. Greedy file: "A dog and a cat." on 1.jpg (1/2) and "A cat." on 2.jpg (0/1):
+    -> 1; chosen cleaner 2/2. A third, yes/no pair names no object: left out (counted), so still 2/2, not 2/3.
+    Greedy file: "A dog and a cat." on 1.jpg (1/2) and "A cat." on 2.jpg (0/1):
     round 1 chosen (0, 1/2) beats greedy (1/2, 0) once in 2 pairs -> 0.5."""
+    yes_no = _pair("1.jpg", "no .", "yes .", 80.0, 20.0, 1.0)
+    yes_no["prompt"] = _msg("user", "Is there a cat in the image? Please answer yes or no.")
+    with open(run_dir / "round_2/generate/pairs.jsonl", "a") as f:
+        f.write(json.dumps(yes_no) + "\n")
     greedy = tmp_path / "samples.jsonl"
     write_jsonl(greedy, [{"task": "chair", "image_id": i, "image": f"/x/{i}.jpg", "prompt": "p", "answer": a}
                          for i, a in ((1, "A dog and a cat."), (2, "A cat."))])
@@ -105,6 +110,7 @@ def test_score_pairs_cli(run_dir, tmp_path):
     m = json.loads(out.read_text())
     assert (m["round_2"]["chosen_chair_i"], m["round_2"]["rejected_chair_i"]) == (0.0, 1.0)
     assert m["round_2"]["chosen_cleaner_rate"] == 1.0
+    assert (m["round_2"]["n_pairs"], m["round_2"]["n_yes_no_pairs"]) == (2, 1)
     assert m["round_1"]["chosen_cleaner_than_greedy_rate"] == 0.5
 
 

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 
 from csr_vlm.cli import main
+from csr_vlm.config import load_config
+from csr_vlm.toyworld.demo import world_overrides
 
 pytestmark = pytest.mark.slow  # a subprocess with vLLM engines
 
@@ -33,10 +35,10 @@ def _tiny(d: Path, out: Path, *extra: str) -> list[str]:
 
 
 def _toy(w: Path, out: Path, *extra: str) -> list[str]:
-    return ["--config", str(REPO / "configs" / "toy-quick.yaml"), f"model.path={w / 'policy'}",
-            f"reward.clip_path={w / 'clip'}", f"reward.tau_calibration={w / 'tau_calibration.jsonl'}",
-            f"data.prompts={w / 'prompts_train.jsonl'}", f"data.image_root={w}", f"out={out}", "data.max_prompts=8",
-            *extra]
+    """toy-quick.yaml with every world path pointed at `w` (as `csr demo` does), so no local world is read."""
+    config = REPO / "configs" / "toy-quick.yaml"
+    return ["--config", str(config), *world_overrides(w, load_config(config).loop.dev), f"out={out}",
+            "data.max_prompts=8", *extra]
 
 
 @pytest.fixture(scope="module")

@@ -159,10 +159,15 @@ def generate_dirs(path: str | Path) -> list[tuple[str, Path]]:
 
 
 def pair_quality(gen_dir: Path, gt: dict, vocab: chair.Vocabulary, files: dict, greedy: dict | None = None) -> dict:
-    """Chosen vs rejected (and vs greedy, vs all candidates) against the ground truth of one generate dir."""
+    """Chosen vs rejected (and vs greedy, vs all candidates) against the ground truth of one generate dir.
+
+    Pairs of yes/no questions (data.mix_prompts) name no objects to count; they are left out and counted."""
     rows = {"chosen": [], "rejected": []}
-    cleaner = not_worse = vs_greedy = n_greedy = unknown = 0
+    cleaner = not_worse = vs_greedy = n_greedy = unknown = yes_no = 0
     for pair in read_jsonl(gen_dir / "pairs.jsonl"):
+        if pope.question_object(_text(pair.get("prompt"))) is not None:
+            yes_no += 1
+            continue
         key = image_key((pair.get("images") or [""])[0], files)
         if key not in gt:
             unknown += 1
@@ -177,7 +182,7 @@ def pair_quality(gen_dir: Path, gt: dict, vocab: chair.Vocabulary, files: dict, 
             n_greedy += 1
             vs_greedy += c[0] < chair.caption_chair_i(greedy[key], gt[key], vocab)[0]
     n = len(rows["chosen"])
-    out: dict[str, Any] = {"n_pairs": n, "n_unknown_images": unknown}
+    out: dict[str, Any] = {"n_pairs": n, "n_unknown_images": unknown, "n_yes_no_pairs": yes_no}
     for side, vals in rows.items():
         mentions = sum(v[2] for v in vals)
         out[f"{side}_chair_i"] = sum(v[0] * v[2] for v in vals) / mentions if mentions else 0.0
