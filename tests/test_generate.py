@@ -123,6 +123,27 @@ def test_prompts_without_a_pair_are_logged(tiny_llava, tmp_path, extra, reason):
     assert _lines(out / "pairs.jsonl") == []
 
 
+def test_balance_yes_no_keeps_as_many_yes_as_no_pairs():
+    """Yes/no pairs choosing "yes" with margins 3, 1, 2, one choosing "no" (margin 5), one caption pair.
+    min(3 yes, 1 no) = 1 per side: "yes" keeps its largest margin (3) and drops 1 and 2; "no" and the caption
+    pair stay; order is kept, and each drop gets a reason."""
+    from csr_vlm.curate import balance_yes_no
+
+    def pair(pid, question, chosen, margin):
+        msg = lambda role, text: [{"role": role, "content": [{"type": "text", "text": text}]}]  # noqa: E731
+        return {"id": pid, "prompt": msg("user", question), "chosen": msg("assistant", chosen),
+                "rejected": msg("assistant", "no ." if chosen == "yes ." else "yes ."), "margin": margin}
+
+    ask = "Is there a dog in the image? Please answer yes or no."
+    pairs = [pair("y3", ask, "yes .", 3.0), pair("cap", "Describe the image.", "a dog .", 0.5),
+             pair("y1", ask, "yes .", 1.0), pair("n5", ask, "no .", 5.0), pair("y2", ask, "Yes, there is.", 2.0)]
+    kept, dropped = balance_yes_no(pairs)
+    assert [p["id"] for p in kept] == ["y3", "cap", "n5"]
+    assert [d["id"] for d in dropped] == ["y1", "y2"]
+    assert dropped[0]["reason"] == "curate.balance_yes_no (chosen 'yes': 3 pairs, the other answer 1)"
+    kept, dropped = balance_yes_no(pairs[:2])  # no pair chooses "no": min is 0, so the "yes" one goes too
+    assert [p["id"] for p in kept] == ["cap"] and [d["id"] for d in dropped] == ["y3"]
+
 @pytest.mark.parametrize("key", ["model.path", "reward.clip_path"])
 def test_wrong_model_path_fails_before_any_work(tiny_llava, tmp_path, capsys, key):
     out = tmp_path / "gen"

@@ -3,7 +3,8 @@
 The pair is TRL's conversational vision DPO row (docs/formats.md) plus bookkeeping: the chosen and
 rejected answers' cumulative rewards, their margin and their mean R_I. A prompt yields no pair when
 no answer is complete, when chosen and rejected say the same, or when their margin is below
-`curate.min_margin`; the reason goes to skipped.jsonl.
+`curate.min_margin`; the reason goes to skipped.jsonl. `curate.balance_yes_no` then evens out, over the
+whole round, the yes/no questions' pairs that prefer "yes" and those that prefer "no".
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 from typing import Any
 
 from .data import PromptRecord
+from .eval.pope import parse_answer, question_object
 from .search.types import Answer, SearchResult
 
 
@@ -60,3 +62,25 @@ def shard_line(rec: PromptRecord, round: int, result: SearchResult, min_margin: 
     else:
         line["pair"] = pair_record(rec, round, result.answers[result.chosen], result.answers[result.rejected])
     return line
+
+
+def _text(messages: list[dict]) -> str:
+    return " ".join(c.get("text", "") for m in messages for c in m["content"] if c.get("type") == "text")
+
+
+def balance_yes_no(pairs: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(kept pairs in their order, skip records of the dropped): the yes/no questions' pairs cut to as many that
+    choose "yes" as choose "no", the larger side keeping its largest margins; other pairs are all kept."""
+    sides: dict[str, list[int]] = {"yes": [], "no": []}
+    for i, pair in enumerate(pairs):
+        if question_object(_text(pair["prompt"])) is not None:
+            verdict = parse_answer(_text(pair["chosen"]))
+            if verdict in sides:
+                sides[verdict].append(i)
+    keep = min(len(sides["yes"]), len(sides["no"]))
+    dropped: dict[int, str] = {}
+    for verdict, rows in sides.items():
+        for i in sorted(rows, key=lambda i: -pairs[i]["margin"])[keep:]:
+            dropped[i] = f"curate.balance_yes_no (chosen '{verdict}': {len(rows)} pairs, the other answer {keep})"
+    skips = [{"id": pairs[i]["id"], "reason": reason} for i, reason in sorted(dropped.items())]
+    return [p for i, p in enumerate(pairs) if i not in dropped], skips

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import save_config, to_dict
-from .curate import shard_line
+from .curate import balance_yes_no, shard_line
 from .data import (append_jsonl, is_done, load_image, mark_done, read_json, read_jsonl, read_prompts, repair_jsonl,
                    write_json, write_jsonl)
 from .errors import InputError
@@ -315,6 +315,9 @@ def _merge(cfg: RunConfig, reward: RewardConfig, round: int, out: Path, records,
         log.warning("generate: %d prompts have no result (first: %s)", len(missing), missing[0])
     skipped = list(input_skips) + [ln["skip"] for ln in ordered if ln["skip"]]
     pairs = [ln["pair"] for ln in ordered if ln["pair"]]
+    if cfg.curate.balance_yes_no:
+        pairs, dropped = balance_yes_no(pairs)
+        skipped += dropped
     write_jsonl(out / "candidates.jsonl", [ln["candidate"] for ln in ordered if ln["candidate"]])
     write_jsonl(out / "pairs.jsonl", pairs)
     write_jsonl(out / "skipped.jsonl", skipped)
