@@ -29,11 +29,15 @@ class _Hook:
         ext = sys.modules.get("torchvision.extension")
         if ext is not None and not ext._has_ops():
             import torch
+            from torch import library as op_registry
 
             for op, schema in _SCHEMAS.items():
                 if not _has_schema(torch, op):
-                    torch.library.define(f"torchvision::{op}", schema)
+                    op_registry.define(f"{NAMESPACE}::{op}", schema)
         return None  # the normal finders import the module
+
+
+NAMESPACE = "torchvision"  # the operator library whose schemas the shim registers
 
 
 def _has_schema(torch, op):
