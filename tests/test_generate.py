@@ -144,6 +144,47 @@ def test_balance_yes_no_keeps_as_many_yes_as_no_pairs():
     kept, dropped = balance_yes_no(pairs[:2])  # no pair chooses "no": min is 0, so the "yes" one goes too
     assert [p["id"] for p in kept] == ["cap"] and [d["id"] for d in dropped] == ["y3"]
 
+
+def test_unanimous_yes_no_question_pairs_with_the_other_verdict():
+    """A yes/no question whose 2 sampled answers both say "yes." (no sampled pair), tau 60. First sentence
+    R_I 70 > tau: CLIP backs "yes", so chosen = the sampled "yes.", rejected = the written "No." with R_I
+    mirrored, 2 * 60 - 70 = 50. R_I 55 < tau: the written "No." is chosen (R_I 65), "yes." rejected. The
+    unsampled side has no reward, so the margin is None. A caption prompt, mixed verdicts, R_I exactly
+    tau, no tau or the option off give no such pair. With lam 0 the likelihood backs the sampled "yes." even at
+    R_I 55, and without R_I the pair still forms (rejected R_I None)."""
+    from csr_vlm.curate import other_verdict_pair, shard_line
+    from csr_vlm.data import PromptRecord
+    from csr_vlm.schema.generation import CurateConfig
+    from csr_vlm.search.types import Answer, SearchResult, Sentence
+
+    def result(r_i, texts=("yes.", "yes.")):
+        answers = [Answer(sentences=[Sentence(text=t, r_t=-0.1, r_i=r_i, r=1.0)], reward=1.0, ended=True, text=t)
+                   for t in texts]
+        return SearchResult(mode="paper", answers=answers, chosen=0, rejected=1, stats={})
+
+    ask = PromptRecord(id="q", image="a.png", prompt="Is there a dog in the image? Please answer yes or no.")
+    words = {"yes": "Yes.", "no": "No."}
+    backed = other_verdict_pair(ask, 1, result(70.0), words, 60.0, 0.9)
+    assert backed["chosen"][0]["content"][0]["text"] == "yes." and backed["rejected"][0]["content"][0]["text"] == "No."
+    assert (backed["written"], backed["rejected_r_i"], backed["chosen_r_i"]) == ("rejected", 50.0, 70.0)
+    assert backed["margin"] is None
+    doubted = other_verdict_pair(ask, 1, result(55.0), words, 60.0, 0.9)
+    assert doubted["chosen"][0]["content"][0]["text"] == "No."
+    assert doubted["rejected"][0]["content"][0]["text"] == "yes."
+    assert (doubted["written"], doubted["chosen_r_i"], doubted["chosen_reward"]) == ("chosen", 65.0, None)
+    caption = PromptRecord(id="c", image="a.png", prompt="Describe the image.")
+    assert other_verdict_pair(caption, 1, result(70.0), words, 60.0, 0.9) is None
+    assert other_verdict_pair(ask, 1, result(70.0, ("yes.", "no.")), words, 60.0, 0.9) is None
+    assert other_verdict_pair(ask, 1, result(60.0), words, 60.0, 0.9) is None
+    assert other_verdict_pair(ask, 1, result(70.0), words, None, 0.9) is None
+    assert other_verdict_pair(ask, 1, result(55.0), words, 60.0, 0.0)["written"] == "rejected"  # lam 0: likelihood
+    assert other_verdict_pair(ask, 1, result(None), words, None, 0.0)["rejected_r_i"] is None
+    line = shard_line(ask, 1, result(70.0), CurateConfig(yes_no_answers=words), 60.0)
+    assert line["skip"] is None and line["pair"]["written"] == "rejected"
+    line = shard_line(ask, 1, result(70.0), CurateConfig(), 60.0)
+    assert line["pair"] is None and line["skip"]["reason"].startswith("equal texts")
+
+
 @pytest.mark.parametrize("key", ["model.path", "reward.clip_path"])
 def test_wrong_model_path_fails_before_any_work(tiny_llava, tmp_path, capsys, key):
     out = tmp_path / "gen"

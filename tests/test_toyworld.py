@@ -131,7 +131,8 @@ def test_select_checkpoint_fallback_skips_mute_and_prefers_pope():
 
 
 def test_clip_is_reused_only_when_its_parameters_match(tmp_path, monkeypatch):
-    """_clip trains once, reuses the CLIP when only LLaVA parameters change, retrains when clip_steps does."""
+    """_clip trains once, reuses the CLIP when only LLaVA parameters change, retrains when clip_steps or the
+    thread count (a build is deterministic per thread count) does."""
     trained = []
 
     def fake_train(out, p):
@@ -145,7 +146,9 @@ def test_clip_is_reused_only_when_its_parameters_match(tmp_path, monkeypatch):
     assert build._clip(tmp_path, replace(p, llava_steps=99, qa_fraction=0.1)) == {"tau": 30.0}
     assert trained == [30]
     assert build._clip(tmp_path, replace(p, clip_steps=31)) == {"tau": 31.0} and trained == [30, 31]
+    assert build._clip(tmp_path, replace(p, clip_steps=31, threads=1)) == {"tau": 31.0} and trained == [30, 31, 31]
     assert p.digest() != replace(p, llava_steps=99).digest()
+    assert tw.WorldParams.make(0, False).threads == 2, "the build's thread count is pinned, whatever the cores"
 
 
 def test_garbled_sentences_name_no_object():
@@ -186,3 +189,4 @@ def test_quick_world_builds_caches_and_loads(quick_world):
     assert torch.allclose(processor(images=[image], return_tensors="pt").pixel_values, toyclip.pixels([image]))
     ids = policy.encode([image], [tw.DESCRIBE_PROMPT])["input_ids"][0].tolist()
     assert ids.count(policy.model.config.image_token_index) == 64  # (48 / 6)^2 patches, CLS dropped
+

@@ -3,17 +3,21 @@
 The pair is TRL's conversational vision DPO row (docs/formats.md) plus bookkeeping: the chosen and
 rejected answers' cumulative rewards, their margin and their mean R_I. A prompt yields no pair when
 no answer is complete, when chosen and rejected say the same, or when their margin is below
-`curate.min_margin`; the reason goes to skipped.jsonl. `curate.balance_yes_no` then evens out, over the
-whole round, the yes/no questions' pairs that prefer "yes" and those that prefer "no".
+`curate.min_margin`; the reason goes to skipped.jsonl. With `curate.yes_no_answers`, a yes/no question whose
+answers all say the same still yields a pair: the verdict CLIP backs against the other, in those words.
+`curate.balance_yes_no` then evens out, over the whole round, the yes/no questions' pairs that prefer "yes"
+and those that prefer "no".
 """
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
 from .data import PromptRecord
 from .eval.pope import parse_answer, question_object
+from .schema.generation import CurateConfig
 from .search.types import Answer, SearchResult
 
 
@@ -38,25 +42,63 @@ def pair_problem(result: SearchResult, min_margin: float) -> str | None:
     return None
 
 
+def _reply(text: str) -> list[dict]:
+    return [{"role": "assistant", "content": [{"type": "text", "text": text}]}]
+
+
 def pair_record(rec: PromptRecord, round: int, chosen: Answer, rejected: Answer) -> dict[str, Any]:
     """TRL's conversational vision preference row plus bookkeeping (docs/formats.md)."""
-    def reply(text: str) -> list[dict]:
-        return [{"role": "assistant", "content": [{"type": "text", "text": text}]}]
-
     return {
         "id": rec.id, "images": [os.path.abspath(rec.image)],
         "prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": rec.prompt}]}],
-        "chosen": reply(chosen.text), "rejected": reply(rejected.text),
+        "chosen": _reply(chosen.text), "rejected": _reply(rejected.text),
         "chosen_reward": chosen.reward, "rejected_reward": rejected.reward, "margin": chosen.reward - rejected.reward,
         "chosen_r_i": chosen.mean_r_i(), "rejected_r_i": rejected.mean_r_i(), "round": round,
     }
 
 
-def shard_line(rec: PromptRecord, round: int, result: SearchResult, min_margin: float) -> dict[str, Any]:
+def other_verdict_pair(rec: PromptRecord, round: int, result: SearchResult, words: dict[str, str],
+                       tau: float | None, lam: float) -> dict[str, Any] | None:
+    """The pair of a yes/no question whose chosen answer gives a verdict that no other answer contradicts: the
+    verdict the reward backs against the other one, the answer not sampled in `words` (curate.yes_no_answers).
+
+    With an image term (lam > 0) CLIP decides: it backs the sampled answer when its first sentence's R_I (the
+    statement's R_I, mirrored around tau for "no", search/paper.py) is above tau. With lam = 0 only the
+    likelihood speaks, and it backs the verdict the model sampled every time. The answer that was not sampled
+    has no reward of its own: the pair's margin is None and `written` names the side that was written. None when
+    the prompt is no such question, or, with lam > 0, the search judged no verdict (official mode, or no tau) or
+    CLIP sits exactly on tau."""
+    if not words or result.chosen is None or question_object(rec.prompt) is None:
+        return None
+    sampled = result.answers[result.chosen]
+    verdict = parse_answer(sampled.text)
+    first_r_i = sampled.sentences[0].r_i if sampled.sentences else None
+    if verdict not in ("yes", "no") or any(parse_answer(a.text) not in (verdict, "unknown") for a in result.answers):
+        return None
+    judged = tau is not None and first_r_i is not None
+    if lam > 0 and (not judged or first_r_i == tau):
+        return None
+    other = "no" if verdict == "yes" else "yes"
+    record = pair_record(rec, round, sampled, sampled)
+    written, kept = ("rejected", "chosen") if lam == 0 or first_r_i > tau else ("chosen", "rejected")
+    record[written] = _reply(words[other])
+    record[f"{written}_reward"], record["margin"], record["written"] = None, None, written
+    record[f"{written}_r_i"] = 2.0 * tau - first_r_i if judged else None
+    record[f"{kept}_r_i"] = first_r_i
+    return record
+
+
+def shard_line(rec: PromptRecord, round: int, result: SearchResult, curate: CurateConfig,
+               tau: float | None = None, lam: float = 0.9) -> dict[str, Any]:
     """One prompt's shard line {id, candidate, pair, skip, stats}: a pair, or a skip with its reason."""
     line = {"id": rec.id, "candidate": candidate_record(rec, round, result), "pair": None, "skip": None,
             "stats": result.stats}
-    reason = pair_problem(result, min_margin)
+    reason = pair_problem(result, curate.min_margin)
+    if reason and reason.startswith("equal texts"):
+        pair = other_verdict_pair(rec, round, result, curate.yes_no_answers, tau, lam)
+        if pair is not None:
+            line["pair"] = pair
+            return line
     if reason:
         line["skip"] = {"id": rec.id, "reason": reason, "answers": len(result.answers)}
     else:
@@ -80,7 +122,8 @@ def balance_yes_no(pairs: list[dict]) -> tuple[list[dict], list[dict]]:
     keep = min(len(sides["yes"]), len(sides["no"]))
     dropped: dict[int, str] = {}
     for verdict, rows in sides.items():
-        for i in sorted(rows, key=lambda i: -pairs[i]["margin"])[keep:]:
+        by_margin = sorted(rows, key=lambda i: -(pairs[i]["margin"] if pairs[i]["margin"] is not None else math.inf))
+        for i in by_margin[keep:]:
             dropped[i] = f"curate.balance_yes_no (chosen '{verdict}': {len(rows)} pairs, the other answer {keep})"
     skips = [{"id": pairs[i]["id"], "reason": reason} for i, reason in sorted(dropped.items())]
     return [p for i, p in enumerate(pairs) if i not in dropped], skips

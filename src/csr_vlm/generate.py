@@ -271,7 +271,7 @@ def _process_chunk(cfg: RunConfig, reward: RewardConfig, round: int, chunk, engi
                 log.exception("generate: search failed on prompt %s", rec.id)
             line["skip"] = {"id": rec.id, "reason": f"search failed ({type(exc).__name__}: {str(exc)[:200]})"}
             continue
-        line.update(shard_line(rec, round, result, cfg.curate.min_margin))
+        line.update(shard_line(rec, round, result, cfg.curate, reward.tau, reward.lam))
     return lines
 
 
@@ -348,7 +348,7 @@ def _stats(cfg, reward, round, ordered, input_skips, skipped, pairs, tau_stats, 
         times.update(st.get("time", {}))
         events.update(st.get("events", {}))
     by_reason = Counter(re.split(r"[:(]", s["reason"])[0].strip() for s in skipped)
-    margins = [p["margin"] for p in pairs]
+    margins = [p["margin"] for p in pairs if p["margin"] is not None]
     return {
         "round": round, "mode": cfg.search.mode, "world_size": world,
         "tau": reward.tau, "tau_calibration": tau_stats,

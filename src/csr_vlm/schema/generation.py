@@ -198,8 +198,27 @@ class CurateConfig:
     DPO moves the model's yes/no prior along with its judgement. In the toy world it halves the question pairs
     and did not keep POPE F1 better than unbalanced pairs (docs/toyworld-results.md), so it is off there."""
 
+    yes_no_answers: dict[str, str] = field(default_factory=dict)
+    """The words of a yes and of a no answer ({"yes": "Yes.", "no": "No."}, keys quoted in YAML), or {} (off).
+    Set, a yes/no question whose sampled answers all give one verdict still yields a pair: the verdict CLIP
+    backs (reward.yes_no_statement against tau, search.mode=paper; with reward.lam=0 the sampled verdict)
+    against the other, the unsampled side in these words. Without it pairs form only where the model hesitates,
+    and DPO on the other pairs is free to move its confident answers."""
+
     def validate(self, key: str = "curate") -> None:
-        """No rule: any margin, negative included, is a valid threshold."""
+        """Any margin, negative included, is a valid threshold; yes_no_answers has a yes and a no that read so."""
+        if not self.yes_no_answers:
+            return
+        from ..eval.pope import parse_answer
+
+        if set(self.yes_no_answers) != {"yes", "no"}:
+            hint = " (YAML reads a bare yes/no as true/false: quote the keys)" if any(
+                isinstance(k, bool) for k in self.yes_no_answers) else ""
+            raise ConfigError(f"{key}.yes_no_answers needs exactly the keys yes and no, got "
+                              f"{sorted(map(str, self.yes_no_answers))}{hint}")
+        for verdict, text in self.yes_no_answers.items():
+            if parse_answer(str(text)) != verdict:
+                raise ConfigError(f"{key}.yes_no_answers.{verdict}: {text!r} does not read as {verdict!r}")
 
 
 @dataclass(frozen=True)
