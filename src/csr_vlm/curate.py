@@ -17,6 +17,7 @@ from typing import Any
 
 from .data import PromptRecord
 from .eval.pope import parse_answer, question_object
+from .reward import yes_no_relevance
 from .schema.generation import CurateConfig
 from .search.types import Answer, SearchResult
 
@@ -83,7 +84,8 @@ def other_verdict_pair(rec: PromptRecord, round: int, result: SearchResult, word
     written, kept = ("rejected", "chosen") if lam == 0 or first_r_i > tau else ("chosen", "rejected")
     record[written] = _reply(words[other])
     record[f"{written}_reward"], record["margin"], record["written"] = None, None, written
-    record[f"{written}_r_i"] = 2.0 * tau - first_r_i if judged else None
+    statement_r_i = yes_no_relevance(verdict, first_r_i, tau) if judged else None
+    record[f"{written}_r_i"] = yes_no_relevance(other, statement_r_i, tau) if judged else None
     record[f"{kept}_r_i"] = first_r_i
     return record
 
@@ -94,7 +96,7 @@ def shard_line(rec: PromptRecord, round: int, result: SearchResult, curate: Cura
     line = {"id": rec.id, "candidate": candidate_record(rec, round, result), "pair": None, "skip": None,
             "stats": result.stats}
     reason = pair_problem(result, curate.min_margin)
-    if reason and reason.startswith("equal texts"):
+    if reason:  # no pair from the samples; a unanimous yes/no question still pairs with the other verdict
         pair = other_verdict_pair(rec, round, result, curate.yes_no_answers, tau, lam)
         if pair is not None:
             line["pair"] = pair

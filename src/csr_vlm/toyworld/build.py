@@ -27,7 +27,7 @@ from .scenes import CATEGORY_ID_BASE, CLIP_PARAMS, DESCRIBE_PROMPT, PAIRS, POPE_
 log = logging.getLogger(__name__)
 
 
-def build(out: str | Path, seed: int = 0, quick: bool = False, threads: int = 2) -> Path:
+def build(out: str | Path, seed: int = 0, quick: bool = False, threads: int = WorldParams.threads) -> Path:
     """Build (or reuse) the world in OUT: split files, clip/, policy/, world.json. Returns OUT.
 
     A CLIP built with the same CLIP_PARAMS is kept when only the LLaVA's parameters changed.
@@ -125,9 +125,9 @@ def cli(argv: list[str]) -> int:
     b.add_argument("--out", required=True, help="world directory")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--quick", action="store_true", help="a small world in well under a minute (for CI)")
-    b.add_argument("--threads", type=int, default=2,
-                   help="torch threads (default 2, whatever the cores); a build is deterministic per thread count, "
-                        "which is part of the world's digest")
+    b.add_argument("--threads", type=int, default=WorldParams.threads,
+                   help=f"torch threads (default {WorldParams.threads}, whatever the cores); a build is "
+                        "deterministic per thread count, which is part of the world's digest")
     args = parser.parse_args(argv)
     if args.seed < 0 or args.threads < 1:
         raise InputError("--seed must be >= 0 and --threads >= 1")

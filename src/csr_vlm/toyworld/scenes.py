@@ -63,7 +63,8 @@ class WorldParams:
     LLaVA differs), so the count is pinned, whatever the machine's cores, and is part of the world's digest."""
 
     @classmethod
-    def make(cls, seed: int, quick: bool, threads: int = 2) -> "WorldParams":
+    def make(cls, seed: int, quick: bool, threads: int | None = None) -> "WorldParams":
+        threads = cls.threads if threads is None else threads
         if not quick:
             return cls(seed=seed, threads=threads)
         return cls(seed=seed, quick=True, threads=threads, splits={"train": 24, "dev": 40, "test": 60, "calib": 40},
