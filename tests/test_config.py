@@ -173,6 +173,7 @@ def test_a_misspelt_value_in_yaml_is_refused_with_its_choices(tmp_path):
     (["eval.tasks=[]"], "eval.tasks and eval.lmms_tasks are empty"),
     (["eval.batch_size=0"], "eval.batch_size must be > 0"),
     (["data.max_prompts=0"], "data.max_prompts must be >= 1 or null"),
+    (["data.max_mix_prompts=0"], "data.max_mix_prompts must be >= 1 or null"),
     (["model.device=gpu"], "model.device: 'gpu' is not a device"),
     (["loop.rounds=0"], "loop.rounds must be > 0"),
     (["loop.patience=2"], "loop.patience needs loop.select_on"),

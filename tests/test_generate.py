@@ -354,3 +354,25 @@ def test_prompt_batches_equal_one_at_a_time(tiny_llava, many_prompts, reference_
     assert len(_lines(out / "pairs.jsonl")) >= 4
     stats, ref = (json.loads((d / "stats.json").read_text())["tokens"] for d in (out, reference_run))
     assert stats["minimal"] == ref["minimal"] and stats["forwarded"] >= ref["forwarded"]
+
+
+def test_max_prompts_and_max_mix_prompts_cut_each_file_then_join(tmp_path):
+    """Captions c0..c3 and questions q0..q2 plus a question reusing id c1: max_prompts=3 keeps c0 c1 c2,
+    max_mix_prompts=2 keeps the first two valid mix lines (q0, c1), c1 is skipped as a duplicate id, so the
+    round searches c0 c1 c2 q0 (4 prompts, 1 skip)."""
+    from csr_vlm.config import load_config
+    from csr_vlm.generate import _read_all_prompts
+
+    def write(name, ids):
+        path = tmp_path / name
+        path.write_text("".join(json.dumps({"id": i, "image": "x.png", "prompt": "p"}) + "\n" for i in ids))
+        return path
+
+    captions, mix = write("c.jsonl", ["c0", "c1", "c2", "c3"]), write("q.jsonl", ["q0", "c1", "q1", "q2"])
+    cfg = load_config(None, [f"data.prompts={captions}", f"data.mix_prompts={mix}", "data.max_prompts=3",
+                             "data.max_mix_prompts=2"])
+    records, skipped = _read_all_prompts(cfg)
+    assert [r.id for r in records] == ["c0", "c1", "c2", "q0"]
+    assert [s["id"] for s in skipped] == ["c1"]
+    cfg = load_config(None, [f"data.prompts={captions}", f"data.mix_prompts={mix}"])
+    assert len(_read_all_prompts(cfg)[0]) == 4 + 3

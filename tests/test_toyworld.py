@@ -91,6 +91,19 @@ def test_tokenizers_dot_single_token_and_clip_eos():
     assert lm_tok.decode(lm_tok("i see a blue ring.").input_ids, skip_special_tokens=True) == "i see a blue ring ."
 
 
+def test_renderer_memo_returns_the_rendering_and_fresh_lists():
+    """A memoised example equals a fresh chat-template rendering, and mutating it never changes the memo."""
+    model, processor = toyllava.build_llava(toyclip.build_clip(48)[0], 48)
+    renderer = toyllava.Renderer(processor, 48)
+    question = "Is there a red circle in the image?" + tw.POPE_SUFFIX
+    first = renderer.example(question, "yes.")
+    assert first == renderer._render(question, "yes.")
+    first[0].append(-1)
+    first[1].clear()
+    assert renderer.example(question, "yes.") == renderer._render(question, "yes.")
+    assert renderer.example(question, "no.")[1] != renderer.example(question, "yes.")[1]
+
+
 def test_score_answers_by_hand(tmp_path):
     """Image 7: red circle + white tee. Answer 1 names circle, square (absent), circle again.
 

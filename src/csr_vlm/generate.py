@@ -99,12 +99,15 @@ def _check_inputs(cfg: RunConfig) -> None:
 
 
 def _read_all_prompts(cfg: RunConfig):
-    """data.prompts (its first data.max_prompts), then data.mix_prompts; (records, skipped inputs)."""
+    """data.prompts (its first data.max_prompts), then data.mix_prompts (its first data.max_mix_prompts);
+    (records, skipped inputs)."""
     records, skipped = read_prompts(cfg.data.prompts, cfg.data.image_root, cfg.data.image_prefix)
     if cfg.data.max_prompts is not None:
         records = records[: cfg.data.max_prompts]
     if cfg.data.mix_prompts:
         mix, mix_skipped = read_prompts(cfg.data.mix_prompts, cfg.data.image_root, cfg.data.image_prefix)
+        if cfg.data.max_mix_prompts is not None:
+            mix = mix[: cfg.data.max_mix_prompts]
         ids = {r.id for r in records}
         skipped += mix_skipped + [{"id": r.id, "reason": "duplicate id (also in data.prompts)"} for r in mix
                                   if r.id in ids]

@@ -235,7 +235,10 @@ class DataConfig:
     """A second prompts file searched beside data.prompts every round (same format), e.g. the yes/no questions
     about the training images that `csr questions` writes; ids must differ from data.prompts'."""
     max_prompts: int | None = None
-    """Use only the first N valid prompts (of data.prompts; data.mix_prompts come on top, whole)."""
+    """Use only the first N valid prompts (of data.prompts; data.mix_prompts come on top, see max_mix_prompts)."""
+    max_mix_prompts: int | None = None
+    """Use only the first N valid prompts of data.mix_prompts: how large a share of every round's pairs the second
+    task takes (in the toy world, 400 questions beside 400 captions slowed the captions' CHAIR_i fall)."""
     max_image_pixels: int = 50_000_000
     """Images with more pixels than this are skipped as extreme."""
     max_prompt_tokens: int | None = None
@@ -244,7 +247,7 @@ class DataConfig:
     def validate(self, key: str = "data") -> None:
         """Check this section's values; a ConfigError names `<key>.<field>` (key: where the section sits)."""
         check_positive(key, self, ("max_image_pixels",))
-        for name in ("max_prompts", "max_prompt_tokens"):
+        for name in ("max_prompts", "max_mix_prompts", "max_prompt_tokens"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{key}.{name} must be >= 1 or null, got {value}")

@@ -87,6 +87,7 @@ class Renderer:
         self.processor = processor
         self.blank = Image.new("RGB", (size, size))
         self.prompt_ids: dict[str, list[int]] = {}
+        self.examples: dict[tuple[str, str], tuple[list[int], list[int]]] = {}
 
     def _messages(self, question: str, answer: str | None = None) -> list[dict]:
         msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
@@ -95,6 +96,13 @@ class Renderer:
         return msgs
 
     def example(self, question: str, answer: str) -> tuple[list[int], list[int]]:
+        """(prompt ids, completion ids); memoised, as most examples are one of a few yes/no questions."""
+        if (question, answer) not in self.examples:
+            self.examples[question, answer] = self._render(question, answer)
+        prompt, completion = self.examples[question, answer]
+        return list(prompt), list(completion)
+
+    def _render(self, question: str, answer: str) -> tuple[list[int], list[int]]:
         proc = self.processor
         prompt = proc.apply_chat_template(self._messages(question), add_generation_prompt=True, tokenize=False)
         if prompt not in self.prompt_ids:
