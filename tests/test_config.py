@@ -182,6 +182,9 @@ def test_a_misspelt_value_in_yaml_is_refused_with_its_choices(tmp_path):
     (["loop.select_on=chair_i", "loop.guards={dup: 0.05}"], "loop.guards: 'dup' is not a metric.*'dup_rate'"),
     (["loop.select_on=chair_i", "loop.relative_guards={recall: 0}"], "loop.relative_guards.recall must be > 0"),
     (["seed=-1"], "seed must be >= 0"),
+    (["curate.require_doubt=true"], "curate.require_doubt needs reward.normalize=center"),
+    (["curate.require_doubt=true", "reward.normalize=center", "reward.tau=60", "reward.lam=0"],
+     "curate.require_doubt judges answers by CLIP"),
 ])
 def test_rules_between_fields_are_checked_at_load_time(overrides, message):
     with pytest.raises(ConfigError, match=message):

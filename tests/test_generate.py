@@ -185,6 +185,39 @@ def test_unanimous_yes_no_question_pairs_with_the_other_verdict():
     assert line["pair"] is None and line["skip"]["reason"].startswith("equal texts")
 
 
+def test_require_doubt_keeps_only_pairs_whose_rejected_answer_the_reward_doubts():
+    """tau 60. Chosen "a dog. a cat." (R_I 80, 75) against three rejected answers: "a dog." (R_I 80: CLIP
+    finds every sentence true, the pair is a longer true caption against a shorter one), "a dog. a bird."
+    (R_I 80, 50: 50 < 60, doubted), "a dog. a dog." (R_I 80, 80, the second a repeat: doubted). The end step
+    (R_I None) is never judged. With curate.require_doubt the first pair is skipped with its reason and
+    the other two kept; with it off all three are kept."""
+    from csr_vlm.curate import shard_line
+    from csr_vlm.data import PromptRecord
+    from csr_vlm.schema.generation import CurateConfig
+    from csr_vlm.search.types import Answer, SearchResult, Sentence
+
+    def answer(text, r_is, repeats=(), reward=1.0):
+        sentences = [Sentence(text=t, r_t=-0.1, r_i=r, r=0.0, repeat=i in repeats)
+                     for i, (t, r) in enumerate(zip(text.split(". "), r_is))]
+        sentences.append(Sentence(text="", r_t=0.0, r_i=None, r=0.0, end=True))
+        return Answer(sentences=sentences, reward=reward, ended=True, text=text)
+
+    chosen = answer("a dog. a cat.", [80.0, 75.0], reward=2.0)
+    rejected = {"true": answer("a dog.", [80.0]), "untrue": answer("a dog. a bird.", [80.0, 50.0]),
+                "repeat": answer("a dog. a dog.", [80.0, 80.0], repeats=(1,))}
+    caption = PromptRecord(id="c", image="a.png", prompt="Describe the image.")
+    kept = {}
+    for name, worse in rejected.items():
+        result = SearchResult(mode="paper", answers=[chosen, worse], chosen=0, rejected=1, stats={})
+        on = shard_line(caption, 1, result, CurateConfig(require_doubt=True), 60.0)
+        off = shard_line(caption, 1, result, CurateConfig(), 60.0)
+        assert off["pair"] is not None
+        kept[name] = on["pair"] is not None
+        if not kept[name]:
+            assert on["skip"]["reason"].startswith("curate.require_doubt: no sentence of the rejected answer")
+    assert kept == {"true": False, "untrue": True, "repeat": True}
+
+
 @pytest.mark.parametrize("key", ["model.path", "reward.clip_path"])
 def test_wrong_model_path_fails_before_any_work(tiny_llava, tmp_path, capsys, key):
     out = tmp_path / "gen"

@@ -2,8 +2,9 @@
 
 The pair is TRL's conversational vision DPO row (docs/formats.md) plus bookkeeping: the chosen and
 rejected answers' cumulative rewards, their margin and their mean R_I. A prompt yields no pair when
-no answer is complete, when chosen and rejected say the same, or when their margin is below
-`curate.min_margin`; the reason goes to skipped.jsonl. With `curate.yes_no_answers`, a yes/no question whose
+no answer is complete, when chosen and rejected say the same, when their margin is below
+`curate.min_margin`, or (`curate.require_doubt`) when no sentence of the rejected answer is one the reward
+doubts; the reason goes to skipped.jsonl. With `curate.yes_no_answers`, a yes/no question whose
 answers all say the same still yields a pair: the verdict CLIP backs against the other, in those words.
 `curate.balance_yes_no` then evens out, over the whole round, the yes/no questions' pairs that prefer "yes"
 and those that prefer "no".
@@ -31,16 +32,24 @@ def candidate_record(rec: PromptRecord, round: int, result: SearchResult) -> dic
     return line
 
 
-def pair_problem(result: SearchResult, min_margin: float) -> str | None:
+def pair_problem(result: SearchResult, curate: CurateConfig, tau: float | None = None) -> str | None:
     """Why a searched prompt gives no pair (None when it gives one)."""
     if result.chosen is None:
         return "no complete answer"
     chosen, rejected = result.answers[result.chosen], result.answers[result.rejected]
     if chosen.text == rejected.text:
         return "equal texts" if len(result.answers) > 1 else "equal texts (one complete answer)"
-    if chosen.reward - rejected.reward < min_margin:
-        return f"margin below curate.min_margin ({chosen.reward - rejected.reward:.4g} < {min_margin})"
+    if chosen.reward - rejected.reward < curate.min_margin:
+        return f"margin below curate.min_margin ({chosen.reward - rejected.reward:.4g} < {curate.min_margin})"
+    if curate.require_doubt and not doubted(rejected, tau):
+        return "curate.require_doubt: no sentence of the rejected answer is below tau or a repeat"
     return None
+
+
+def doubted(answer: Answer, tau: float | None) -> bool:
+    """Whether the reward doubts a sentence of the answer: a repeat, or R_I below tau."""
+    return any(s.repeat or (tau is not None and s.r_i is not None and s.r_i < tau)
+               for s in answer.sentences if not s.end)
 
 
 def _reply(text: str) -> list[dict]:
@@ -95,7 +104,7 @@ def shard_line(rec: PromptRecord, round: int, result: SearchResult, curate: Cura
     """One prompt's shard line {id, candidate, pair, skip, stats}: a pair, or a skip with its reason."""
     line = {"id": rec.id, "candidate": candidate_record(rec, round, result), "pair": None, "skip": None,
             "stats": result.stats}
-    reason = pair_problem(result, curate.min_margin)
+    reason = pair_problem(result, curate, tau)
     if reason:  # no pair from the samples; a unanimous yes/no question still pairs with the other verdict
         pair = other_verdict_pair(rec, round, result, curate.yes_no_answers, tau, lam)
         if pair is not None:

@@ -62,6 +62,12 @@ class RunConfig:
         check_choices(self)
         if self.seed < 0:
             raise ConfigError(f"seed must be >= 0, got {self.seed}")
+        if self.curate.require_doubt and self.reward.normalize != "center":
+            raise ConfigError("curate.require_doubt needs reward.normalize=center (its tau says which sentences "
+                              f"CLIP doubts), got reward.normalize={self.reward.normalize}")
+        if self.curate.require_doubt and self.reward.lam == 0:
+            raise ConfigError("curate.require_doubt judges answers by CLIP, which reward.lam=0 leaves out of the "
+                              "reward: set curate.require_doubt=false for a likelihood-only run")
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if dataclasses.is_dataclass(value):
