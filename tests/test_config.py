@@ -132,7 +132,8 @@ ENUMERATED = _enumerated()
 def test_the_enumerated_keys_are_the_ones_we_expect():
     keys = {k for k, _, _ in ENUMERATED}
     assert keys == {"model.dtype", "reward.self_score", "reward.normalize", "reward.tau_rule", "reward.end_reward",
-                    "search.engine", "search.mode", "search.sampler", "search.filters", "train.loss_type",
+                    "search.engine", "search.mode", "search.sampler", "search.filters", "curate.rejected",
+                    "train.loss_type",
                     "train.lr_scheduler_type",
                     "eval.tasks", "eval.pope_splits", "eval.pope_parser"}
 
@@ -185,6 +186,9 @@ def test_a_misspelt_value_in_yaml_is_refused_with_its_choices(tmp_path):
     (["curate.require_doubt=true"], "curate.require_doubt needs reward.normalize=center"),
     (["curate.require_doubt=true", "reward.normalize=center", "reward.tau=60", "reward.lam=0"],
      "curate.require_doubt judges answers by CLIP"),
+    (["curate.rejected=hardest"], "curate.rejected=hardest needs reward.normalize=center"),
+    (["curate.rejected=likeliest", "reward.normalize=center", "reward.tau=60", "reward.lam=0"],
+     "curate.rejected=likeliest judges answers by CLIP"),
 ])
 def test_rules_between_fields_are_checked_at_load_time(overrides, message):
     with pytest.raises(ConfigError, match=message):

@@ -31,6 +31,9 @@ def test_world_overrides_point_every_path_into_the_world(tmp_path):
     assert all(p.startswith(w) for p in paths)
     assert cfg.reward.lam == 0.0 and cfg.seed == 3 and cfg.out == str(tmp_path / "out" / "lam0")
     assert demo.arm_config(demo.CONFIG_DIR / "toy.yaml", tmp_path / "w", tmp_path, 0, "csr").reward.lam == 0.9
+    assert cfg.data.mix_prompts == ""  # toy.yaml searches no yes/no questions: the demo adds none
+    quick = demo.arm_config(demo.CONFIG_DIR / "toy-quick.yaml", tmp_path / "w", tmp_path, 0, "csr")
+    assert quick.data.mix_prompts == f"{w}/prompts_yesno_train.jsonl"
 
 
 @pytest.mark.slow
@@ -50,6 +53,8 @@ def test_demo_quick_end_to_end(quick_world, tmp_path, capsys):
     for arm in ("csr", "lam0"):
         d = summary["delta_chair_i"][arm]
         assert d["ci95"][0] <= d["ci95"][1] and d["resamples"] == 2000 and d["n_images"] == 60
+        p = summary["delta_pope_f1"][arm]
+        assert p["ci95"][0] <= p["ci95"][1] and p["resamples"] == 2000
     printed = capsys.readouterr().out
     assert "CHAIR_i" in printed and "(selected on dev)" in printed and "summary.json" in printed
     assert "dCHAIR_i vs base [95% CI]" in printed
@@ -65,3 +70,14 @@ def test_paired_bootstrap_by_hand():
     d = demo.paired_bootstrap({1: (2, 1), 2: (2, 0), 3: (1, 1)}, {1: (2, 0), 2: (2, 0)}, n=2000, seed=0)
     assert d["point"] == -0.25 and d["relative"] == -1.0 and d["n_images"] == 2
     assert d["ci95"] == [-0.5, 0.0] and d["relative_ci95"] == [-1.0, -1.0]
+
+
+def test_pope_f1_bootstrap_by_hand():
+    """One split, two images, a yes and a no question each. Base: image 1 both right (tp), image 2 both wrong
+    (fn on its yes, fp on its no): F1 = 2 tp / (2 tp + fp + fn) = 2 / 4 = 0.5. New: all right, F1 1 -> +0.5.
+    A resample holds image 1 twice (p 1/4: base F1 1, diff 0), image 2 twice (p 1/4: base tp 0, F1 0, diff 1) or
+    one of each (p 1/2: diff 0.5), so the 95% interval is [0, 1]."""
+    base = [(1, "random", "yes", "yes"), (1, "random", "no", "no"), (2, "random", "yes", "no"), (2, "random", "no", "yes")]
+    new = [(1, "random", "yes", "yes"), (1, "random", "no", "no"), (2, "random", "yes", "yes"), (2, "random", "no", "no")]
+    d = demo.pope_f1_bootstrap(base, new, n=2000, seed=0)
+    assert d["point"] == 0.5 and d["ci95"] == [0.0, 1.0] and d["n_images"] == 2

@@ -185,6 +185,52 @@ def test_unanimous_yes_no_question_pairs_with_the_other_verdict():
     assert line["pair"] is None and line["skip"]["reason"].startswith("equal texts")
 
 
+def _answer(text, r_is, repeats=(), reward=1.0, r_t=-0.1):
+    """A complete answer: one Sentence per ". "-separated part (R_I from r_is, each R_T r_t), then the end step."""
+    from csr_vlm.search.types import Answer, Sentence
+
+    sentences = [Sentence(text=t, r_t=r_t, r_i=r, r=0.0, repeat=i in repeats)
+                 for i, (t, r) in enumerate(zip(text.split(". "), r_is))] if text else []
+    sentences.append(Sentence(text="", r_t=0.0, r_i=None, r=0.0, end=True))
+    return Answer(sentences=sentences, reward=reward, ended=True, text=text)
+
+
+def test_curate_rejected_picks_the_lowest_hardest_or_likeliest_doubted_answer():
+    """tau 60; chosen "a dog. a cat." (reward 2.0). The others, with R_I per sentence, reward and R_T per sentence:
+    A "a dog. a bird. a car. a hat." (80, 40, 40, 40; -3.0; -2.0 each, summed -8.0: the sampling tail, lowest),
+    B "a dog. a fox." (80, 58; 1.5; -0.5 each, -1.0), C "a dog. a bird." (80, 50; 1.0; -0.1 each, -0.2),
+    D "a dog." (80; 1.8; -0.05: no sentence below 60, not doubted), E "" (says nothing).
+    lowest -> A (the search's own); hardest -> the highest reward among A, B, C -> B (1.5; D's 1.8 is not
+    doubted); likeliest -> the highest summed R_T among A, B, C -> C (-0.2 > -1.0 > -8.0). With only D beside
+    the chosen answer nothing is doubted: the search's own rejected (D) stays, and curate.require_doubt drops it."""
+    from csr_vlm.curate import shard_line
+    from csr_vlm.data import PromptRecord
+    from csr_vlm.schema.generation import CurateConfig
+    from csr_vlm.search.types import SearchResult
+
+    answers = [_answer("a dog. a cat.", [80.0, 75.0], reward=2.0),
+               _answer("a dog. a bird. a car. a hat.", [80.0, 40.0, 40.0, 40.0], reward=-3.0, r_t=-2.0),
+               _answer("a dog. a fox.", [80.0, 58.0], reward=1.5, r_t=-0.5),
+               _answer("a dog. a bird.", [80.0, 50.0], reward=1.0, r_t=-0.1),
+               _answer("a dog.", [80.0], reward=1.8, r_t=-0.05),
+               _answer("", [], reward=0.0)]
+    caption = PromptRecord(id="c", image="a.png", prompt="Describe the image.")
+    result = SearchResult(mode="paper", answers=answers, chosen=0, rejected=1, stats={})
+    picked = {}
+    for rule in ("lowest", "hardest", "likeliest"):
+        line = shard_line(caption, 1, result, CurateConfig(rejected=rule), 60.0)
+        picked[rule] = line["pair"]["rejected"][0]["content"][0]["text"]
+        assert line["candidate"]["rejected"] == answers.index(
+            next(a for a in answers if a.text == picked[rule]))
+    assert picked == {"lowest": "a dog. a bird. a car. a hat.", "hardest": "a dog. a fox.",
+                      "likeliest": "a dog. a bird."}
+    undoubted = SearchResult(mode="paper", answers=answers[:1] + answers[4:5], chosen=0, rejected=1, stats={})
+    line = shard_line(caption, 1, undoubted, CurateConfig(rejected="hardest"), 60.0)
+    assert line["pair"]["rejected"][0]["content"][0]["text"] == "a dog."
+    line = shard_line(caption, 1, undoubted, CurateConfig(rejected="hardest", require_doubt=True), 60.0)
+    assert line["pair"] is None and line["skip"]["reason"].startswith("curate.require_doubt")
+
+
 def test_require_doubt_keeps_only_pairs_whose_rejected_answer_the_reward_doubts():
     """tau 60. Chosen "a dog. a cat." (R_I 80, 75) against three rejected answers: "a dog." (R_I 80: CLIP
     finds every sentence true, the pair is a longer true caption against a shorter one), "a dog. a bird."
@@ -194,14 +240,9 @@ def test_require_doubt_keeps_only_pairs_whose_rejected_answer_the_reward_doubts(
     from csr_vlm.curate import shard_line
     from csr_vlm.data import PromptRecord
     from csr_vlm.schema.generation import CurateConfig
-    from csr_vlm.search.types import Answer, SearchResult, Sentence
+    from csr_vlm.search.types import SearchResult
 
-    def answer(text, r_is, repeats=(), reward=1.0):
-        sentences = [Sentence(text=t, r_t=-0.1, r_i=r, r=0.0, repeat=i in repeats)
-                     for i, (t, r) in enumerate(zip(text.split(". "), r_is))]
-        sentences.append(Sentence(text="", r_t=0.0, r_i=None, r=0.0, end=True))
-        return Answer(sentences=sentences, reward=reward, ended=True, text=text)
-
+    answer = _answer
     chosen = answer("a dog. a cat.", [80.0, 75.0], reward=2.0)
     rejected = {"true": answer("a dog.", [80.0]), "untrue": answer("a dog. a bird.", [80.0, 50.0]),
                 "repeat": answer("a dog. a dog.", [80.0, 80.0], repeats=(1,))}

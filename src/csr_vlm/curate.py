@@ -1,7 +1,8 @@
 """From one prompt's search result to its records: the candidates line and a preference pair, or why there is none.
 
 The pair is TRL's conversational vision DPO row (docs/formats.md) plus bookkeeping: the chosen and
-rejected answers' cumulative rewards, their margin and their mean R_I. A prompt yields no pair when
+rejected answers' cumulative rewards, their margin and their mean R_I. The rejected answer is the search's
+lowest, or (`curate.rejected`) the hardest or likeliest of the answers the reward doubts. A prompt yields no pair when
 no answer is complete, when chosen and rejected say the same, when their margin is below
 `curate.min_margin`, or (`curate.require_doubt`) when no sentence of the rejected answer is one the reward
 doubts; the reason goes to skipped.jsonl. With `curate.yes_no_answers`, a yes/no question whose
@@ -12,6 +13,7 @@ and those that prefer "no".
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from typing import Any
@@ -30,6 +32,21 @@ def candidate_record(rec: PromptRecord, round: int, result: SearchResult) -> dic
     if result.tree is not None:
         line["tree"] = result.tree
     return line
+
+
+def pick_rejected(result: SearchResult, rule: str, tau: float | None) -> int | None:
+    """The index of the answer a pair rejects (curate.rejected): the search's own (lowest) or, among the answers
+    that say something and have a doubted sentence, the one with the highest reward (hardest) or the highest
+    summed R_T (likeliest); the search's own when no answer is doubted."""
+    if rule == "lowest" or result.chosen is None:
+        return result.rejected
+    doubtful = [k for k, a in enumerate(result.answers)
+                if k != result.chosen and any(not s.end for s in a.sentences) and doubted(a, tau)]
+    if not doubtful:
+        return result.rejected
+    if rule == "hardest":
+        return max(doubtful, key=lambda k: result.answers[k].reward)
+    return max(doubtful, key=lambda k: sum(s.r_t for s in result.answers[k].sentences if not s.end))
 
 
 def pair_problem(result: SearchResult, curate: CurateConfig, tau: float | None = None) -> str | None:
@@ -102,6 +119,7 @@ def other_verdict_pair(rec: PromptRecord, round: int, result: SearchResult, word
 def shard_line(rec: PromptRecord, round: int, result: SearchResult, curate: CurateConfig,
                tau: float | None = None, lam: float = 0.9) -> dict[str, Any]:
     """One prompt's shard line {id, candidate, pair, skip, stats}: a pair, or a skip with its reason."""
+    result = dataclasses.replace(result, rejected=pick_rejected(result, curate.rejected, tau))
     line = {"id": rec.id, "candidate": candidate_record(rec, round, result), "pair": None, "skip": None,
             "stats": result.stats}
     reason = pair_problem(result, curate, tau)

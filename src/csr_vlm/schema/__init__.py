@@ -62,12 +62,16 @@ class RunConfig:
         check_choices(self)
         if self.seed < 0:
             raise ConfigError(f"seed must be >= 0, got {self.seed}")
-        if self.curate.require_doubt and self.reward.normalize != "center":
-            raise ConfigError("curate.require_doubt needs reward.normalize=center (its tau says which sentences "
-                              f"CLIP doubts), got reward.normalize={self.reward.normalize}")
-        if self.curate.require_doubt and self.reward.lam == 0:
-            raise ConfigError("curate.require_doubt judges answers by CLIP, which reward.lam=0 leaves out of the "
-                              "reward: set curate.require_doubt=false for a likelihood-only run")
+        doubters = [name for name, on in (("curate.require_doubt", self.curate.require_doubt),
+                                          (f"curate.rejected={self.curate.rejected}", self.curate.rejected != "lowest"))
+                    if on]
+        for name in doubters:  # both ask which sentences CLIP doubts: below tau
+            if self.reward.normalize != "center":
+                raise ConfigError(f"{name} needs reward.normalize=center (its tau says which sentences CLIP doubts), "
+                                  f"got reward.normalize={self.reward.normalize}")
+            if self.reward.lam == 0:
+                raise ConfigError(f"{name} judges answers by CLIP, which reward.lam=0 leaves out of the reward: "
+                                  f"unset it for a likelihood-only run")
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if dataclasses.is_dataclass(value):

@@ -14,6 +14,7 @@ from ..search.filters import FILTERS
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 Normalize = Literal["none", "center", "zscore", "rank"]
 TauRule = Literal["true_sd", "youden"]
+RejectedRule = Literal["lowest", "hardest", "likeliest"]
 NORMALIZE_MODES: tuple[str, ...] = typing.get_args(Normalize)
 TAU_RULES: tuple[str, ...] = typing.get_args(TauRule)
 
@@ -210,6 +211,16 @@ class CurateConfig:
     shorter true one, so its pair teaches length, not hallucination (toy world, seed 3, round 2: CLIP doubted
     no sentence of 291 of the 400 rejected captions, 2 of which named an absent object). Dropped pairs go to
     skipped.jsonl."""
+
+    rejected: RejectedRule = "lowest"
+    """Which answer a pair rejects: lowest (the paper: the lowest cumulative reward), or, among the answers with a
+    sentence the reward doubts (R_I below tau, or a repeat; needs reward.normalize=center), hardest (the highest
+    reward: the mildest mistake, often an object CLIP barely tells from a true one) or likeliest (the highest summed
+    R_T: the mistake the model itself makes most readily). The lowest answer of a sampled search is mostly the
+    sampling tail, a string of objects the model would seldom name, rather than its habitual hallucination (toy
+    world, seed 2: "a green bar. a red circle." where the model says "a green bar. a yellow pole."). In the toy
+    world neither alternative beat lowest over five seeds (docs/toyworld-results.md). With no doubted answer the
+    lowest is kept (and curate.require_doubt drops it)."""
 
     def validate(self, key: str = "curate") -> None:
         """Any margin, negative included, is a valid threshold; yes_no_answers has a yes and a no that read so."""

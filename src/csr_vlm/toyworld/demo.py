@@ -11,9 +11,9 @@
 3. runs `csr report` on each arm and prints one table: per round CHAIR_i / CHAIR_s / recall /
    POPE F1 / dup rate / well-formed on test, and the ground-truth CHAIR_i of that round's chosen
    and rejected answers (are the pairs DPO learns from cleaner than the model?);
-4. bootstraps (2,000 paired per-image resamples, seeded) the change in test CHAIR_i from the base to
-   each arm's selected round;
-5. writes <out>/summary.json ({"arms", "selected_round", "delta_chair_i", "seed", "seconds", ...}).
+4. bootstraps (2,000 paired per-image resamples, seeded) the change in test CHAIR_i and in test POPE F1
+   from the base to each arm's selected round;
+5. writes <out>/summary.json ({"arms", "selected_round", "delta_chair_i", "delta_pope_f1", "seed", "seconds", ...}).
 Nothing here is toy-specific inside the stages: the demo only points the config at the world.
 """
 
@@ -43,16 +43,17 @@ COLUMNS = ("chair_i", "chair_s", "recall", "pope_f1", "dup_rate", "wellformed", 
            "pair_rejected_chair_i")
 
 
-def world_overrides(world: Path, dev: dict) -> list[str]:
+def world_overrides(world: Path, dev: dict, mix: bool = True) -> list[str]:
     """Point every path of the config at `world` (what `csr loop` reads; the stages know nothing of it).
 
     dev: the config's loop.dev, whose annotation files are pointed at the world's dev split.
+    mix: the config searches yes/no questions beside the captions (data.mix_prompts): the world's.
     """
     w = world.resolve()
     dev = {**dev, "annotations": f"{w}/instances_dev.json", "gt_captions": f"{w}/captions_dev.json"}
     return [f"model.path={w}/policy", f"reward.clip_path={w}/clip",
             f"reward.tau_calibration={w}/tau_calibration.jsonl", f"reward.object_names={w}/object_names.json",
-            f"data.prompts={w}/prompts_train.jsonl", f"data.mix_prompts={w}/prompts_yesno_train.jsonl",
+            f"data.prompts={w}/prompts_train.jsonl", *([f"data.mix_prompts={w}/prompts_yesno_train.jsonl"] * mix),
             f"data.image_root={w}", f"eval.annotations={w}/instances_test.json",
             f"eval.gt_captions={w}/captions_test.json", f"eval.image_root={w}", f"eval.synonyms={w}/synonyms.txt",
             f"loop.dev={json.dumps(dev)}"]
@@ -60,8 +61,9 @@ def world_overrides(world: Path, dev: dict) -> list[str]:
 
 def arm_config(config: Path, world: Path, out: Path, seed: int, arm: str):
     """The loop config of one arm: the toy config pointed at the world, the arm's overrides on top."""
-    dev = load_config(config).loop.dev
-    return load_config(config, [*world_overrides(world, dev), f"out={out / arm}", f"seed={seed}", *ARMS[arm]])
+    base = load_config(config)
+    return load_config(config, [*world_overrides(world, base.loop.dev, bool(base.data.mix_prompts)), f"out={out / arm}",
+                                f"seed={seed}", *ARMS[arm]])
 
 
 def run_arm(config: str, world: str, out: str, seed: int, arm: str) -> str:
@@ -158,13 +160,56 @@ def paired_bootstrap(base: dict, new: dict, n: int = 2000, seed: int = 0) -> dic
             "relative_ci95": ci(rels), "n_images": len(ids), "resamples": n, "seed": seed}
 
 
-def delta_chair(out: Path, selected: dict, seed: int) -> dict:
-    """paired_bootstrap of each arm's selected round against the base (round 0), on test."""
+def pope_answers(eval_dir: Path) -> list[tuple[int, str, str, str]]:
+    """(image_id, split, label, parsed answer) per POPE question of an eval (its questions and samples files)."""
+    from ..eval.pope import parse_answer
+
+    parser = read_json(eval_dir / "metrics.json")["pope"].get("parser", "default")
+    said = {(s["image_id"], s["prompt"]): s["answer"] for s in read_jsonl(eval_dir / "samples.jsonl")
+            if s.get("task") == "pope"}
+    suffix = read_json(eval_dir / "metrics.json")["protocol"].get("pope_suffix", "")
+    return [(q["image_id"], q["category"], q["label"], parse_answer(said[(q["image_id"], q["text"] + suffix)], parser))
+            for q in read_jsonl(eval_dir / "pope_questions.jsonl")]
+
+
+def pope_f1_bootstrap(base: list[tuple], new: list[tuple], n: int = 2000, seed: int = 0) -> dict:
+    """Change in POPE F1 (new - base; F1 of "yes" per split, then their mean) with a per-image paired bootstrap.
+
+    base and new: pope_answers of the same questions. Each resample draws images with replacement (an image's
+    questions, all splits, go together) and recomputes both mean F1s; ci95 are the 2.5/97.5 percentiles."""
+    import numpy as np
+
+    images = sorted({q[0] for q in base})
+    splits = sorted({q[1] for q in base})
+    index = {im: k for k, im in enumerate(images)}
+    counts = np.zeros((len(images), len(splits), 2, 3))  # image, split, side, (tp, fp, fn)
+    for side, rows in enumerate((base, new)):
+        for im, split, label, answer in rows:
+            kind = (0 if label == "yes" else 1) if answer == "yes" else (2 if label == "yes" else None)
+            if kind is not None:
+                counts[index[im], splits.index(split), side, kind] += 1
+
+    def mean_f1(c):
+        tp, fp, fn = c[..., 0], c[..., 1], c[..., 2]
+        return (2 * tp / np.maximum(2 * tp + fp + fn, 1)).mean(-2)  # F1 per split and side, mean over splits
+
+    point = mean_f1(counts.sum(0))
+    idx = np.random.default_rng(seed).integers(0, len(images), size=(n, len(images)))
+    boot = mean_f1(counts[idx].sum(1))
+    diffs = boot[:, 1] - boot[:, 0]
+    return {"point": round(float(point[1] - point[0]), 4),
+            "ci95": [round(float(x), 4) for x in np.percentile(diffs, [2.5, 97.5])],
+            "n_images": len(images), "resamples": n, "seed": seed}
+
+
+def delta_vs_base(out: Path, selected: dict, seed: int, needs: str, read, bootstrap) -> dict:
+    """bootstrap(read(base), read(selected), seed=seed) per arm: its selected round's test eval against the base's
+    (round 0); an arm whose two evals do not both hold the file `needs` is left out."""
     res = {}
     for arm, k in selected.items():
         base_dir, sel_dir = out / arm / "round_0" / "eval", out / arm / f"round_{k}" / "eval"
-        if (base_dir / "chair_captions.jsonl").is_file() and (sel_dir / "chair_captions.jsonl").is_file():
-            res[arm] = paired_bootstrap(per_image_counts(base_dir), per_image_counts(sel_dir), seed=seed)
+        if (base_dir / needs).is_file() and (sel_dir / needs).is_file():
+            res[arm] = bootstrap(read(base_dir), read(sel_dir), seed=seed)
     return res
 
 
@@ -199,9 +244,11 @@ def verdict(summary: dict) -> list[str]:
         d = summary.get("delta_chair_i", {}).get(arm)
         ci = "" if not d else (f" [95% CI {100 * d['relative_ci95'][0]:+.0f}%, {100 * d['relative_ci95'][1]:+.0f}%; "
                                f"{d['point']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] absolute]")
+        p = summary.get("delta_pope_f1", {}).get(arm)
+        pope = "" if not p else f", POPE F1 {p['point']:+.3f} [95% CI {p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}]"
         out.append(f"{arm}: round {sel['round']} changes CHAIR_i by {100 * rel:+.0f}%{ci} relative to the base model "
                    f"({base['chair_i']:.3f} -> {sel['chair_i']:.3f}), recall {sel['recall'] / base['recall']:.0%} "
-                   f"of base, dup {sel['dup_rate']:.3f}, well-formed {sel['wellformed']:.3f}")
+                   f"of base, dup {sel['dup_rate']:.3f}, well-formed {sel['wellformed']:.3f}{pope}")
     return out
 
 
@@ -257,7 +304,11 @@ def run_demo(config: Path, world: Path, out: Path, seed: int, quick: bool, jobs:
         run_report(out / arm, world)
         summary["arms"][arm] = arm_rows(out / arm, world)
         summary["selected_round"][arm] = read_json(out / arm / "best.json")["round"]
-    summary["delta_chair_i"] = delta_chair(out, summary["selected_round"], seed)
+    selected = summary["selected_round"]
+    summary["delta_chair_i"] = delta_vs_base(out, selected, seed, "chair_captions.jsonl", per_image_counts,
+                                             paired_bootstrap)
+    summary["delta_pope_f1"] = delta_vs_base(out, selected, seed, "pope_questions.jsonl", pope_answers,
+                                             pope_f1_bootstrap)
     summary["seconds"] = round(time.time() - start, 1)
     write_json(out / "summary.json", summary)
     return summary
