@@ -2,8 +2,8 @@
 
 The pair is TRL's conversational vision DPO row (docs/formats.md) plus bookkeeping: the chosen and
 rejected answers' cumulative rewards, their margin and their mean R_I. The rejected answer is the search's
-lowest, or (`curate.rejected`) the hardest or likeliest of the answers the reward doubts. A prompt yields no pair when
-no answer is complete, when chosen and rejected say the same, when their margin is below
+lowest, or (`curate.rejected`) the hardest or likeliest of the answers the reward doubts. A prompt yields no
+pair when no answer is complete, when chosen and rejected say the same, when their margin is below
 `curate.min_margin`, or (`curate.require_doubt`) when no sentence of the rejected answer is one the reward
 doubts; the reason goes to skipped.jsonl. With `curate.yes_no_answers`, a yes/no question whose
 answers all say the same still yields a pair: the verdict CLIP backs against the other, in those words.

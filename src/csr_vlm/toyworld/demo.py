@@ -161,14 +161,16 @@ def paired_bootstrap(base: dict, new: dict, n: int = 2000, seed: int = 0) -> dic
 
 
 def pope_answers(eval_dir: Path) -> list[tuple[int, str, str, str]]:
-    """(image_id, split, label, parsed answer) per POPE question of an eval (its questions and samples files)."""
+    """(image_id, split, label, parsed answer) per POPE question of an eval (its questions and samples files); a
+    question without an answer (its image skipped) reads "unknown", as POPE's own scoring counts it."""
     from ..eval.pope import parse_answer
 
-    parser = read_json(eval_dir / "metrics.json")["pope"].get("parser", "default")
+    metrics = read_json(eval_dir / "metrics.json")
+    parser, suffix = metrics["pope"].get("parser", "default"), metrics["protocol"].get("pope_suffix", "")
     said = {(s["image_id"], s["prompt"]): s["answer"] for s in read_jsonl(eval_dir / "samples.jsonl")
             if s.get("task") == "pope"}
-    suffix = read_json(eval_dir / "metrics.json")["protocol"].get("pope_suffix", "")
-    return [(q["image_id"], q["category"], q["label"], parse_answer(said[(q["image_id"], q["text"] + suffix)], parser))
+    return [(q["image_id"], q["category"], q["label"],
+             parse_answer(said.get((q["image_id"], q["text"] + suffix), ""), parser))
             for q in read_jsonl(eval_dir / "pope_questions.jsonl")]
 
 
