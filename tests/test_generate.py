@@ -216,14 +216,10 @@ def test_curate_rejected_picks_the_lowest_hardest_or_likeliest_doubted_answer():
                _answer("", [], reward=0.0)]
     caption = PromptRecord(id="c", image="a.png", prompt="Describe the image.")
     result = SearchResult(mode="paper", answers=answers, chosen=0, rejected=1, stats={})
-    picked = {}
-    for rule in ("lowest", "hardest", "likeliest"):
+    for rule, expected in {"lowest": 1, "hardest": 2, "likeliest": 3}.items():
         line = shard_line(caption, 1, result, CurateConfig(rejected=rule), 60.0)
-        picked[rule] = line["pair"]["rejected"][0]["content"][0]["text"]
-        assert line["candidate"]["rejected"] == answers.index(
-            next(a for a in answers if a.text == picked[rule]))
-    assert picked == {"lowest": "a dog. a bird. a car. a hat.", "hardest": "a dog. a fox.",
-                      "likeliest": "a dog. a bird."}
+        assert line["candidate"]["rejected"] == expected
+        assert line["pair"]["rejected"][0]["content"][0]["text"] == answers[expected].text
     undoubted = SearchResult(mode="paper", answers=answers[:1] + answers[4:5], chosen=0, rejected=1, stats={})
     line = shard_line(caption, 1, undoubted, CurateConfig(rejected="hardest"), 60.0)
     assert line["pair"]["rejected"][0]["content"][0]["text"] == "a dog."
@@ -242,10 +238,9 @@ def test_require_doubt_keeps_only_pairs_whose_rejected_answer_the_reward_doubts(
     from csr_vlm.schema.generation import CurateConfig
     from csr_vlm.search.types import SearchResult
 
-    answer = _answer
-    chosen = answer("a dog. a cat.", [80.0, 75.0], reward=2.0)
-    rejected = {"true": answer("a dog.", [80.0]), "untrue": answer("a dog. a bird.", [80.0, 50.0]),
-                "repeat": answer("a dog. a dog.", [80.0, 80.0], repeats=(1,))}
+    chosen = _answer("a dog. a cat.", [80.0, 75.0], reward=2.0)
+    rejected = {"true": _answer("a dog.", [80.0]), "untrue": _answer("a dog. a bird.", [80.0, 50.0]),
+                "repeat": _answer("a dog. a dog.", [80.0, 80.0], repeats=(1,))}
     caption = PromptRecord(id="c", image="a.png", prompt="Describe the image.")
     kept = {}
     for name, worse in rejected.items():
