@@ -187,6 +187,7 @@ def test_a_misspelt_value_in_yaml_is_refused_with_its_choices(tmp_path):
     (["curate.require_doubt=true", "reward.normalize=center", "reward.tau=60", "reward.lam=0"],
      "curate.require_doubt judges answers by CLIP"),
     (["curate.rejected=hardest"], "curate.rejected=hardest needs reward.normalize=center"),
+    (["curate.yes_no_anchor=true"], "curate.yes_no_anchor rows teach only through the SFT term"),
     (["curate.rejected=likeliest", "reward.normalize=center", "reward.tau=60", "reward.lam=0"],
      "curate.rejected=likeliest judges answers by CLIP"),
 ])

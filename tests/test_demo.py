@@ -31,9 +31,13 @@ def test_world_overrides_point_every_path_into_the_world(tmp_path):
     assert all(p.startswith(w) for p in paths)
     assert cfg.reward.lam == 0.0 and cfg.seed == 3 and cfg.out == str(tmp_path / "out" / "lam0")
     assert demo.arm_config(demo.CONFIG_DIR / "toy.yaml", tmp_path / "w", tmp_path, 0, "csr").reward.lam == 0.9
-    assert cfg.data.mix_prompts == ""  # toy.yaml searches no yes/no questions: the demo adds none
+    assert cfg.data.mix_prompts == f"{w}/prompts_yesno_train.jsonl" and cfg.curate.yes_no_anchor
     quick = demo.arm_config(demo.CONFIG_DIR / "toy-quick.yaml", tmp_path / "w", tmp_path, 0, "csr")
     assert quick.data.mix_prompts == f"{w}/prompts_yesno_train.jsonl"
+    captions_only = tmp_path / "captions-only.yaml"
+    captions_only.write_text((demo.CONFIG_DIR / "toy.yaml").read_text().replace("  mix_prompts:", "  # mix_prompts:")
+                             .replace("  yes_no_anchor: true", "  yes_no_anchor: false"))
+    assert demo.arm_config(captions_only, tmp_path / "w", tmp_path, 0, "csr").data.mix_prompts == ""
 
 
 @pytest.mark.slow
@@ -55,6 +59,10 @@ def test_demo_quick_end_to_end(quick_world, tmp_path, capsys):
         assert d["ci95"][0] <= d["ci95"][1] and d["resamples"] == 2000 and d["n_images"] == 60
         p = summary["delta_pope_f1"][arm]
         assert p["ci95"][0] <= p["ci95"][1] and p["resamples"] == 2000
+    pairs = [json.loads(line) for line in (out / "csr" / "round_1" / "generate" / "pairs.jsonl").open()]
+    anchors = [p for p in pairs if p.get("anchor")]  # curate.yes_no_anchor rows went through TRL's trainer
+    assert anchors and all(p["chosen"] == p["rejected"] and p["margin"] == 0.0 for p in anchors)
+    assert len(anchors) < len(pairs) and (out / "csr" / "round_1" / "train" / "checkpoint").is_dir()
     printed = capsys.readouterr().out
     assert "CHAIR_i" in printed and "(selected on dev)" in printed and "summary.json" in printed
     assert "dCHAIR_i vs base [95% CI]" in printed

@@ -254,6 +254,39 @@ def test_require_doubt_keeps_only_pairs_whose_rejected_answer_the_reward_doubts(
     assert kept == {"true": False, "untrue": True, "repeat": True}
 
 
+def test_yes_no_anchor_replays_the_likeliest_answer_on_both_sides():
+    """A yes/no question sampled "yes." (R_T -0.2), "no." (-1.5) and "no. yes." (-0.4 and -0.3, summed -0.7):
+    the likeliest is "yes." (-0.2 > -0.7 > -1.5), written as both chosen and rejected, margin 0, anchor true,
+    whatever the rewards or CLIP say (the judged pair would have chosen "no.", reward 2.0). A caption is paired
+    as always. A question whose only answer says nothing is skipped with the option's reason."""
+    from csr_vlm.curate import balance_yes_no, shard_line
+    from csr_vlm.data import PromptRecord
+    from csr_vlm.schema.generation import CurateConfig
+    from csr_vlm.search.types import SearchResult
+
+    ask = PromptRecord(id="q", image="a.png", prompt="Is there a dog in the image? Please answer yes or no.")
+    answers = [_answer("no.", [50.0], reward=2.0, r_t=-1.5), _answer("yes.", [70.0], reward=0.5, r_t=-0.2)]
+    answers.append(_answer("no. yes.", [50.0, 70.0], reward=0.1))
+    answers[2].sentences[0].r_t, answers[2].sentences[1].r_t = -0.4, -0.3
+    result = SearchResult(mode="paper", answers=answers, chosen=0, rejected=2, stats={})
+    line = shard_line(ask, 1, result, CurateConfig(yes_no_anchor=True), 60.0)
+    pair = line["pair"]
+    assert pair["chosen"] == pair["rejected"] == [{"role": "assistant", "content": [{"type": "text", "text": "yes."}]}]
+    assert (pair["margin"], pair["anchor"], line["skip"]) == (0.0, True, None)
+    assert balance_yes_no([pair]) == ([pair], [])  # an anchor is not a verdict to balance
+    judged = shard_line(ask, 1, result, CurateConfig(), 60.0)["pair"]
+    assert judged["chosen"][0]["content"][0]["text"] == "no." and "anchor" not in judged
+    caption = PromptRecord(id="c", image="a.png", prompt="Describe the image.")
+    described = SearchResult(mode="paper", answers=[_answer("a dog.", [80.0], reward=1.0),
+                                                    _answer("a cat.", [40.0], reward=-1.0)], chosen=0, rejected=1,
+                             stats={})
+    assert shard_line(caption, 1, described, CurateConfig(yes_no_anchor=True), 60.0)["pair"]["rejected"][0][
+        "content"][0]["text"] == "a cat."
+    silent = SearchResult(mode="paper", answers=[_answer("", [], reward=0.0)], chosen=None, rejected=None, stats={})
+    skipped = shard_line(ask, 1, silent, CurateConfig(yes_no_anchor=True), 60.0)
+    assert skipped["pair"] is None and skipped["skip"]["reason"] == "curate.yes_no_anchor: no answer says something"
+
+
 @pytest.mark.parametrize("key", ["model.path", "reward.clip_path"])
 def test_wrong_model_path_fails_before_any_work(tiny_llava, tmp_path, capsys, key):
     out = tmp_path / "gen"

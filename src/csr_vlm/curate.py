@@ -8,7 +8,8 @@ pair when no answer is complete, when chosen and rejected say the same, when the
 doubts; the reason goes to skipped.jsonl. With `curate.yes_no_answers`, a yes/no question whose
 answers all say the same still yields a pair: the verdict CLIP backs against the other, in those words.
 `curate.balance_yes_no` then evens out, over the whole round, the yes/no questions' pairs that prefer "yes"
-and those that prefer "no".
+and those that prefer "no". With `curate.yes_no_anchor` a yes/no question gives instead an anchor row, the
+model's likeliest answer on both sides, which DPO ignores and the SFT term replays.
 """
 
 from __future__ import annotations
@@ -116,12 +117,28 @@ def other_verdict_pair(rec: PromptRecord, round: int, result: SearchResult, word
     return record
 
 
+def anchor_record(rec: PromptRecord, round: int, result: SearchResult) -> dict[str, Any] | None:
+    """The curate.yes_no_anchor row of a question: the likeliest answer that says something (the highest summed
+    R_T) as both chosen and rejected, margin 0 and `anchor` true; None when no answer says something."""
+    said = [a for a in result.answers if any(not s.end for s in a.sentences)]
+    if not said:
+        return None
+    likeliest = max(said, key=lambda a: sum(s.r_t for s in a.sentences if not s.end))
+    return {**pair_record(rec, round, likeliest, likeliest), "anchor": True}
+
+
 def shard_line(rec: PromptRecord, round: int, result: SearchResult, curate: CurateConfig,
                tau: float | None = None, lam: float = 0.9) -> dict[str, Any]:
     """One prompt's shard line {id, candidate, pair, skip, stats}: a pair, or a skip with its reason."""
     result = dataclasses.replace(result, rejected=pick_rejected(result, curate.rejected, tau))
     line = {"id": rec.id, "candidate": candidate_record(rec, round, result), "pair": None, "skip": None,
             "stats": result.stats}
+    if curate.yes_no_anchor and question_object(rec.prompt) is not None:
+        line["pair"] = anchor_record(rec, round, result)
+        if line["pair"] is None:
+            line["skip"] = {"id": rec.id, "reason": "curate.yes_no_anchor: no answer says something",
+                            "answers": len(result.answers)}
+        return line
     reason = pair_problem(result, curate, tau)
     if reason:  # no pair from the samples; a unanimous yes/no question still pairs with the other verdict
         pair = other_verdict_pair(rec, round, result, curate.yes_no_answers, tau, lam)
@@ -144,7 +161,7 @@ def balance_yes_no(pairs: list[dict]) -> tuple[list[dict], list[dict]]:
     choose "yes" as choose "no", the larger side keeping its largest margins; other pairs are all kept."""
     sides: dict[str, list[int]] = {"yes": [], "no": []}
     for i, pair in enumerate(pairs):
-        if question_object(_text(pair["prompt"])) is not None:
+        if question_object(_text(pair["prompt"])) is not None and not pair.get("anchor"):
             verdict = parse_answer(_text(pair["chosen"]))
             if verdict in sides:
                 sides[verdict].append(i)

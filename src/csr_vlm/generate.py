@@ -351,7 +351,7 @@ def _stats(cfg, reward, round, ordered, input_skips, skipped, pairs, tau_stats, 
         times.update(st.get("time", {}))
         events.update(st.get("events", {}))
     by_reason = Counter(re.split(r"[:(]", s["reason"])[0].strip() for s in skipped)
-    margins = [p["margin"] for p in pairs if p["margin"] is not None]
+    margins = [p["margin"] for p in pairs if p["margin"] is not None and not p.get("anchor")]
     return {
         "round": round, "mode": cfg.search.mode, "world_size": world,
         "tau": reward.tau, "tau_calibration": tau_stats,

@@ -70,7 +70,7 @@ def collect(run_dir: Path) -> dict[int, dict]:
         r["dev_eval"] = _json(d / "dev_eval" / "metrics.json")
         pairs_path = d / "generate" / "pairs.jsonl"
         if pairs_path.is_file():
-            pairs = list(read_jsonl(pairs_path))
+            pairs = [p for p in read_jsonl(pairs_path) if not p.get("anchor")]  # an anchor replays, compares nothing
             r["chosen_r_i"] = [p["chosen_r_i"] for p in pairs if p.get("chosen_r_i") is not None]
             r["rejected_r_i"] = [p["rejected_r_i"] for p in pairs if p.get("rejected_r_i") is not None]
             r["margin"] = [p["margin"] for p in pairs if p.get("margin") is not None]

@@ -72,6 +72,9 @@ class RunConfig:
             if self.reward.lam == 0:
                 raise ConfigError(f"{name} judges answers by CLIP, which reward.lam=0 leaves out of the reward: "
                                   f"unset it for a likelihood-only run")
+        if self.curate.yes_no_anchor and "sft" not in self.train.loss_type:
+            raise ConfigError("curate.yes_no_anchor rows teach only through the SFT term: add sft to train.loss_type "
+                              f"(e.g. [sigmoid, sft]), got {self.train.loss_type}")
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if dataclasses.is_dataclass(value):

@@ -212,6 +212,15 @@ class CurateConfig:
     no sentence of 291 of the 400 rejected captions, 2 of which named an absent object). Dropped pairs go to
     skipped.jsonl."""
 
+    yes_no_anchor: bool = False
+    """A yes/no question ("Is there a dog in the image?") gives an anchor row instead of a judged pair: chosen and
+    rejected are both the model's likeliest sampled answer (the highest summed R_T). DPO's term of such a row is
+    zero (the two sides cancel; with dropout on, train.lora_dropout say, only on average), so with "sft" in
+    train.loss_type the row only replays the model's own answer: the rounds keep the yes/no skill instead of
+    letting the caption pairs move it, or a few hundred CLIP-judged question pairs move its threshold (toy world,
+    docs/toyworld-results.md). Needs "sft" in train.loss_type; overrides yes_no_answers and balance_yes_no for
+    those questions."""
+
     rejected: RejectedRule = "lowest"
     """Which answer a pair rejects: lowest (the paper: the lowest cumulative reward), or, among the answers with a
     sentence the reward doubts (R_I below tau, or a repeat; needs reward.normalize=center), hardest (the highest
@@ -256,7 +265,8 @@ class DataConfig:
     max_mix_prompts: int | None = None
     """Use only the first N valid prompts of data.mix_prompts: how large a share of every round's pairs the second
     task takes (toy world: 400 questions beside 400 captions slowed the captions' CHAIR_i fall until
-    curate.require_doubt thinned the caption pairs; with it, 200 let POPE F1 fall on 2 of 5 seeds)."""
+    curate.require_doubt thinned the caption pairs; as curate.yes_no_anchor rows all 400 are used,
+    docs/toyworld-results.md)."""
     max_image_pixels: int = 50_000_000
     """Images with more pixels than this are skipped as extreme."""
     max_prompt_tokens: int | None = None
