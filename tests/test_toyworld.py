@@ -164,6 +164,23 @@ def test_clip_is_reused_only_when_its_parameters_match(tmp_path, monkeypatch):
     assert tw.WorldParams.make(0, False).threads == 2, "the build's thread count is pinned, whatever the cores"
 
 
+def test_reused_world_names_the_libraries_that_changed_since_its_build(tmp_path, caplog):
+    """world.json records the versions it was built with; reused under another torch, the build says which."""
+    import logging
+
+    from csr_vlm.manifest import versions
+
+    now = versions()
+    (tmp_path / "world.json").write_text(json.dumps({"versions": {**now, "torch": "0.0.1"}}))
+    with caplog.at_level(logging.WARNING):
+        build.warn_if_other_versions(tmp_path)
+    assert f"torch 0.0.1 -> {now['torch']}" in caplog.text and "transformers" not in caplog.text
+    caplog.clear()
+    (tmp_path / "world.json").write_text(json.dumps({"versions": now}))
+    build.warn_if_other_versions(tmp_path)
+    assert caplog.text == ""
+
+
 def test_garbled_sentences_name_no_object():
     """The CLIP's negatives: 400 draws, none names a noun, several template kinds occur (incl. spliced ones)."""
     rng = random.Random(0)
@@ -185,6 +202,7 @@ def test_quick_world_builds_caches_and_loads(quick_world):
     assert len(quick_world.joinpath("prompts_train.jsonl").read_text().splitlines()) == 24
     calib = [json.loads(x) for x in (quick_world / "tau_calibration.jsonl").read_text().splitlines()]
     assert all(r["image"].startswith("images/calib/") and (quick_world / r["image"]).is_file() for r in calib)
+    assert {"python", "torch", "transformers", "trl"} <= set(info["versions"])
     start, done = time.time(), (quick_world / "DONE").stat().st_mtime_ns
     build.build(quick_world, seed=0, quick=True)  # cached: nothing rebuilt
     assert time.time() - start < 5 and (quick_world / "DONE").stat().st_mtime_ns == done

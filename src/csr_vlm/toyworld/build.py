@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..data import is_done, mark_done, read_json, write_json, write_jsonl
 from ..errors import InputError
+from ..manifest import versions
 from . import clip as toyclip
 from . import llava as toyllava
 from .lmms_task import write_lmms_task
@@ -38,6 +39,7 @@ def build(out: str | Path, seed: int = 0, quick: bool = False, threads: int = Wo
     p = WorldParams.make(seed, quick, threads)
     if is_done(out) and read_json(out / "DONE").get("digest") == p.digest():
         log.info("toy world %s is built (seed %d, digest %s): reusing it", out, seed, p.digest())
+        warn_if_other_versions(out)
         write_extras(out, seed)  # cheap, and the lmms task's YAML holds absolute paths: the world may have moved
         return out
     if out.exists():
@@ -73,7 +75,19 @@ def _scenes_and_models(out: Path, p: WorldParams, seed: int) -> dict:
     info["clip"] = _clip(out, p)
     info["llava"] = toyllava.train_llava(out, p)
     info["seconds"] = round(time.time() - start, 1)
+    info["versions"] = versions()
     return info
+
+
+def warn_if_other_versions(out: Path) -> None:
+    """Log the packages whose installed version differs from the one the world was built with: a build is
+    deterministic on one machine, but other library versions build other worlds (docs/toyworld-results.md)."""
+    built = read_json(out / "world.json").get("versions", {}) if (out / "world.json").is_file() else {}
+    now = versions()
+    changed = [f"{name} {built[name]} -> {now.get(name, 'none')}" for name in built if built[name] != now.get(name)]
+    if changed:
+        log.warning("toy world %s was built with other library versions (%s): a rebuild here would differ",
+                    out, ", ".join(changed))
 
 
 YES_NO_IMAGES = 200
