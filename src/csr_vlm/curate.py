@@ -42,7 +42,7 @@ def pick_rejected(result: SearchResult, rule: str, tau: float | None) -> int | N
     if rule == "lowest" or result.chosen is None:
         return result.rejected
     doubtful = [k for k, a in enumerate(result.answers)
-                if k != result.chosen and any(not s.end for s in a.sentences) and doubted(a, tau)]
+                if k != result.chosen and a.says_something() and doubted(a, tau)]
     if not doubtful:
         return result.rejected
     if rule == "hardest":
@@ -120,7 +120,7 @@ def other_verdict_pair(rec: PromptRecord, round: int, result: SearchResult, word
 def anchor_record(rec: PromptRecord, round: int, result: SearchResult) -> dict[str, Any] | None:
     """The curate.yes_no_anchor row of a question: the likeliest answer that says something (the highest summed
     R_T) as both chosen and rejected, margin 0 and `anchor` true; None when no answer says something."""
-    said = [a for a in result.answers if any(not s.end for s in a.sentences)]
+    said = [a for a in result.answers if a.says_something()]
     if not said:
         return None
     likeliest = max(said, key=lambda a: sum(s.r_t for s in a.sentences if not s.end))

@@ -48,7 +48,7 @@ def paper_steps(ctx, image_emb):
     for answer in complete:
         answer.text = ctx.decode(answer.tokens)
     chosen = rejected = None
-    said = [k for k, a in enumerate(complete) if any(not s.end for s in a.sentences)]  # an empty answer is none
+    said = [k for k, a in enumerate(complete) if a.says_something()]
     if said:
         order = sorted(said, key=lambda k: -complete[k].reward)
         chosen, rejected = order[0], order[-1]

@@ -62,6 +62,10 @@ class Answer:
     text: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def says_something(self) -> bool:
+        """Whether the answer has a sentence besides its end (an answer that ends at once is no answer)."""
+        return any(not s.end for s in self.sentences)
+
     def mean_r_i(self) -> float | None:
         values = [s.r_i for s in self.sentences if not s.end and s.r_i is not None]
         return sum(values) / len(values) if values else None
