@@ -10,7 +10,7 @@ import pytest
 
 from csr_vlm import loop
 from csr_vlm.cli import main
-from csr_vlm.config import load_config
+from csr_vlm.config import changed_settings, load_config, save_config
 from csr_vlm.data import mark_done, write_json
 from csr_vlm.errors import ConfigError, InputError
 from helpers import TINY_TRAIN as TINY
@@ -148,6 +148,38 @@ def test_from_round_redoes_later_rounds_only(tiny_llava, tmp_path, fake_stages):
     assert [c.split(":")[0] for c in fake_stages] == ["2/generate"]
     with pytest.raises(InputError, match="--from-round"):
         loop.run(load_config(None, args), from_round=3)
+
+
+def test_resume_under_another_config_is_refused(tiny_llava, tmp_path, fake_stages, caplog):
+    """A finished round is reused only under the config that made it: train.beta 0.1 -> 0.5 stops the loop (and
+    leaves config.yaml as it was); more rounds and another eval.batch_size resume; --from-round 2 redoes round 2
+    under beta 0.5 with a warning that round 1 keeps 0.1."""
+    out = tmp_path / "loop"
+    args = [f"out={out}", f"model.path={tiny_llava / 'policy'}", *TINY, "loop.rounds=1", "loop.evaluate=false"]
+    loop.run(load_config(None, args))
+    del fake_stages[:]
+    with pytest.raises(ConfigError, match=r"finished rounds of another config \(train.beta: 0.1 -> 0.5\)"):
+        loop.run(load_config(None, [*args, "train.beta=0.5"]))
+    assert fake_stages == [] and "beta: 0.1" in (out / "config.yaml").read_text()
+    loop.run(load_config(None, [*args, "loop.rounds=2", "eval.batch_size=3"]))
+    assert [c.split(":")[0] for c in fake_stages] == ["2/generate"]
+    del fake_stages[:]
+    loop.run(load_config(None, [*args, "loop.rounds=2", "train.beta=0.5"]), from_round=2)
+    assert [c.split(":")[0] for c in fake_stages] == ["2/generate"]
+    assert "rounds before 2 keep the saved one" in caplog.text and "beta: 0.5" in (out / "config.yaml").read_text()
+
+
+def test_changed_settings_counts_a_missing_key_as_its_default(tmp_path):
+    """A config.yaml written before curate.balance_yes_no existed reads as its default (false): no change; true is one."""
+    cfg = load_config(None, ["model.path=base"])
+    saved = save_config(cfg, tmp_path / "config.yaml")
+    saved.write_text(saved.read_text().replace("  balance_yes_no: false\n", ""))
+    assert "balance_yes_no" not in saved.read_text()
+    assert changed_settings(saved, cfg) == []
+    assert changed_settings(saved, load_config(None, ["model.path=base", "curate.balance_yes_no=true"])) == [
+        "curate.balance_yes_no: False -> True"]
+    assert changed_settings(saved, load_config(None, ["model.path=other"]), ignore=("model",)) == []
+    assert changed_settings(tmp_path / "absent.yaml", cfg) == []
 
 
 # ---------------------------------------------------------------------------- real stages

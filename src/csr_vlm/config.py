@@ -27,8 +27,8 @@ from .schema import (CurateConfig, DataConfig, EvalConfig, LoopConfig, ModelConf
                      SearchConfig, TrainConfig, VLLMConfig)
 
 __all__ = ["ConfigError", "CurateConfig", "DataConfig", "EvalConfig", "LoopConfig", "ModelConfig", "RewardConfig",
-           "RunConfig", "SearchConfig", "TrainConfig", "VLLMConfig", "check_reusable", "describe", "field_docs",
-           "load_config", "save_config", "to_dict", "with_overrides"]
+           "RunConfig", "SearchConfig", "TrainConfig", "VLLMConfig", "changed_settings", "check_reusable", "describe",
+           "field_docs", "load_config", "save_config", "to_dict", "with_overrides"]
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
@@ -80,7 +80,7 @@ def check_reusable(out: str | Path, cfg: RunConfig, keys: tuple[str, ...]) -> No
     saved = Path(out) / "config.yaml"
     if not saved.is_file():
         return
-    old, new = yaml.safe_load(saved.read_text()) or {}, yaml.safe_load(yaml.safe_dump(to_dict(cfg)))
+    old, new = yaml.safe_load(saved.read_text()) or {}, _plain(cfg)
 
     def get(tree: Any, key: str) -> Any:
         for part in key.split("."):
@@ -91,6 +91,43 @@ def check_reusable(out: str | Path, cfg: RunConfig, keys: tuple[str, ...]) -> No
     if differ:
         raise ConfigError(f"out: {out} holds results of a different config ({', '.join(differ)} differ); "
                           "use overwrite=true or another out")
+
+
+def changed_settings(saved: str | Path, cfg: RunConfig, ignore: tuple[str, ...] = ()) -> list[str]:
+    """The settings in which cfg differs from the config saved at `saved`, as "key: saved -> now" lines.
+
+    Keys are dotted leaves (`train.beta`); a key named in ignore, or under a section named there, is left out.
+    A key the saved file lacks (an older version wrote it) counts as its default. [] when there is no file.
+    """
+    path = Path(saved)
+    if not path.is_file():
+        return []
+    old = yaml.safe_load(path.read_text()) or {}
+    for name, default in _plain(RunConfig()).items():  # fields of the top level and of each section
+        if isinstance(default, dict) and isinstance(old.get(name), dict):
+            old[name] = default | old[name]
+        else:
+            old.setdefault(name, default)
+    old, new = _leaves(old), _leaves(_plain(cfg))
+    ignored = lambda key: any(key == i or key.startswith(i + ".") for i in ignore)  # noqa: E731
+    return [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in sorted(old.keys() | new.keys())
+            if not ignored(key) and old.get(key) != new.get(key)]
+
+
+def _plain(cfg: RunConfig) -> dict[str, Any]:
+    """cfg as config.yaml reads back (tuples as lists)."""
+    return yaml.safe_load(yaml.safe_dump(to_dict(cfg)))
+
+
+def _leaves(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{dotted key: value} of every non-dict value (and every empty dict) in a nested dict."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat |= _leaves(value, f"{prefix}{key}.")
+        else:
+            flat[prefix + key] = value
+    return flat
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

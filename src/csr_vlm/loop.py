@@ -12,6 +12,11 @@ new checkpoint. The CLIP scorer never changes. Layout under `out`:
 Resume: each stage writes its DONE marker last, so re-running the same command skips finished
 stages and re-enters the interrupted one (the stage itself resumes what it can). `--from-round K`
 deletes the stage dirs of rounds K and later first. Nothing finished is redone unless overwrite=true.
+A finished stage is only reused under the config that made it: when `out` holds finished stages and its
+config.yaml differs from this run's in a setting that changes results, the loop stops with the settings
+that differ (settings that only change how it runs, `RESUME_SAFE`, may change: more rounds, other batch
+sizes or guards). `--from-round K` redoes rounds K and later under the new config, with a warning that
+the earlier rounds keep the old one.
 
 Selection: `loop.select_on` names a key of evaluate's "flat" metrics, measured by a dev evaluation
 (`eval` fields overridden by `loop.dev`, in `round_<k>/dev_eval/`). Each metric's direction comes from
@@ -33,9 +38,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .config import save_config
-from .data import is_done, read_json, write_json
-from .errors import InputError
+from .config import changed_settings, save_config
+from .data import DONE_MARKER, is_done, read_json, write_json
+from .errors import ConfigError, InputError
 from .eval.registry import lower_is_better
 from .lock import output_lock
 from .manifest import Manifest, key_numbers, summary_line
@@ -45,6 +50,11 @@ from .tables import dict_rows, text_table
 log = logging.getLogger(__name__)
 
 STAGES = ("generate", "train", "eval", "dev_eval")
+RESUME_SAFE = ("out", "overwrite", "model.device", "reward.clip_batch_size", "search.prompt_batch_size",
+               "search.check_cache", "vllm.gpu_memory_utilization", "vllm.enforce_eager", "vllm.cpu_kv_cache_gib",
+               "train.gradient_checkpointing", "train.save_steps", "train.save_total_limit", "train.report_to",
+               "eval.batch_size", "loop.rounds", "loop.evaluate", "loop.select_on", "loop.patience", "loop.guards",
+               "loop.relative_guards")
 
 
 # ---------------------------------------------------------------------------- stage configs
@@ -202,12 +212,31 @@ def run(cfg: RunConfig, from_round: int | None = None) -> Path:
     check(cfg, from_round)
     out = Path(cfg.out)
     with output_lock(out):  # a second loop on this out stops here, before any stage
+        check_same_config(cfg, from_round)
         manifest = Manifest(out, cfg)
         if from_round is not None:
             clear_from(out, from_round, manifest)
         save_config(cfg, out / "config.yaml")
         _rounds(cfg, out, manifest)
     return out
+
+
+def check_same_config(cfg: RunConfig, from_round: int | None) -> None:
+    """Refuse to reuse finished stages of cfg.out made under a config that differs from cfg in a setting that
+    changes results (anything outside RESUME_SAFE); with overwrite=true nothing is reused, and --from-round K
+    redoes rounds K and later (the earlier ones keep the saved config: a warning says so)."""
+    out = Path(cfg.out)
+    if cfg.overwrite or not any(out.glob(f"round_*/*/{DONE_MARKER}")):
+        return
+    changes = changed_settings(out / "config.yaml", cfg, RESUME_SAFE)
+    if not changes:
+        return
+    listed = "; ".join(changes[:4]) + (f"; and {len(changes) - 4} more" if len(changes) > 4 else "")
+    if from_round is None:
+        raise ConfigError(f"out: {out} holds finished rounds of another config ({listed}); use another out, "
+                          "--from-round K to redo rounds K and later under this config, or overwrite=true")
+    log.warning("loop: --from-round %d under a changed config (%s): rounds before %d keep the saved one",
+                from_round, listed, from_round)
 
 
 def _rounds(cfg: RunConfig, out: Path, manifest: Manifest) -> None:

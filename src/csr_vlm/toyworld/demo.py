@@ -36,8 +36,10 @@ log = logging.getLogger(__name__)
 
 # lam0 is self-rewarding by likelihood alone, stopping included: with the centred reward's neutral stop
 # (end_self_score=false) and no image term, ending would outscore every sentence.
-# It keeps every pair too (curate.require_doubt asks CLIP which rejected answers are wrong).
-ARMS = {"csr": [], "lam0": ["reward.lam=0", "reward.end_self_score=true", "curate.require_doubt=false"]}
+# It keeps every pair too, and rejects the search's lowest answer (curate.require_doubt and
+# curate.rejected=hardest ask CLIP which answers are wrong).
+ARMS = {"csr": [], "lam0": ["reward.lam=0", "reward.end_self_score=true", "curate.require_doubt=false",
+                            "curate.rejected=lowest"]}
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 COLUMNS = ("chair_i", "chair_s", "recall", "pope_f1", "dup_rate", "wellformed", "pair_chosen_chair_i",
            "pair_rejected_chair_i")
