@@ -109,9 +109,9 @@ def changed_settings(saved: str | Path, cfg: RunConfig, ignore: tuple[str, ...] 
         else:
             old.setdefault(name, default)
     old, new = _leaves(old), _leaves(_plain(cfg))
-    ignored = lambda key: any(key == i or key.startswith(i + ".") for i in ignore)  # noqa: E731
-    return [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in sorted(old.keys() | new.keys())
-            if not ignored(key) and old.get(key) != new.get(key)]
+    kept = [key for key in sorted(old.keys() | new.keys())
+            if not any(key == i or key.startswith(i + ".") for i in ignore)]
+    return [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in kept if old.get(key) != new.get(key)]
 
 
 def _plain(cfg: RunConfig) -> dict[str, Any]:
