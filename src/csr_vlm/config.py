@@ -77,17 +77,8 @@ def check_reusable(out: str | Path, cfg: RunConfig, keys: tuple[str, ...]) -> No
     keys are dotted (`model.path`, `eval`); a stage calls this before skipping finished work, so
     `csr eval --model B` into a directory that holds model A's metrics is an error, not A's numbers.
     """
-    saved = Path(out) / "config.yaml"
-    if not saved.is_file():
-        return
-    old, new = yaml.safe_load(saved.read_text()) or {}, _plain(cfg)
-
-    def get(tree: Any, key: str) -> Any:
-        for part in key.split("."):
-            tree = tree.get(part) if isinstance(tree, dict) else None
-        return tree
-
-    differ = [k for k in keys if get(old, k) != get(new, k)]
+    differences = _differences(Path(out) / "config.yaml", cfg)
+    differ = [k for k in keys if any(_under(key, (k,)) for key in differences)]
     if differ:
         raise ConfigError(f"out: {out} holds results of a different config ({', '.join(differ)} differ); "
                           "use overwrite=true or another out")
@@ -97,21 +88,30 @@ def changed_settings(saved: str | Path, cfg: RunConfig, ignore: tuple[str, ...] 
     """The settings in which cfg differs from the config saved at `saved`, as "key: saved -> now" lines.
 
     Keys are dotted leaves (`train.beta`); a key named in ignore, or under a section named there, is left out.
-    A key the saved file lacks (an older version wrote it) counts as its default. [] when there is no file.
     """
-    path = Path(saved)
-    if not path.is_file():
-        return []
-    old = yaml.safe_load(path.read_text()) or {}
+    return [f"{key}: {old!r} -> {new!r}" for key, (old, new) in _differences(Path(saved), cfg).items()
+            if not _under(key, ignore)]
+
+
+def _differences(saved: Path, cfg: RunConfig) -> dict[str, tuple[Any, Any]]:
+    """{dotted leaf key: (saved value, cfg's value)} where they differ; {} when there is no saved file.
+    A key the saved file lacks (an older version wrote it) counts as its default."""
+    if not saved.is_file():
+        return {}
+    old = yaml.safe_load(saved.read_text()) or {}
     for name, default in _plain(RunConfig()).items():  # fields of the top level and of each section
         if isinstance(default, dict) and isinstance(old.get(name), dict):
             old[name] = default | old[name]
         else:
             old.setdefault(name, default)
     old, new = _leaves(old), _leaves(_plain(cfg))
-    kept = [key for key in sorted(old.keys() | new.keys())
-            if not any(key == i or key.startswith(i + ".") for i in ignore)]
-    return [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in kept if old.get(key) != new.get(key)]
+    return {key: (old.get(key), new.get(key)) for key in sorted(old.keys() | new.keys())
+            if old.get(key) != new.get(key)}
+
+
+def _under(key: str, names: tuple[str, ...]) -> bool:
+    """Whether the dotted key is one of names or lies under one of them (`eval.num_images` under `eval`)."""
+    return any(key == name or key.startswith(name + ".") for name in names)
 
 
 def _plain(cfg: RunConfig) -> dict[str, Any]:
