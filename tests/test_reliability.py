@@ -157,8 +157,11 @@ def test_a_second_run_on_a_locked_directory_refuses_at_once(tiny_llava, tmp_path
     try:
         import socket
 
+        from csr_vlm.lock import process_start
+
         (out / ".lock").write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(),
-                                               "started": "2026-12-02 10:00:00", "command": "csr generate ..."}))
+                                               "started": "2026-12-02 10:00:00", "command": "csr generate ...",
+                                               "pid_start": process_start(holder.pid)}))
         assert main(["generate", *_args(tiny_llava, out, four_prompts)]) == 2
         err = capsys.readouterr().err.strip()
         assert err == (f"csr generate: error: out: {out} is in use by another run (PID {holder.pid} on "

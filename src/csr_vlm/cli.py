@@ -91,6 +91,24 @@ def models_cli(argv: list[str]) -> int:
 cli = models_cli
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived (what SLURM, Kubernetes and systemd send): the run stops as on Ctrl-C."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+def _on_sigterm(handler):
+    """Install `handler` for SIGTERM (main thread only; returns the previous handler, or None where it cannot)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     """The `csr` command; returns the exit code (2 for a config or input error, printed as one line)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -108,11 +126,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
+    previous = _on_sigterm(_raise_terminated)  # SIGTERM unwinds like Ctrl-C: locks released, work kept
     try:
         if COMMANDS[name][1] == "stage":
             return _run_stage(name, rest)
         module = importlib.import_module(COMMANDS[name][0])
         return int(module.cli(rest) or 0)
+    except Terminated:
+        print(f"csr {name}: terminated (SIGTERM); re-run the same command to resume", file=sys.stderr)
+        return 143
     except (ConfigError, InputError) as exc:
         print(f"csr {name}: error: {exc}", file=sys.stderr)
         return 2
@@ -122,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"csr {name}: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            _on_sigterm(previous)
 
 
 if __name__ == "__main__":

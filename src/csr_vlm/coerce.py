@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Iterable
@@ -44,10 +45,14 @@ def build_section(cls: type, raw: Any, prefix: str, root: type | None = None) ->
     if not isinstance(raw, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {type(raw).__name__}")
     types_ = typing.get_type_hints(cls)
+    paths = {f.name for f in dataclasses.fields(cls) if f.metadata.get("path")}
     kwargs = {}
     for name, value in raw.items():
         check_key(cls, str(name), prefix.rstrip("."), root)
         ftype = types_[name]
+        if name in paths and value is not None and not isinstance(value, str):
+            raise ConfigError(f"{prefix}{name}: expected a path, got the {type(value).__name__} {value!r} (YAML reads "
+                              "0755 as the octal number 493 and 1e3 as a float: quote it)")
         if dataclasses.is_dataclass(ftype):
             kwargs[name] = build_section(ftype, value or {}, prefix + name + ".", root)
         else:
@@ -163,6 +168,26 @@ def check_choices(cfg: Any, prefix: str = "") -> None:
         allowed = choices_of(type(cfg), f.name)
         if allowed is not None:
             check_choice(prefix + f.name, value, allowed)
+
+
+def check_finite(value: Any, key: str) -> None:
+    """Raise a ConfigError naming the key of the first float in a config tree that is nan or infinite.
+
+    The one rule for every float setting, wherever it sits: a field, a list item (train.loss_weights[0]),
+    a mapping value (loop.guards.recall) or a pass-through mapping (train.trl_args.max_grad_norm). No
+    setting of csr has a meaning for nan or inf, and a library given one trains or samples garbage.
+    """
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for f in dataclasses.fields(value):
+            check_finite(getattr(value, f.name), f"{key}.{f.name}" if key else f.name)
+    elif isinstance(value, dict):
+        for name, item in value.items():
+            check_finite(item, f"{key}.{name}")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            check_finite(item, f"{key}[{i}]")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key} must be a finite number, got {value}")
 
 
 def check_positive(key: str, section: Any, names: tuple[str, ...]) -> None:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -113,13 +115,26 @@ def read_entries(path: str | Path, what: str = "file") -> Iterator[Entry]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{what} not found: {path}" if not path.is_dir() else f"{what} is a directory: {path}")
-    data = path.read_bytes()
-    if data.lstrip()[:1] == b"[":
+    if _first_char(path) == b"[":
         for i, value in enumerate(read_json(path, what), 1):
             yield Entry(i, value)
         return
-    lines = data.split(b"\n")
-    for lineno, raw in enumerate(lines, 1):
+    with path.open("rb") as fh:  # one line in memory at a time: a 50 MB line costs its own size, not the file's
+        yield from _line_entries(fh)
+
+
+def _first_char(path: Path) -> bytes:
+    """The first non-blank byte of a file (b"" when it is blank)."""
+    with path.open("rb") as fh:
+        while chunk := fh.read(65536):
+            stripped = chunk.lstrip()
+            if stripped:
+                return stripped[:1]
+    return b""
+
+
+def _line_entries(fh) -> Iterator[Entry]:
+    for lineno, raw in enumerate(fh, 1):
         if not raw.strip():
             continue
         try:
@@ -171,6 +186,19 @@ def repair_jsonl(path: str | Path) -> None:
         log.warning("%s: dropping a half-written last line", path)
         with path.open("r+b") as fh:
             fh.truncate(cut)
+
+
+def skip_reason(reason: str) -> str:
+    """The kind of a skip reason, without its particulars ("image not found: a.png" -> "image not found")."""
+    return re.split(r"[:(]", reason)[0].strip()
+
+
+def commonest_skip(skipped: list[dict]) -> str:
+    """'commonest skip: <kind> (N of M)' over skip records, or 'nothing was skipped'."""
+    if not skipped:
+        return "nothing was skipped"
+    (kind, n), = Counter(skip_reason(str(s.get("reason", ""))) for s in skipped).most_common(1)
+    return f"commonest skip: {kind} ({n} of {len(skipped)})"
 
 
 def mark_done(directory: str | Path, info: dict[str, Any] | None = None) -> None:
@@ -255,12 +283,17 @@ def resolve_image(image: str, image_root: str = "", image_prefix: str = "") -> s
 
 
 def load_image(path: str | Path, max_pixels: int = 50_000_000):
-    """Open an image as RGB. Raises InputError with the reason when it cannot be used.
+    """Open an image as RGB: the one loader of every stage (generate, eval, the tau calibration, and the data
+    collator of `csr train`), so each sees the same pixels. Raises InputError with the reason when it cannot be used.
 
-    Grayscale, palette, CMYK and 16-bit images are converted; transparent images are composited
-    on white (what a viewer shows). Missing, empty, corrupt and extreme-size files are refused.
+    The pixels are what a viewer shows: the EXIF orientation is applied (a photo stored sideways comes out
+    upright), transparent images are composited on white, grayscale, palette and CMYK are converted, 16-bit
+    images are scaled from their full range (65535 -> 255), and float images (TIFF mode F) from 0-1 (or taken as
+    0-255 when a value passes 1). A float image with values outside 0-255 or not finite, or a 32-bit integer
+    image past 16 bits, is refused with the reason, never made black or white. Missing, empty, corrupt and
+    extreme-size files are refused.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
     if path.is_dir():
@@ -277,15 +310,33 @@ def load_image(path: str | Path, max_pixels: int = 50_000_000):
             if min(w, h) < 2 or max(w, h) / min(w, h) > 50:
                 raise InputError(f"image has an extreme size ({w}x{h}): {path}")
             img.load()
-            if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
-                rgba = img.convert("RGBA")
-                bg = Image.new("RGB", rgba.size, (255, 255, 255))
-                bg.paste(rgba, mask=rgba.getchannel("A"))
-                return bg
-            if img.mode == "I;16" or img.mode == "I":
-                return img.point(lambda v: v / 256).convert("L").convert("RGB")
-            return img.convert("RGB")
+            return _to_rgb(ImageOps.exif_transpose(img), path)
     except InputError:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise InputError(f"image cannot be read ({type(exc).__name__}): {path}") from None
+
+
+def _to_rgb(img, path: Path):
+    """An opened image as 8-bit RGB (see load_image)."""
+    import numpy as np
+    from PIL import Image
+
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        bg = Image.new("RGB", rgba.size, (255, 255, 255))
+        bg.paste(rgba, mask=rgba.getchannel("A"))
+        return bg
+    if img.mode.startswith("I"):  # I;16, I;16B, I;16L (16-bit PNG / TIFF) and I (32-bit)
+        values = np.asarray(img).astype(np.int64)
+        if values.min() < 0 or values.max() > 65535:
+            raise InputError(f"image has 32-bit values outside 0-65535 ({values.min()} to {values.max()}): {path}")
+        return Image.fromarray(np.rint(values / 257).astype(np.uint8), "L").convert("RGB")
+    if img.mode == "F":
+        values = np.asarray(img, dtype=np.float64)
+        if not np.isfinite(values).all() or values.min() < 0 or values.max() > 255:
+            raise InputError(f"float image has values outside 0-255 or not finite ({np.nanmin(values):g} to "
+                             f"{np.nanmax(values):g}): {path}")
+        scale = 255.0 if values.max() <= 1.0 else 1.0
+        return Image.fromarray(np.rint(values * scale).astype(np.uint8), "L").convert("RGB")
+    return img.convert("RGB")

@@ -41,6 +41,7 @@ from .errors import InputError
 from .lock import output_lock
 from .models import check_model_path
 from .schema import RewardConfig, RunConfig
+from .special_tokens import ControlTokens
 
 log = logging.getLogger(__name__)
 _OWN_GROUP = False  # whether this module started the process group (and so should end it)
@@ -218,16 +219,31 @@ def _search_shard(cfg: RunConfig, reward: RewardConfig, round: int, records, eng
 
 
 def _check_engine(engine, records, cfg: RunConfig) -> None:
-    """engine.check on the first prompt whose image opens and fits (a family the cached search gets wrong stops
-    here, before any work, with one line)."""
+    """engine.check on the first usable prompt (a family the cached search gets wrong stops here, before any work,
+    with one line)."""
+    tokens = ControlTokens.of(engine.processor)
     for rec in records:
         try:
-            image = load_image(rec.image, cfg.data.max_image_pixels)
-            _check_length(engine, image, rec.prompt, cfg)
+            rec, image = _usable(engine, tokens, rec, cfg)
         except InputError:
             continue
         engine.check(image, rec.prompt)
         return
+
+
+def _usable(engine, tokens: ControlTokens, rec, cfg: RunConfig):
+    """(the record with its prompt cleaned of the model's image placeholders, its image), once the prompt holds no
+    other control token, its length fits (bounded before it is tokenized) and the image opens.
+
+    Raises:
+        InputError: the reason the prompt is skipped.
+    """
+    prompt = rec.prompt
+    _check_chars(tokens, prompt, engine.context_length, cfg)
+    prompt = tokens.clean_prompt(prompt)
+    image = load_image(rec.image, cfg.data.max_image_pixels)
+    _check_length(engine, image, prompt, cfg)
+    return (rec if prompt == rec.prompt else dataclasses.replace(rec, prompt=prompt)), image
 
 
 def _process_chunk(cfg: RunConfig, reward: RewardConfig, round: int, chunk, engine, scorer) -> list[dict[str, Any]]:
@@ -242,10 +258,10 @@ def _process_chunk(cfg: RunConfig, reward: RewardConfig, round: int, chunk, engi
 
     lines = [{"id": rec.id, "candidate": None, "pair": None, "skip": None, "stats": {}} for rec in chunk]
     todo = []
+    tokens = ControlTokens.of(engine.processor)
     for line, rec in zip(lines, chunk):
         try:
-            image = load_image(rec.image, cfg.data.max_image_pixels)
-            _check_length(engine, image, rec.prompt, cfg)
+            rec, image = _usable(engine, tokens, rec, cfg)
         except InputError as exc:
             line["skip"] = {"id": rec.id, "reason": str(exc), "image": rec.image}
             continue
@@ -276,6 +292,19 @@ def _process_chunk(cfg: RunConfig, reward: RewardConfig, round: int, chunk, engi
             continue
         line.update(shard_line(rec, round, result, cfg.curate, reward.tau, reward.lam))
     return lines
+
+
+def _check_chars(tokens: ControlTokens, prompt: str, context: int | None, cfg: RunConfig) -> None:
+    """InputError when the prompt's characters alone prove it too long (before any tokenization: a 50 MB line is
+    refused in microseconds)."""
+    least = tokens.min_tokens(prompt)
+    answer = cfg.search.max_sentences * cfg.search.max_new_tokens
+    if cfg.data.max_prompt_tokens is not None and least > cfg.data.max_prompt_tokens:
+        raise InputError(f"prompt too long ({len(prompt)} characters, at least {least} tokens > "
+                         f"data.max_prompt_tokens={cfg.data.max_prompt_tokens})")
+    if context is not None and least + answer > context:
+        raise InputError(f"prompt too long ({len(prompt)} characters, at least {least} tokens + up to {answer} "
+                         f"answer tokens > the model's context of {context})")
 
 
 def _check_length(engine, image, prompt: str, cfg: RunConfig) -> None:

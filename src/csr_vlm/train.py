@@ -8,9 +8,11 @@ of the *language model* (found from `model.get_decoder()`, so the vision tower, 
 lm_head are never adapted), lr 1e-7, cosine, warmup 0.03, one epoch, batch 1.
 
 Pairs (`train.pairs`, default `<out>/../generate/pairs.jsonl` if it exists, else `<out>/pairs.jsonl`)
-are TRL's conversational vision format with `images` as a list of paths (docs/formats.md); they are
-cast to `datasets.Image` and decoded lazily. Pairs whose image files are missing are skipped and
-counted (DONE info and the log).
+are TRL's conversational vision format with `images` as a list of paths (docs/formats.md). Every pair is
+checked before the Trainer starts (pairs.py: its shape, one image slot per image, no control token of
+the model in its text, images that open); a bad one is skipped with its reason (skipped.jsonl, counted
+in DONE), so a re-run always finishes. Images are decoded on access by `data.load_image`, the loader of
+every stage, and `train.max_length` is checked against a pair's prompt with its image tokens.
 
 Reference model: the policy at the start of the round. With LoRA, TRL gets a plain model plus
 `peft_config`, adds a fresh adapter and computes reference log-probs with the adapter disabled,
@@ -27,10 +29,13 @@ Output: `checkpoint/` (LoRA merged with `merge_and_unload`, processor and chat t
 rank 0 writes the files.
 
 Resume: with `train.save_steps` N > 0 the Trainer writes `trainer/checkpoint-<step>` every N optimizer
-steps (keeping `train.save_total_limit`); a killed stage, run again, finds the last complete one (it has
-trainer_state.json, written last) and continues from it with the Trainer's own resume (weights,
-optimizer, scheduler, RNG and data order), when `train_fingerprint.json` (seed, model, train section,
-the pairs file's hash) says it is the same training; the checkpoints are deleted once DONE is written.
+steps (keeping `train.save_total_limit`), and with any N it writes one at the last step; a killed stage,
+run again, finds the last complete one (it has trainer_state.json, written last) and continues from it
+with the Trainer's own resume (weights, optimizer, scheduler, RNG and data order), when
+`train_fingerprint.json` (seed, model, train section, the pairs file's hash) says it is the same
+training. The checkpoints are deleted only once the merged checkpoint is written, so a failed final save
+(a full disk) is one line, and the re-run redoes the save alone. DONE's `train_loss` is the mean over
+every step, those before a resume included.
 """
 
 from __future__ import annotations
@@ -43,20 +48,20 @@ import os
 import re
 import shutil
 import time
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from .config import check_reusable, save_config, to_dict
-from .data import is_done, mark_done, read_jsonl, write_json, write_jsonl
+from .data import is_done, load_image, mark_done, read_jsonl, skip_reason, write_json, write_jsonl
 from .errors import InputError
 from .lock import output_lock
+from .pairs import drop_control_tokens, read_pairs, to_dataset
 from .schema import RunConfig
+from .special_tokens import ControlTokens
 
 log = logging.getLogger(__name__)
-
-COLUMNS = ("images", "prompt", "chosen", "rejected")
-
 
 # ---------------------------------------------------------------------------- setup
 
@@ -69,36 +74,13 @@ def pairs_path(cfg: RunConfig) -> Path:
     return sibling if sibling.is_file() else Path(cfg.out) / "pairs.jsonl"
 
 
-def _image_path(path: str, base: Path) -> Path | None:
-    """The image file, as given or relative to the pairs file's directory; None when missing or empty."""
-    for p in (Path(path), base / path):
-        if p.is_file() and p.stat().st_size > 0:
-            return p
-    return None
-
-
-def load_pairs(path: Path) -> tuple[Any, int]:
-    """Read pairs.jsonl into a datasets.Dataset with lazily decoded images; returns (dataset, n_skipped)."""
-    import datasets
-
-    if not path.is_file():
-        raise InputError(f"train.pairs: pairs file not found: {path}")
-    rows, skipped = [], 0
-    for rec in read_jsonl(path):
-        missing = [c for c in COLUMNS if not rec.get(c)]
-        if missing:
-            raise InputError(f"{path}: pair {rec.get('id')!r} lacks {', '.join(missing)} (see docs/formats.md)")
-        images = [_image_path(str(p), path.parent) for p in rec["images"]]
-        if any(p is None for p in images):
-            skipped += 1
-            continue
-        rows.append({"images": [str(p) for p in images], **{c: rec[c] for c in COLUMNS[1:]}})
-    if not rows:
-        raise InputError(f"train.pairs: no usable pairs in {path} ({skipped} skipped for missing images)")
-    if skipped:
-        log.warning("%s: skipped %d pair(s) whose image file is missing", path, skipped)
-    ds = datasets.Dataset.from_list(rows)
-    return ds.cast_column("images", datasets.List(datasets.Image(mode="RGB"))), skipped
+def load_pairs(path: Path, max_pixels: int = 50_000_000, processor=None) -> tuple[Any, list[dict]]:
+    """The usable pairs of a pairs file as a datasets.Dataset whose images data.load_image decodes on access, and
+    the skipped ones with their reasons (pairs.py; with a processor, texts holding its control tokens are skipped)."""
+    rows, skipped = read_pairs(path, max_pixels)
+    if processor is not None:
+        rows, skipped = drop_control_tokens(rows, skipped, ControlTokens.of(processor))
+    return to_dataset(rows, max_pixels), skipped
 
 
 def language_model_prefix(model) -> str:
@@ -137,8 +119,9 @@ def to_trl_args(cfg: RunConfig, model=None):
         gradient_accumulation_steps=t.gradient_accumulation_steps, max_length=t.max_length, bf16=bf16,
         use_cpu=not cuda, activation_checkpointing=t.gradient_checkpointing, report_to=list(t.report_to) or "none",
         seed=cfg.seed, logging_steps=1, remove_unused_columns=False,
-        save_strategy="steps" if t.save_steps else "no", save_steps=t.save_steps or 500,
-        save_total_limit=t.save_total_limit,
+        # save_steps=0 still saves once, at the last step (the Trainer always saves there): that checkpoint is kept
+        # until the merged model is written, so a failed final save costs the merge, not the training
+        save_strategy="steps", save_steps=t.save_steps or 10**9, save_total_limit=t.save_total_limit,
     )
     args.update(t.trl_args)
     lora = None
@@ -218,28 +201,38 @@ def save_checkpoint(trainer, processor, out: Path, merge: bool) -> Path:
 def run(cfg: RunConfig, round: int = 1) -> Path:
     """Train on the pairs and save <out>/checkpoint; returns the stage directory.
 
-    With train.save_steps a killed run resumes from its last complete Trainer checkpoint (optimizer,
-    scheduler and RNG included) when the pairs and the config are the same; otherwise it starts over.
+    Every pair is checked first (pairs.py) and a bad one is skipped with its reason. With train.save_steps a
+    killed run resumes from its last complete Trainer checkpoint (optimizer, scheduler and RNG included) when
+    the pairs and the config are the same; otherwise it starts over. A finished stage is reused only when its
+    config and its pairs file are the ones asked for.
     """
     out = Path(cfg.out)
     cfg.validate()
+    pairs = pairs_path(cfg)
     if is_done(out) and not cfg.overwrite:
         check_reusable(out, cfg, ("seed", "model.path", "train"))
+        _check_same_pairs(out, pairs)
         log.info("train: %s is complete; skipping (overwrite=true redoes it)", out)
         return out
     start = time.time()
-    pairs = pairs_path(cfg)
-    dataset, skipped = load_pairs(pairs)
+    max_pixels = cfg.data.max_image_pixels
+    rows, skipped = read_pairs(pairs, max_pixels)  # shape and images: a file with no usable pair fails here
     with output_lock(out, enabled=os.environ.get("RANK", "0") == "0"):  # a second run on this out stops here
         resume = _resume_point(cfg, out, pairs)
         policy = load_model(cfg)
-        trainer = build_trainer(cfg, policy, dataset, out / "train_metrics.jsonl")
+        rows, skipped = drop_control_tokens(rows, skipped, ControlTokens.of(policy.processor))
+        _check_max_length(cfg, policy, rows[0], max_pixels)
+        if skipped and os.environ.get("RANK", "0") == "0":
+            write_jsonl(out / "skipped.jsonl", skipped)
+        trainer = build_trainer(cfg, policy, to_dataset(rows, max_pixels), out / "train_metrics.jsonl")
         trainer.accelerator.wait_for_everyone()
         result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         trainer.accelerator.wait_for_everyone()
         if trainer.is_world_process_zero():
-            info = {"round": round, "pairs": len(dataset), "skipped_missing_images": skipped,
-                    "steps": trainer.state.global_step, "train_loss": result.training_loss,
+            info = {"round": round, "pairs": len(rows), "skipped": len(skipped),
+                    "skipped_by_reason": dict(Counter(skip_reason(s["reason"]) for s in skipped)),
+                    "steps": trainer.state.global_step,
+                    "train_loss": _whole_loss(out / "train_metrics.jsonl", trainer.state.global_step, result),
                     "world_size": trainer.accelerator.num_processes,
                     "resumed_from_step": int(resume.name.rsplit("-", 1)[1]) if resume else None}
             save(cfg, trainer, policy.processor, info, start)
@@ -247,16 +240,63 @@ def run(cfg: RunConfig, round: int = 1) -> Path:
     return out
 
 
+def _check_same_pairs(out: Path, pairs: Path) -> None:
+    """Refuse to reuse a finished stage whose pairs file has changed since it trained (never a silent stale result)."""
+    stamp = out / "train_fingerprint.json"
+    try:
+        trained_on = json.loads(stamp.read_text()).get("pairs_sha256") if stamp.is_file() else None
+    except ValueError:
+        trained_on = None
+    if trained_on and pairs.is_file() and trained_on != file_sha256(pairs):
+        raise InputError(f"train: {out} was trained on another version of {pairs} (its content changed since); "
+                         "overwrite=true retrains on the new pairs")
+
+
+def _check_max_length(cfg: RunConfig, policy, row: dict, max_pixels: int) -> None:
+    """train.max_length must leave room for an answer after a pair's prompt with its image tokens (TRL would cut
+    into the prompt, or fail, mid-run)."""
+    limit = cfg.train.max_length
+    if limit is None:
+        return
+    processor = policy.processor
+    text = processor.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False)
+    images = [load_image(p, max_pixels) for p in row["images"]]
+    n = int(processor(images=[images], text=[text], return_tensors="pt")["input_ids"].shape[1])
+    if n >= limit:
+        raise InputError(f"train.max_length={limit} leaves no room for an answer: the prompt of pair "
+                         f"{row['id'] or row['line']} is {n} tokens with its image; raise it or set it to null")
+
+
+def _whole_loss(metrics: Path, steps: int, result) -> float:
+    """The mean loss of the whole training: every step's logged loss (a resumed run logged the steps before its
+    checkpoint in the run that was killed); the Trainer's own figure covers only the steps of this run."""
+    losses = [r["loss"] for r in read_jsonl(metrics) if "loss" in r] if metrics.is_file() else []
+    if len(losses) == steps and steps:
+        return sum(losses) / steps
+    return result.training_loss
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def _resume_point(cfg: RunConfig, out: Path, pairs: Path) -> Path | None:
     """The last complete Trainer checkpoint of an interrupted run of this very config and pairs file, or None
     (then the stage starts clean: old checkpoints, metrics and DONE removed). Rank 0 writes the fingerprint."""
     trainer_dir, stamp = out / "trainer", out / "train_fingerprint.json"
     fingerprint = {"seed": cfg.seed, "model": cfg.model.path, "train": to_dict(cfg.train),
-                   "pairs_sha256": hashlib.sha256(pairs.read_bytes()).hexdigest()}
+                   "pairs_sha256": file_sha256(pairs)}
     fingerprint = json.loads(json.dumps(fingerprint))
     complete = sorted((d for d in trainer_dir.glob("checkpoint-*") if (d / "trainer_state.json").is_file()),
                       key=lambda d: int(d.name.rsplit("-", 1)[1]))
-    same = stamp.is_file() and json.loads(stamp.read_text()) == fingerprint
+    try:
+        same = stamp.is_file() and json.loads(stamp.read_text()) == fingerprint
+    except ValueError:  # a stamp cut short by a full disk: not this training's
+        same = False
     if complete and same and not cfg.overwrite:
         step = int(complete[-1].name.rsplit("-", 1)[1])
         log.info("train: resuming from %s (step %d)", complete[-1].name, step)
@@ -265,11 +305,21 @@ def _resume_point(cfg: RunConfig, out: Path, pairs: Path) -> Path | None:
     if complete and not same and not cfg.overwrite:
         log.warning("train: %s holds checkpoints of another config or pairs file; starting over", trainer_dir)
     if os.environ.get("RANK", "0") == "0":
-        shutil.rmtree(trainer_dir, ignore_errors=True)
-        for name in ("train_metrics.jsonl", "DONE"):
+        _remove_trainer_checkpoints(trainer_dir)
+        for name in ("train_metrics.jsonl", "skipped.jsonl", "DONE"):
             (out / name).unlink(missing_ok=True)
         write_json(stamp, fingerprint)
     return None
+
+
+def _remove_trainer_checkpoints(trainer_dir: Path) -> None:
+    """Delete the Trainer's checkpoint-<step> folders (what this stage made there), then the folder if empty;
+    anything else in it is left alone."""
+    for old in trainer_dir.glob("checkpoint-*"):
+        if old.is_dir() and old.name.removeprefix("checkpoint-").isdigit():
+            shutil.rmtree(old, ignore_errors=True)
+    if trainer_dir.is_dir() and not any(trainer_dir.iterdir()):  # TRL's output_dir, used by trackers
+        trainer_dir.rmdir()
 
 
 def _keep_metrics_until(path: Path, step: int) -> None:
@@ -279,16 +329,20 @@ def _keep_metrics_until(path: Path, step: int) -> None:
 
 
 def save(cfg: RunConfig, trainer, processor, info: dict[str, Any], start: float) -> None:
-    """Checkpoint, config.yaml, then DONE (with the run's numbers); rank 0 only. The Trainer checkpoints go: the
-    merged checkpoint is the stage's result and a resume point is no longer needed."""
+    """Checkpoint, config.yaml, then DONE (with the run's numbers); rank 0 only. The Trainer checkpoints go only
+    once the merged checkpoint is in place: a save that fails (a full disk) leaves the last one, and the re-run
+    resumes there and redoes only the save."""
     out = Path(cfg.out)
-    save_checkpoint(trainer, processor, out, cfg.train.merge and cfg.train.use_lora)
-    for old in (out / "trainer").glob("checkpoint-*"):
-        shutil.rmtree(old, ignore_errors=True)
-    if (out / "trainer").is_dir() and not any((out / "trainer").iterdir()):  # TRL's output_dir, used by trackers
-        (out / "trainer").rmdir()
+    try:
+        save_checkpoint(trainer, processor, out, cfg.train.merge and cfg.train.use_lora)
+    except OSError as exc:
+        kept = sorted((out / "trainer").glob("checkpoint-*"), key=lambda d: int(d.name.rsplit("-", 1)[1]))
+        where = f"the training is kept in {kept[-1]}; " if kept else ""
+        raise InputError(f"train: saving {out / 'checkpoint'} failed ({exc.strerror or exc}); {where}free the space "
+                         "and re-run the same command to redo the save") from None
+    _remove_trainer_checkpoints(out / "trainer")
     save_config(cfg, out / "config.yaml")
     info["seconds"] = float(f"{time.time() - start:.1f}")
     mark_done(out, info)
-    log.info("train: %d pairs (%d skipped), %d steps, loss %.4f, %.1fs -> %s", info["pairs"],
-             info["skipped_missing_images"], info["steps"], info["train_loss"], info["seconds"], out / "checkpoint")
+    log.info("train: %d pairs (%d skipped), %d steps, loss %.4f, %.1fs -> %s", info["pairs"], info["skipped"],
+             info["steps"], info["train_loss"], info["seconds"], out / "checkpoint")

@@ -20,11 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from ..config import check_reusable, save_config
-from ..data import (DONE_MARKER, append_jsonl, is_done, load_image, mark_done, read_jsonl, repair_jsonl, write_json,
-                    write_jsonl)
+from ..data import (DONE_MARKER, append_jsonl, commonest_skip, is_done, load_image, mark_done, read_jsonl,
+                    repair_jsonl, write_json, write_jsonl)
 from ..errors import InputError
 from ..lock import output_lock
+from ..models.policy import one_line
 from ..schema import RunConfig
+from ..special_tokens import ControlTokens
 from . import lmms
 from .chair import load_instances
 from .registry import TASKS, flat_metrics
@@ -61,7 +63,7 @@ def run(cfg: RunConfig, round: int = 0) -> Path:
             del policy  # lmms-eval loads the checkpoint again in its own process
         if skipped or input_skips:
             write_jsonl(out / "skipped.jsonl", input_skips + skipped)
-        _check_answered(cfg, plans, answers, len(skipped))
+        _check_answered(cfg, plans, answers, skipped)
         metrics: dict[str, Any] = {name: TASKS[name].score(plan, answers, ev, out) for name, plan in plans.items()}
         if ev.lmms_tasks:
             from ..models import resolve_device
@@ -108,7 +110,11 @@ def _plans(cfg: RunConfig, skipped: list[dict]) -> dict[str, Plan]:
 
 
 def _answer_all(policy, jobs: list[dict], samples_path: Path, batch_size: int, max_pixels: int):
-    """Greedy answers of every job, resuming from samples.jsonl: ({(task, image, prompt): answer}, skipped)."""
+    """Greedy answers of every job, resuming from samples.jsonl: ({(task, image, prompt): answer}, skipped).
+
+    A prompt loses the model's image placeholders (`eval.prompt="<image>\\nDescribe this image."` included) and is
+    skipped with the reason when it holds another control token or is too long (special_tokens.py); a batch that
+    fails is answered one prompt at a time, so a failure costs only its own prompt."""
     from tqdm import tqdm
 
     answers: dict[tuple, str] = {}
@@ -119,29 +125,63 @@ def _answer_all(policy, jobs: list[dict], samples_path: Path, batch_size: int, m
     todo.sort(key=lambda j: j["max_new_tokens"])  # batches share one token cap
     skipped: list[dict] = []
     bad: set[str] = set()
+    tokens = ControlTokens.of(policy.processor)
     samples_path.parent.mkdir(parents=True, exist_ok=True)
     size = max(1, batch_size)
     with samples_path.open("a") as fh, tqdm(total=len(todo), desc="eval", unit="prompt") as bar:
         for start in range(0, len(todo), size):
-            batch, images = [], []
+            batch = []
             for job in todo[start: start + size]:
-                image = _open(job["image"], max_pixels, bad, skipped)
+                prompt = _usable_prompt(policy, tokens, job, skipped)
+                image = _open(job["image"], max_pixels, bad, skipped) if prompt is not None else None
                 if image is not None:
-                    batch.append(job)
-                    images.append(image)
-            for cap in sorted({j["max_new_tokens"] for j in batch}):
-                part = [(j, im) for j, im in zip(batch, images) if j["max_new_tokens"] == cap]
-                too_long: dict[int, str] = {}
-                texts = policy.generate_answers([im for _, im in part], [j["prompt"] for j, _ in part], cap, too_long)
-                for i, ((job, _), text) in enumerate(zip(part, texts)):
-                    if text is None:
-                        skipped.append({"task": job["task"], "image": job["image"], "prompt": job["prompt"][:200],
-                                        "reason": too_long[i]})
-                        continue
+                    batch.append((job, image, prompt))
+            for cap in sorted({j["max_new_tokens"] for j, _, _ in batch}):
+                part = [item for item in batch if item[0]["max_new_tokens"] == cap]
+                for job, text in _answer_part(policy, part, cap, skipped):
                     answers[job_key(job)] = text
                     append_jsonl(fh, {**{k: job[k] for k in ("task", "image_id", "image", "prompt")}, "answer": text})
             bar.update(len(todo[start: start + size]))
     return answers, skipped
+
+
+def _usable_prompt(policy, tokens: ControlTokens, job: dict, skipped: list[dict]) -> str | None:
+    """The job's prompt cleaned of image placeholders, or None (and a skip with the reason)."""
+    try:
+        context = policy.context_length
+        least = tokens.min_tokens(job["prompt"])
+        if context is not None and least + job["max_new_tokens"] > context:
+            raise InputError(f"prompt too long ({len(job['prompt'])} characters, at least {least} tokens + "
+                             f"{job['max_new_tokens']} answer tokens > the model's context of {context})")
+        return tokens.clean_prompt(job["prompt"])
+    except InputError as exc:
+        skipped.append({"task": job["task"], "image": job["image"], "prompt": job["prompt"][:200], "reason": str(exc)})
+        return None
+
+
+def _answer_part(policy, part: list, cap: int, skipped: list[dict]) -> list[tuple[dict, str]]:
+    """(job, answer) for the prompts of one token cap; a failed batch is retried one prompt at a time, and a prompt
+    that fails alone (or is past the context) is a skip with its reason."""
+    try:
+        too_long: dict[int, str] = {}
+        texts = policy.generate_answers([im for _, im, _ in part], [p for _, _, p in part], cap, too_long)
+    except Exception as exc:  # noqa: BLE001 - one prompt must not stop the evaluation
+        if len(part) > 1:
+            log.warning("eval: a batch of %d prompts failed (%s); answering them one at a time", len(part),
+                        one_line(exc))
+            return [pair for item in part for pair in _answer_part(policy, [item], cap, skipped)]
+        job = part[0][0]
+        skipped.append({"task": job["task"], "image": job["image"], "prompt": job["prompt"][:200],
+                        "reason": f"generation failed ({one_line(exc)[:200]})"})
+        return []
+    done = []
+    for i, ((job, _, _), text) in enumerate(zip(part, texts)):
+        if text is None:
+            skipped.append({"task": job["task"], "image": job["image"], "prompt": job["prompt"][:200],
+                            "reason": too_long[i]})
+        else:
+            done.append((job, text))
+    return done
 
 
 def _open(path: str, max_pixels: int, bad: set[str], skipped: list[dict]):
@@ -156,11 +196,12 @@ def _open(path: str, max_pixels: int, bad: set[str], skipped: list[dict]):
         return None
 
 
-def _check_answered(cfg: RunConfig, plans: dict[str, Plan], answers: dict, n_skipped: int) -> None:
-    """No metrics from nothing: every task asked for needs at least one answer."""
+def _check_answered(cfg: RunConfig, plans: dict[str, Plan], answers: dict, skipped: list[dict]) -> None:
+    """No metrics from nothing: every task asked for needs at least one answer (else one line with the commonest
+    skip reason and its count)."""
     for name, plan in plans.items():
         if not any(job_key(j) in answers for j in plan.jobs):
-            seen = f"{n_skipped} image(s) unreadable, listed in {Path(cfg.out) / 'skipped.jsonl'}" if n_skipped \
+            seen = f"{commonest_skip(skipped)}, listed in {Path(cfg.out) / 'skipped.jsonl'}" if skipped \
                 else "no images"
             raise InputError(f"eval: no {TASKS[name].label} could be produced ({len(plan.jobs)} prompt(s), {seen}); "
                              f"check eval.image_root ({cfg.eval.image_root or 'not set'}) and eval.annotations")

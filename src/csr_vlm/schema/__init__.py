@@ -5,7 +5,8 @@ A field with a fixed set of values says so in its type (`Literal[...]`) or, wher
 list (filters, POPE parsers and splits, benchmarks), in `field(metadata={"choices": ...})`.
 `RunConfig.validate()` checks every such value and every rule between fields, naming the override
 key and listing the allowed values or the nearest one, so a misspelt value fails when the config is
-loaded, before any stage starts. The dataclasses are frozen: a stage derives new values (an
+loaded, before any stage starts. Every float, wherever it sits, must be finite (`check_finite`): no
+setting has a meaning for nan or inf. The dataclasses are frozen: a stage derives new values (an
 estimated tau, a device per rank) into its outputs and passes them on explicitly; it never edits the
 config it was given.
 """
@@ -15,9 +16,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from ..coerce import build_section, check_choices, did_you_mean
+from ..coerce import build_section, check_choices, check_finite, did_you_mean
 from ..errors import ConfigError
 from ..eval.registry import TASKS, metric_names
+from ..outdir import check_out
 from .evaluation import EvalConfig, LoopConfig
 from .generation import (DEVICE, NORMALIZE_MODES, TAU_RULES, CurateConfig, DataConfig, ModelConfig, RewardConfig,
                          SearchConfig, VLLMConfig)
@@ -32,8 +34,9 @@ __all__ = ["DEVICE", "LR_SCHEDULERS", "NORMALIZE_MODES", "TAU_RULES", "TRL_LOSS_
 class RunConfig:
     """The whole configuration: output, seed, and one section per stage."""
 
-    out: str = "runs/default"
-    """Output directory of the stage (or of the whole loop)."""
+    out: str = field(default="runs/default", metadata={"path": True})
+    """Output directory of the stage (or of the whole loop): new, empty or made by csr (docs/reliability.md);
+    never empty, ~ or a number (quote 0755)."""
     seed: int = 0
     """Seed for sampling, splits and training; per-prompt seeds derive from it and the prompt id."""
     overwrite: bool = False
@@ -59,6 +62,8 @@ class RunConfig:
 
     def validate(self) -> RunConfig:
         """Check every allowed value and every rule between fields; returns self (a ConfigError names the key)."""
+        check_finite(self, "")
+        check_out(self.out)
         check_choices(self)
         if self.seed < 0:
             raise ConfigError(f"seed must be >= 0, got {self.seed}")

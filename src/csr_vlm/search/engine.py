@@ -39,6 +39,8 @@ class Engine(Protocol):
     eos_ids: list[int]
     context_length: int | None
     """The most positions (prompt + answer) the model takes; None when unknown."""
+    processor: Any
+    """The model's processor (its tokenizer's control tokens are kept out of user prompts)."""
 
     def prompt_tokens(self, image: Any, prompt: str) -> int:
         """Tokens of the image + prompt as the model sees them, checked against context_length before a search."""

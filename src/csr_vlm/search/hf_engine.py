@@ -41,6 +41,10 @@ class HFEngine:
     def context_length(self) -> int | None:
         return self.policy.context_length
 
+    @property
+    def processor(self):
+        return self.policy.processor
+
     def prompt_tokens(self, image, prompt: str) -> int:
         return self.policy.prompt_length(image, prompt)
 
