@@ -61,7 +61,8 @@ def hostile_prompts(tmp_path: Path) -> Path:
 
 def test_hostile_prompts_cost_their_own_line_only(tiny_llava, tmp_path):
     """Every bad line is skipped with its line number (when there is no readable id) and its reason; the two good
-    prompts are searched. The 120,000-character prompt is 30k+ tokens, past the tiny model's 2,048 positions."""
+    prompts are searched. The 120,000-character prompt is at least 120,006 / L tokens (L: the longest token's characters),
+    past the tiny model's 2,048 positions."""
     out = tmp_path / "gen"
     assert main(["generate", *_args(tiny_llava, out, hostile_prompts(tmp_path))]) == 0
     assert [c["id"] for c in _lines(out / "candidates.jsonl")] == ["a", "b"]
@@ -72,22 +73,26 @@ def test_hostile_prompts_cost_their_own_line_only(tiny_llava, tmp_path):
     assert skipped["num"]["reason"] == "wrong field type(s): image is a number, not a string"
     assert skipped["line 8"]["reason"] == "entry is not an object (a list)"
     assert skipped["dir"]["reason"] == f"image is a directory, not a file: {tiny_llava / 'images'}"
-    huge = skipped["huge"]["reason"]
-    assert huge.startswith("prompt too long (") and huge.endswith("+ up to 8 answer tokens > the model's context of "
-                                                                   "2048)")
-    assert int(huge.split("(")[1].split()[0]) > 30_000
+    huge = skipped["huge"]["reason"]  # refused by its characters, before the tokenizer reads it
+    assert huge.startswith("prompt too long (120006 characters, at least ") and huge.endswith(
+        "+ up to 8 answer tokens > the model's context of 2048)")
     counts = json.loads((out / "stats.json").read_text())["counts"]
     assert (counts["inputs"], counts["prompts_valid"], counts["prompts_searched"]) == (9, 4, 2)
 
 
-def test_max_prompt_tokens_caps_prompts(tiny_llava, tmp_path):
-    """data.max_prompt_tokens=10: every prompt (the image alone is 64 tokens) is skipped, with its length."""
+def test_max_prompt_tokens_caps_prompts_and_a_stage_with_no_pair_fails(tiny_llava, tmp_path, capsys):
+    """data.max_prompt_tokens=10: every prompt (the image alone is 64 tokens) is skipped, with its length; a stage
+    that made no pair exits 2 with one line naming the commonest skip and its count, and writes no DONE."""
     out = tmp_path / "gen"
     prompts = tmp_path / "p.jsonl"
     prompts.write_text(json.dumps({"id": "a", "image": "images/000.png", "prompt": "Describe this image."}) + "\n")
-    assert main(["generate", *_args(tiny_llava, out, prompts, "data.max_prompt_tokens=10")]) == 0
+    assert main(["generate", *_args(tiny_llava, out, prompts, "data.max_prompt_tokens=10")]) == 2
     (skip,) = _lines(out / "skipped.jsonl")
     assert skip["reason"].startswith("prompt too long (") and skip["reason"].endswith("> data.max_prompt_tokens=10)")
+    err = capsys.readouterr().err.strip()
+    assert err == (f"csr generate: error: generate: no pairs from 1 input(s) (commonest skip: prompt too long (1 of 1); "
+                   f"every reason in {out / 'skipped.jsonl'})")
+    assert not (out / "DONE").exists()
 
 
 # ---------------------------------------------------------------------------- out of memory

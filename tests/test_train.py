@@ -87,7 +87,9 @@ def test_run_merges_skips_missing_images_and_resumes(tiny_llava, tmp_path):
     cfg = make_cfg(tiny_llava, tmp_path, pairs=pairs)
     out = train.run(cfg, 1)
     done = json.loads((out / "DONE").read_text())
-    assert (done["pairs"], done["skipped_missing_images"], done["steps"]) == (3, 2, 3)  # 3 pairs, batch 1, 1 epoch
+    assert (done["pairs"], done["skipped"], done["steps"]) == (3, 2, 3)  # 3 pairs, batch 1, 1 epoch
+    assert done["skipped_by_reason"] == {"image not found": 2}
+    assert [json.loads(x)["line"] for x in (out / "skipped.jsonl").read_text().splitlines()] == [4, 5]
     assert not (out / "checkpoint.tmp").exists() and (out / "config.yaml").is_file()
     ckpt = out / "checkpoint"
     assert not (ckpt / "adapter_config.json").exists()

@@ -10,6 +10,7 @@ built on it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -199,6 +200,18 @@ def commonest_skip(skipped: list[dict]) -> str:
         return "nothing was skipped"
     (kind, n), = Counter(skip_reason(str(s.get("reason", ""))) for s in skipped).most_common(1)
     return f"commonest skip: {kind} ({n} of {len(skipped)})"
+
+
+def file_sha256(path: str | Path) -> str | None:
+    """The sha256 of a file's bytes (read in 1 MiB chunks), or None when there is no such file."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def mark_done(directory: str | Path, info: dict[str, Any] | None = None) -> None:

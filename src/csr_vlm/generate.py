@@ -26,21 +26,19 @@ import hashlib
 import json
 import logging
 import os
-import re
-import shutil
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from .config import save_config, to_dict
-from .curate import balance_yes_no, shard_line
-from .data import (append_jsonl, is_done, load_image, mark_done, read_json, read_jsonl, read_prompts, repair_jsonl,
-                   write_json, write_jsonl)
+from .curate import shard_line
+from .data import (append_jsonl, commonest_skip, file_sha256, is_done, load_image, mark_done, read_json, read_jsonl, read_prompts,
+                   repair_jsonl, write_json)
 from .errors import InputError
 from .lock import output_lock
 from .models import check_model_path
 from .schema import RewardConfig, RunConfig
+from .shards import check_produced, merge
 from .special_tokens import ControlTokens
 
 log = logging.getLogger(__name__)
@@ -59,6 +57,8 @@ def run(cfg: RunConfig, round: int = 1) -> Path:
         return out
     with output_lock(out, enabled=rank == 0):  # a second run on this out stops here, before any work
         records, input_skips = _read_all_prompts(cfg)
+        if not records:  # the inputs alone show it: no model is loaded
+            raise InputError(f"generate: no usable prompt in {cfg.data.prompts} ({commonest_skip(input_skips)})")
         engine, scorer = _load_models(cfg, rank, world)
         if cfg.search.check_cache:
             _check_engine(engine, records, cfg)
@@ -75,10 +75,12 @@ def run(cfg: RunConfig, round: int = 1) -> Path:
         _barrier(dist)
         if rank == 0:
             wall = time.perf_counter() - started
-            _merge(cfg, reward, round, out, records, input_skips, tau_stats, wall, searched, world)
-            mark_done(out, {"round": round})
+            merge(cfg, reward, round, out, records, input_skips, tau_stats, wall, searched, world)
+            if read_json(out / "stats.json")["counts"]["pairs"]:
+                mark_done(out, {"round": round})
             log.info("generate: %d prompts -> %s", len(records), out)
         _barrier(dist)
+        check_produced(out)  # a stage that made no pair ends here, on every rank, without DONE
     if dist is not None and _OWN_GROUP:
         dist.destroy_process_group()  # a later stage (DPO on GPUs) sets up its own backend
     return out
@@ -140,27 +142,46 @@ def _resolve_reward(cfg: RunConfig, scorer) -> tuple[RewardConfig, dict | None]:
 
 
 def _prepare_dir(out: Path, cfg: RunConfig, fingerprint: dict[str, Any]) -> None:
+    """With overwrite, remove the files an earlier run of this stage wrote (and nothing else); then the
+    fingerprint and config.yaml."""
     if cfg.overwrite:
-        for name in ("shards", "candidates.jsonl", "pairs.jsonl", "skipped.jsonl", "stats.json", "DONE"):
-            path = out / name
-            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        for name in ("candidates.jsonl", "pairs.jsonl", "skipped.jsonl", "stats.json", "DONE"):
+            (out / name).unlink(missing_ok=True)
+        for pattern in ("rank-*.jsonl", "engine-rank-*.json", "fingerprint.json", "*.tmp"):
+            for path in (out / "shards").glob(pattern):
+                path.unlink(missing_ok=True)
     (out / "shards").mkdir(parents=True, exist_ok=True)
     write_json(out / "shards" / "fingerprint.json", fingerprint)
     save_config(cfg, out / "config.yaml")
 
 
 def _finished(out: Path, fingerprint: dict[str, Any]) -> bool:
-    """True when out is complete; an InputError when it holds work of another config (resuming would mix them)."""
+    """True when out is complete; an InputError when it holds work of another config, round or input file (resuming
+    would mix them, and a finished stage would hand on results of the old inputs)."""
     marker = out / "shards" / "fingerprint.json"
-    if marker.exists() and json.loads(marker.read_text()) != fingerprint:
-        raise InputError(f"out: {out} holds results of a different config or round; use overwrite=true or another out")
+    try:
+        old = json.loads(marker.read_text()) if marker.exists() else None
+    except ValueError:  # cut short by a full disk: the work it describes cannot be trusted either
+        raise InputError(f"out: {marker} is unreadable; use overwrite=true or another out") from None
+    if old is not None and old != fingerprint:
+        if "inputs" not in old:  # written before the inputs were fingerprinted: compare the rest
+            old = {**old, "inputs": fingerprint["inputs"]}
+        changed = [f"the content of data.{k.removesuffix('_sha256')}" for k, v in fingerprint["inputs"].items()
+                   if old["inputs"].get(k) != v]
+        changed += ["the config or round"] if {**old, "inputs": None} != {**fingerprint, "inputs": None} else []
+        if changed:
+            raise InputError(f"out: {out} holds results of other inputs ({' and '.join(changed)} changed since); "
+                             "use overwrite=true to redo them, or another out")
     return is_done(out)
 
 
 def _fingerprint(cfg: RunConfig, round: int) -> dict[str, Any]:
-    """Everything that changes a prompt's result: resuming under anything else would mix two runs."""
+    """Everything that changes a prompt's result, the prompts files' content included: resuming under anything else
+    would mix two runs."""
     keep = {"seed": cfg.seed, "round": round, "model": cfg.model.path, **{
-        name: to_dict(getattr(cfg, name)) for name in ("reward", "search", "curate", "data")}}
+        name: to_dict(getattr(cfg, name)) for name in ("reward", "search", "curate", "data")},
+        "inputs": {f"{key}_sha256": file_sha256(Path(path)) for key, path in
+                   (("prompts", cfg.data.prompts), ("mix_prompts", cfg.data.mix_prompts)) if path}}
     return json.loads(json.dumps(keep))  # the form it has once read back
 
 
@@ -329,76 +350,3 @@ def _free_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-# ---------------------------------------------------------------------------- save
-
-
-def _merge(cfg: RunConfig, reward: RewardConfig, round: int, out: Path, records, input_skips: list[dict], tau_stats,
-           wall: float, searched: int, world: int) -> None:
-    """Shards -> candidates/pairs/skipped in prompt order, plus stats.json."""
-    lines: dict[str, dict] = {}
-    for path in sorted((out / "shards").glob("*.jsonl")):
-        for line in read_jsonl(path):
-            lines.setdefault(line["id"], line)
-    ordered = [lines[r.id] for r in records if r.id in lines]
-    missing = [r.id for r in records if r.id not in lines]
-    if missing:
-        log.warning("generate: %d prompts have no result (first: %s)", len(missing), missing[0])
-    skipped = list(input_skips) + [ln["skip"] for ln in ordered if ln["skip"]]
-    pairs = [ln["pair"] for ln in ordered if ln["pair"]]
-    if cfg.curate.balance_yes_no:
-        pairs, dropped = balance_yes_no(pairs)
-        skipped += dropped
-    write_jsonl(out / "candidates.jsonl", [ln["candidate"] for ln in ordered if ln["candidate"]])
-    write_jsonl(out / "pairs.jsonl", pairs)
-    write_jsonl(out / "skipped.jsonl", skipped)
-    write_json(out / "stats.json", _stats(cfg, reward, round, ordered, input_skips, skipped, pairs, tau_stats, wall,
-                                          searched, world, len(records), _engine_stats(out)))
-
-
-def _engine_stats(out: Path) -> dict:
-    """The engines' own numbers of this run, summed over ranks (rates recomputed from the sums)."""
-    total: dict = {}
-    for path in sorted((out / "shards").glob("engine-rank-*.json")):
-        for key, value in read_json(path).items():
-            total[key] = total.get(key, 0) + value if isinstance(value, (int, float)) and key in total else value
-    if total.get("prompt_tokens"):
-        total["prefix_cache_hit_rate"] = total["cached_prompt_tokens"] / total["prompt_tokens"]
-    if total.get("generate_s"):
-        total["generated_tokens_per_s"] = total["generated_tokens"] / total["generate_s"]
-    return total
-
-
-def _stats(cfg, reward, round, ordered, input_skips, skipped, pairs, tau_stats, wall, searched, world,
-           n_valid, engine_stats) -> dict:
-    tokens, times, events = Counter(), Counter(), Counter()
-    for ln in ordered:
-        st = ln["stats"]
-        for key in ("tokens_forwarded", "tokens_minimal", "tokens_prompt", "tokens_generated"):
-            tokens[key] += st.get(key, 0)
-        times.update(st.get("time", {}))
-        events.update(st.get("events", {}))
-    by_reason = Counter(re.split(r"[:(]", s["reason"])[0].strip() for s in skipped)
-    margins = [p["margin"] for p in pairs if p["margin"] is not None and not p.get("anchor")]
-    return {
-        "round": round, "mode": cfg.search.mode, "world_size": world,
-        "tau": reward.tau, "tau_calibration": tau_stats,
-        "counts": {"inputs": n_valid + len(input_skips), "prompts_valid": n_valid,
-                   "prompts_searched": sum(ln["candidate"] is not None for ln in ordered), "pairs": len(pairs),
-                   "skipped": len(skipped)},
-        "skipped_by_reason": dict(by_reason),
-        "tokens": {"forwarded": tokens["tokens_forwarded"], "minimal": tokens["tokens_minimal"],
-                   "prompt": tokens["tokens_prompt"], "generated": tokens["tokens_generated"],
-                   "forwarded_over_minimal": tokens["tokens_forwarded"] / max(tokens["tokens_minimal"], 1)},
-        "time_s": {k: round_(v) for k, v in times.items()},
-        "search_events": dict(events),
-        "mean_margin": sum(margins) / len(margins) if margins else None,
-        "wall_s": round_(wall), "prompts_this_run": searched,
-        "prompts_per_s": round_(searched / wall) if wall > 0 else None,
-        "engine": engine_stats,
-    }
-
-
-def round_(x: float) -> float:
-    return float(f"{x:.4f}")

@@ -41,7 +41,6 @@ every step, those before a resume included.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import os
@@ -54,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import check_reusable, save_config, to_dict
-from .data import is_done, load_image, mark_done, read_jsonl, skip_reason, write_json, write_jsonl
+from .data import file_sha256, is_done, load_image, mark_done, read_jsonl, skip_reason, write_json, write_jsonl
 from .errors import InputError
 from .lock import output_lock
 from .pairs import drop_control_tokens, read_pairs, to_dataset
@@ -274,14 +273,6 @@ def _whole_loss(metrics: Path, steps: int, result) -> float:
     if len(losses) == steps and steps:
         return sum(losses) / steps
     return result.training_loss
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _resume_point(cfg: RunConfig, out: Path, pairs: Path) -> Path | None:

@@ -1,0 +1,99 @@
+"""The save of `csr generate`: the ranks' shards merged, in prompt order, into the stage's files and stats.json.
+
+candidates.jsonl, pairs.jsonl (curate.balance_yes_no applied), skipped.jsonl (the inputs' skips and the
+prompts' own) and stats.json (counts, tokens, time per search phase, the engines' numbers); formats in
+docs/formats.md. `check_produced` ends a stage that produced no pair with one line naming the commonest skip.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+
+from .curate import balance_yes_no
+from .data import commonest_skip, read_json, read_jsonl, skip_reason, write_json, write_jsonl
+from .errors import InputError
+from .schema import RewardConfig, RunConfig
+
+log = logging.getLogger(__name__)
+
+
+def check_produced(out: Path) -> None:
+    """InputError when the merged stage holds no pair: one line with the commonest skip reason and its count."""
+    stats = read_json(out / "stats.json", "stats.json")
+    if stats["counts"]["pairs"]:
+        return
+    skipped = list(read_jsonl(out / "skipped.jsonl"))
+    raise InputError(f"generate: no pairs from {stats['counts']['inputs']} input(s) ({commonest_skip(skipped)}; "
+                     f"every reason in {out / 'skipped.jsonl'})")
+
+
+def merge(cfg: RunConfig, reward: RewardConfig, round: int, out: Path, records, input_skips: list[dict], tau_stats,
+           wall: float, searched: int, world: int) -> None:
+    """Shards -> candidates/pairs/skipped in prompt order, plus stats.json."""
+    lines: dict[str, dict] = {}
+    for path in sorted((out / "shards").glob("*.jsonl")):
+        for line in read_jsonl(path):
+            lines.setdefault(line["id"], line)
+    ordered = [lines[r.id] for r in records if r.id in lines]
+    missing = [r.id for r in records if r.id not in lines]
+    if missing:
+        log.warning("generate: %d prompts have no result (first: %s)", len(missing), missing[0])
+    skipped = list(input_skips) + [ln["skip"] for ln in ordered if ln["skip"]]
+    pairs = [ln["pair"] for ln in ordered if ln["pair"]]
+    if cfg.curate.balance_yes_no:
+        pairs, dropped = balance_yes_no(pairs)
+        skipped += dropped
+    write_jsonl(out / "candidates.jsonl", [ln["candidate"] for ln in ordered if ln["candidate"]])
+    write_jsonl(out / "pairs.jsonl", pairs)
+    write_jsonl(out / "skipped.jsonl", skipped)
+    write_json(out / "stats.json", _stats(cfg, reward, round, ordered, input_skips, skipped, pairs, tau_stats, wall,
+                                          searched, world, len(records), _engine_stats(out)))
+
+
+def _engine_stats(out: Path) -> dict:
+    """The engines' own numbers of this run, summed over ranks (rates recomputed from the sums)."""
+    total: dict = {}
+    for path in sorted((out / "shards").glob("engine-rank-*.json")):
+        for key, value in read_json(path).items():
+            total[key] = total.get(key, 0) + value if isinstance(value, (int, float)) and key in total else value
+    if total.get("prompt_tokens"):
+        total["prefix_cache_hit_rate"] = total["cached_prompt_tokens"] / total["prompt_tokens"]
+    if total.get("generate_s"):
+        total["generated_tokens_per_s"] = total["generated_tokens"] / total["generate_s"]
+    return total
+
+
+def _stats(cfg, reward, round, ordered, input_skips, skipped, pairs, tau_stats, wall, searched, world,
+           n_valid, engine_stats) -> dict:
+    tokens, times, events = Counter(), Counter(), Counter()
+    for ln in ordered:
+        st = ln["stats"]
+        for key in ("tokens_forwarded", "tokens_minimal", "tokens_prompt", "tokens_generated"):
+            tokens[key] += st.get(key, 0)
+        times.update(st.get("time", {}))
+        events.update(st.get("events", {}))
+    by_reason = Counter(skip_reason(s["reason"]) for s in skipped)
+    margins = [p["margin"] for p in pairs if p["margin"] is not None and not p.get("anchor")]
+    return {
+        "round": round, "mode": cfg.search.mode, "world_size": world,
+        "tau": reward.tau, "tau_calibration": tau_stats,
+        "counts": {"inputs": n_valid + len(input_skips), "prompts_valid": n_valid,
+                   "prompts_searched": sum(ln["candidate"] is not None for ln in ordered), "pairs": len(pairs),
+                   "skipped": len(skipped)},
+        "skipped_by_reason": dict(by_reason),
+        "tokens": {"forwarded": tokens["tokens_forwarded"], "minimal": tokens["tokens_minimal"],
+                   "prompt": tokens["tokens_prompt"], "generated": tokens["tokens_generated"],
+                   "forwarded_over_minimal": tokens["tokens_forwarded"] / max(tokens["tokens_minimal"], 1)},
+        "time_s": {k: round_(v) for k, v in times.items()},
+        "search_events": dict(events),
+        "mean_margin": sum(margins) / len(margins) if margins else None,
+        "wall_s": round_(wall), "prompts_this_run": searched,
+        "prompts_per_s": round_(searched / wall) if wall > 0 else None,
+        "engine": engine_stats,
+    }
+
+
+def round_(x: float) -> float:
+    return float(f"{x:.4f}")
