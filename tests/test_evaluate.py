@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 
@@ -81,6 +82,9 @@ def test_flat_metrics():
 
 class _OraclePolicy:
     """Answers every caption prompt with "A dog and a cat." and every POPE question truthfully."""
+
+    context_length = None
+    processor = SimpleNamespace(all_special_tokens=["</s>"], get_vocab=lambda: {"dog": 0})  # control tokens
 
     def __init__(self, objects: dict[str, set[str]]):
         self.objects = objects
@@ -182,6 +186,7 @@ def test_overwrite_removes_done_first(tmp_path, monkeypatch):
 
 TOY_TASK_MODULE = '''"""A toy benchmark: how many words a model uses to name one colour."""
 from pathlib import Path
+from types import SimpleNamespace
 
 from csr_vlm.eval.task import Metric, Plan, Task, job_key
 

@@ -117,7 +117,9 @@ def test_bad_inputs_are_skipped_with_a_reason(tiny_llava, tmp_path):
 ])
 def test_prompts_without_a_pair_are_logged(tiny_llava, tmp_path, extra, reason):
     out = tmp_path / "gen"
-    assert main(["generate", *_args(tiny_llava, out, "search.max_sentences=1", "data.max_prompts=2", *extra)]) == 0
+    # no pair at all: the stage fails (exit 2, no DONE), its skips written for the user to read
+    assert main(["generate", *_args(tiny_llava, out, "search.max_sentences=1", "data.max_prompts=2", *extra)]) == 2
+    assert not (out / "DONE").exists()
     skipped = _lines(out / "skipped.jsonl")
     assert [s["id"] for s in skipped] == ["000", "001"] and all(s["reason"].startswith(reason) for s in skipped)
     assert _lines(out / "pairs.jsonl") == []

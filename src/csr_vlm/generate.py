@@ -170,8 +170,8 @@ def _finished(out: Path, fingerprint: dict[str, Any]) -> bool:
                    if old["inputs"].get(k) != v]
         changed += ["the config or round"] if {**old, "inputs": None} != {**fingerprint, "inputs": None} else []
         if changed:
-            raise InputError(f"out: {out} holds results of other inputs ({' and '.join(changed)} changed since); "
-                             "use overwrite=true to redo them, or another out")
+            raise InputError(f"out: {out} holds results of a different config, round or input ({' and '.join(changed)}"
+                             " changed since); use overwrite=true to redo them, or another out")
     return is_done(out)
 
 
