@@ -227,15 +227,14 @@ def _search_shard(cfg: RunConfig, reward: RewardConfig, round: int, records, eng
     if done:
         log.info("generate: resuming, %d prompts already done, %d left on rank %d", len(done), len(mine), rank)
     pairs, size = 0, cfg.search.prompt_batch_size
-    bar = tqdm(total=len(mine), desc="generate", unit="prompt", disable=rank != 0)
-    with shard.open("a") as fh:
+    # the bar closes however the loop ends (Ctrl-C, SIGTERM), so the CLI's last line is the reason it stopped
+    with shard.open("a") as fh, tqdm(total=len(mine), desc="generate", unit="prompt", disable=rank != 0) as bar:
         for start in range(0, len(mine), size):
             for line in _process_chunk(cfg, reward, round, mine[start: start + size], engine, scorer):
                 append_jsonl(fh, line)
                 pairs += line["pair"] is not None
                 bar.update(1)
             bar.set_postfix(pairs=pairs)
-    bar.close()
     return len(mine)
 
 
