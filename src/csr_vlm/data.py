@@ -136,7 +136,7 @@ def _first_char(path: Path) -> bytes:
 
 def _line_entries(fh) -> Iterator[Entry]:
     for lineno, raw in enumerate(fh, 1):
-        if not raw.strip():
+        if not raw or raw.isspace():  # (strip() would copy a long line)
             continue
         try:
             value = json.loads(raw.decode("utf-8"))
@@ -264,7 +264,7 @@ def read_prompts(path: str | Path, image_root: str = "", image_prefix: str = ""
             skipped.append({"id": readable_id, "line": lineno, "reason": f"wrong field type(s): {'; '.join(wrong)}"})
             continue
         pid = str(pid)
-        prompt = str(prompt).replace("<image>", "").strip()
+        prompt = (prompt.replace("<image>", "") if "<image>" in prompt else prompt).strip()
         if not prompt:
             skipped.append({"id": pid, "line": lineno, "reason": "empty prompt"})
             continue
