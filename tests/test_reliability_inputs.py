@@ -56,10 +56,11 @@ def test_every_familys_image_placeholder_is_stripped_and_other_control_tokens_re
         tokens.check_text(f"a red {processor.image_token} circle.", "chosen")
 
 
-def test_generate_and_eval_take_prompts_with_the_models_placeholders(tiny_gemma3, tmp_path):
+def test_generate_and_eval_take_prompts_with_the_models_placeholders(tiny_gemma3, tmp_path, capsys):
     """Gemma 3: the first prompt holds <end_of_turn> (skipped with the reason, also by the start-up check that met
     it first), the second starts with <start_of_image> (stripped and searched). eval.prompt in LLaVA's style
-    ('<image>\\nDescribe this image.') answers every image."""
+    ('<image>\\nDescribe this image.') answers every image; once the annotations change, its finished metrics are
+    refused, not reused."""
     prompts = tmp_path / "p.jsonl"
     prompts.write_text(json.dumps({"id": "turn", "image": "images/000.png", "prompt": "Describe <end_of_turn> it."})
                        + "\n" + json.dumps({"id": "boi", "image": "images/001.png",
@@ -77,10 +78,15 @@ def test_generate_and_eval_take_prompts_with_the_models_placeholders(tiny_gemma3
     (tmp_path / "inst.json").write_text(json.dumps({"images": images, "categories": cats, "annotations": [
         {"id": i, "image_id": i, "category_id": 1} for i in range(2)]}))
     ev = tmp_path / "eval"
-    assert main(["eval", f"model.path={tiny_gemma3 / 'policy'}", f"out={ev}", f"eval.annotations={tmp_path / 'inst.json'}",
-                 f"eval.image_root={tiny_gemma3 / 'images'}", "eval.num_images=2", "eval.max_new_tokens=3",
-                 "eval.tasks=[chair]", "eval.prompt=<image>\nDescribe this image."]) == 0
+    args = ["eval", f"model.path={tiny_gemma3 / 'policy'}", f"out={ev}", f"eval.annotations={tmp_path / 'inst.json'}",
+            f"eval.image_root={tiny_gemma3 / 'images'}", "eval.num_images=2", "eval.max_new_tokens=3",
+            "eval.tasks=[chair]", "eval.prompt=<image>\nDescribe this image."]
+    assert main(args) == 0
     assert len(_lines(ev / "samples.jsonl")) == 2 and not (ev / "skipped.jsonl").exists()
+    (tmp_path / "inst.json").write_text((tmp_path / "inst.json").read_text().replace('"dog"', '"cat"'))
+    capsys.readouterr()
+    assert main(args) == 2  # finished metrics of the old annotations are not passed off as the new ones'
+    assert "(the content of eval.annotations changed since)" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------- pairs

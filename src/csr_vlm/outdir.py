@@ -24,7 +24,7 @@ MARKER = ".csr"
 _OURS = re.compile(r"DONE|config\.yaml|\.lock(\..*)?|\.csr|shards|candidates\.jsonl|pairs\.jsonl|skipped\.jsonl"
                    r"|stats\.json|trainer|checkpoint(\.tmp|\.old)?|train_metrics\.jsonl|train_fingerprint\.json"
                    r"|samples\.jsonl|metrics\.json|chair_captions\.jsonl|pope_questions\.jsonl|lmms|manifest\.json"
-                   r"|best\.json|round_\d+|report\.md|plots|.*\.tmp")
+                   r"|best\.json|round_\d+|\.?report[\w.-]*|.*\.tmp")
 """Names a csr stage writes directly under its out (a directory made by an older csr, without the marker,
 holds only these)."""
 

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from ..config import check_reusable, save_config
-from ..data import (DONE_MARKER, append_jsonl, commonest_skip, is_done, load_image, mark_done, read_jsonl,
-                    repair_jsonl, write_json, write_jsonl)
+from ..data import (DONE_MARKER, append_jsonl, commonest_skip, file_sha256, is_done, load_image, mark_done,
+                    read_json, read_jsonl, repair_jsonl, write_json, write_jsonl)
 from ..errors import InputError
 from ..lock import output_lock
 from ..models.policy import one_line
@@ -34,12 +34,17 @@ from .task import Plan, job_key
 
 log = logging.getLogger(__name__)
 
+INPUT_FILES = ("annotations", "gt_captions", "pope_questions", "synonyms")
+"""eval keys naming files whose content decides the metrics (their sha256 is kept in DONE)."""
+
 
 def run(cfg: RunConfig, round: int = 0) -> Path:
     """Evaluate cfg.model.path on cfg.eval.tasks into cfg.out; returns it."""
     out = Path(cfg.out)
+    inputs = {key: file_sha256(path) for key in INPUT_FILES if (path := getattr(cfg.eval, key))}
     if is_done(out) and not cfg.overwrite:
         check_reusable(out, cfg, ("seed", "model.path", "eval"))
+        _check_same_inputs(out, inputs)
         log.info("eval: %s is done; skipping (overwrite=true redoes it)", out)
         return out
     ev = cfg.eval
@@ -69,12 +74,25 @@ def run(cfg: RunConfig, round: int = 0) -> Path:
             from ..models import resolve_device
 
             metrics["lmms"] = lmms.run(cfg.model.path, ev, out, resolve_device(cfg.model.device))
-        _save(cfg, round, out, metrics, skipped, input_skips)
+        _save(cfg, round, out, metrics, skipped, input_skips, inputs)
     log.info("eval: %s -> %s", cfg.model.path, out)
     return out
 
 
-def _save(cfg: RunConfig, round: int, out: Path, metrics: dict, skipped: list[dict], input_skips: list[dict]) -> None:
+def _check_same_inputs(out: Path, inputs: dict[str, str | None]) -> None:
+    """Refuse to reuse finished metrics whose input files (annotations, captions, POPE questions, synonyms) have
+    changed since (a DONE of an older csr, without their hashes, is taken as it is)."""
+    done = read_json(out / DONE_MARKER, "DONE")
+    before = done.get("inputs") if isinstance(done, dict) else None
+    changed = [f"eval.{key}" for key in sorted(set(before or {}) | set(inputs))
+               if before is not None and before.get(key) != inputs.get(key)]
+    if changed:
+        raise InputError(f"eval: {out} was scored on other inputs (the content of {', '.join(changed)} changed "
+                         "since); overwrite=true scores again")
+
+
+def _save(cfg: RunConfig, round: int, out: Path, metrics: dict, skipped: list[dict], input_skips: list[dict],
+          inputs: dict[str, str | None]) -> None:
     """metrics.json (each task's section, the flat summary, the protocol), config.yaml, then DONE."""
     ev = cfg.eval
     metrics["flat"] = {**flat_metrics(metrics, ev.tasks), **lmms.flat(metrics.get("lmms", {}))}
@@ -87,7 +105,7 @@ def _save(cfg: RunConfig, round: int, out: Path, metrics: dict, skipped: list[di
     }
     write_json(out / "metrics.json", metrics)
     save_config(cfg, out / "config.yaml")
-    mark_done(out, {"round": round})
+    mark_done(out, {"round": round, "inputs": inputs})
     log.info("eval: %s", ", ".join(f"{k}={v:.4f}" for k, v in metrics["flat"].items()))
 
 
