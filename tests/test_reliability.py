@@ -218,8 +218,8 @@ def test_eval_skips_bad_annotation_entries_and_prompts_too_long(tiny_llava, tmp_
 @pytest.mark.slow
 def test_training_killed_mid_way_resumes_from_its_checkpoint(tiny_llava, tmp_path):
     """8 pairs x 3 epochs, batch 1 = 24 steps, a checkpoint every 4. Killed (-9) after checkpoint-8, run again:
-    it resumes from the last complete checkpoint, redoes only the steps after it, and its merged checkpoint equals
-    an uninterrupted run's to float tolerance."""
+    it resumes from the last complete checkpoint, redoes only the steps after it, and its merged checkpoint and
+    DONE's loss equal an uninterrupted run's to float tolerance."""
     import torch
     from safetensors.torch import load_file
 
@@ -247,6 +247,8 @@ def test_training_killed_mid_way_resumes_from_its_checkpoint(tiny_llava, tmp_pat
     assert "resuming from checkpoint-" in resumed.stderr
     info = json.loads((out / "DONE").read_text())
     assert info["steps"] == 24 and info["resumed_from_step"] >= 8 and killed_at >= info["resumed_from_step"]
+    # the loss of the whole training, not of the steps redone after the resume
+    assert info["train_loss"] == pytest.approx(json.loads((ref / "DONE").read_text())["train_loss"], abs=1e-5)
     steps = [json.loads(line)["step"] for line in (out / "train_metrics.jsonl").read_text().splitlines()
              if "loss" in json.loads(line)]
     assert steps == list(range(1, 25))  # each step logged once: the ones after the checkpoint were redone

@@ -72,7 +72,7 @@ def test_generate_and_eval_take_prompts_with_the_models_placeholders(tiny_gemma3
                  "search.filters=[]"]) == 0
     assert [(c["id"], c["prompt"]) for c in _lines(out / "candidates.jsonl")] == [("boi", "Describe this image.")]
     assert _lines(out / "skipped.jsonl") == [{"id": "turn", "reason": "prompt holds the model's control token "
-                                                                       "'<end_of_turn>'", "image": str(tiny_gemma3 / "images" / "000.png")}]
+                                              "'<end_of_turn>'", "image": str(tiny_gemma3 / "images" / "000.png")}]
     cats = [{"id": 1, "name": "dog"}]
     images = [{"id": i, "file_name": f"{i:03d}.png"} for i in range(2)]
     (tmp_path / "inst.json").write_text(json.dumps({"images": images, "categories": cats, "annotations": [

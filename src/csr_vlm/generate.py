@@ -14,9 +14,14 @@ token step for all P prompts' candidate rows, the same candidates as one at a ti
 rounding) and appends a chunk's lines when the chunk is done.
 Re-running the same command skips prompts found in any shard (a half-written
 last line is dropped first), so a killed run resumes to the output an uninterrupted run gives.
-Save: rank 0 merges the shards in prompt order into candidates.jsonl, pairs.jsonl (TRL conversational
-vision format, docs/formats.md), skipped.jsonl (every unused input with its reason) and stats.json,
-then writes DONE. Bad images, empty prompts, malformed lines and duplicate ids are skipped, never fatal.
+Save (shards.py): rank 0 merges the shards in prompt order into candidates.jsonl, pairs.jsonl (TRL
+conversational vision format, docs/formats.md), skipped.jsonl (every unused input with its reason) and
+stats.json, then writes DONE. Bad images, empty prompts, malformed lines, duplicate ids, prompts holding
+a control token of the model and prompts too long (bounded by their characters before they are
+tokenized) are skipped, never fatal; the model's image placeholders are stripped from a prompt
+(special_tokens.py). A stage that made no pair at all fails with one line naming the commonest skip
+(before loading the models when no prompt is usable), and writes no DONE. The fingerprint holds the
+prompts files' sha256, so a run over edited prompts is refused rather than resumed or reused.
 """
 
 from __future__ import annotations
@@ -32,8 +37,8 @@ from typing import Any
 
 from .config import save_config, to_dict
 from .curate import shard_line
-from .data import (append_jsonl, commonest_skip, file_sha256, is_done, load_image, mark_done, read_json, read_jsonl, read_prompts,
-                   repair_jsonl, write_json)
+from .data import (append_jsonl, commonest_skip, file_sha256, is_done, load_image, mark_done, read_json, read_jsonl,
+                   read_prompts, repair_jsonl, write_json)
 from .errors import InputError
 from .lock import output_lock
 from .models import check_model_path

@@ -1,4 +1,4 @@
-"""The preference pairs `csr train` reads: every pair checked before the Trainer starts, a bad one skipped with its reason.
+"""The preference pairs `csr train` reads: each checked before the Trainer starts, a bad one skipped with its reason.
 
 A pair the Trainer cannot use fails mid-run, and, since a resumed run meets it at the same step,
 on every re-run, so the stage could never finish. Each pair is therefore checked first, and one
@@ -59,7 +59,8 @@ def read_pairs(path: Path, max_pixels: int = 50_000_000) -> tuple[list[dict], li
     if not rows:
         raise InputError(f"train.pairs: no usable pairs in {path} ({commonest_skip(skipped)})")
     if skipped:
-        log.warning("%s: skipped %d pair(s) (%s; reasons in skipped.jsonl)", path, len(skipped), commonest_skip(skipped))
+        log.warning("%s: skipped %d pair(s) (%s; reasons in skipped.jsonl)", path, len(skipped),
+                    commonest_skip(skipped))
     return rows, skipped
 
 

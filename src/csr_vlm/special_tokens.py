@@ -43,7 +43,17 @@ class ControlTokens:
 
     @classmethod
     def of(cls, processor) -> ControlTokens:
-        """The control tokens of a processor (or a bare tokenizer): its special and added-special tokens."""
+        """The control tokens of a processor (or a bare tokenizer): its special and added-special tokens (worked
+        out once per processor: the longest token needs a pass over the vocabulary)."""
+        known = _OF.get(id(processor))
+        if known is not None and known[0] is processor:
+            return known[1]
+        tokens = cls._build(processor)
+        _OF[id(processor)] = (processor, tokens)
+        return tokens
+
+    @classmethod
+    def _build(cls, processor) -> ControlTokens:
         tok = getattr(processor, "tokenizer", processor)
         special = set(tok.all_special_tokens)
         special |= {t.content for t in getattr(tok, "added_tokens_decoder", {}).values() if t.special}
@@ -88,6 +98,7 @@ class ControlTokens:
             raise InputError(f"{where} holds the model's control token {bad!r}")
 
 
+_OF: dict[int, tuple[object, ControlTokens]] = {}
 _PATTERNS: dict[tuple[str, ...], re.Pattern] = {}
 
 
