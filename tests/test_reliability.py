@@ -61,8 +61,8 @@ def hostile_prompts(tmp_path: Path) -> Path:
 
 def test_hostile_prompts_cost_their_own_line_only(tiny_llava, tmp_path):
     """Every bad line is skipped with its line number (when there is no readable id) and its reason; the two good
-    prompts are searched. The 120,000-character prompt is at least 120,006 / L tokens (L: the longest token's characters),
-    past the tiny model's 2,048 positions."""
+    prompts are searched. The 120,000-character prompt is at least 120,006 / L tokens (L: the longest token's
+    characters), past the tiny model's 2,048 positions."""
     out = tmp_path / "gen"
     assert main(["generate", *_args(tiny_llava, out, hostile_prompts(tmp_path))]) == 0
     assert [c["id"] for c in _lines(out / "candidates.jsonl")] == ["a", "b"]
@@ -90,8 +90,8 @@ def test_max_prompt_tokens_caps_prompts_and_a_stage_with_no_pair_fails(tiny_llav
     (skip,) = _lines(out / "skipped.jsonl")
     assert skip["reason"].startswith("prompt too long (") and skip["reason"].endswith("> data.max_prompt_tokens=10)")
     err = capsys.readouterr().err.strip()
-    assert err == (f"csr generate: error: generate: no pairs from 1 input(s) (commonest skip: prompt too long (1 of 1); "
-                   f"every reason in {out / 'skipped.jsonl'})")
+    assert err == ("csr generate: error: generate: no pairs from 1 input(s) (commonest skip: prompt too long "
+                   f"(1 of 1); every reason in {out / 'skipped.jsonl'})")
     assert not (out / "DONE").exists()
 
 
