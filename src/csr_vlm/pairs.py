@@ -25,6 +25,7 @@ orientation applied, transparency on white; `datasets.Image` would differ).
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +46,12 @@ def read_pairs(path: Path, max_pixels: int = 50_000_000) -> tuple[list[dict], li
     """
     if not path.is_file():
         raise InputError(f"train.pairs: pairs file not found: {path}")
+    from tqdm import tqdm
+
     rows, skipped = [], []
     opened: dict[str, str | None] = {}  # image path -> why it cannot be used (None: it opens)
-    for entry in read_entries(path, "pairs file"):
+    quiet = os.environ.get("RANK", "0") != "0"
+    for entry in tqdm(read_entries(path, "pairs file"), desc="check pairs", unit="pair", disable=quiet):
         rec = entry.value
         pid = rec.get("id") if isinstance(rec, dict) and isinstance(rec.get("id"), (str, int)) else None
         try:
