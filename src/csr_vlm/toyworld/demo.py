@@ -85,18 +85,18 @@ def run_arm(config: str, world: str, out: str, seed: int, arm: str) -> str:
 def pair_chair(pairs_path: Path, world: Path) -> tuple[float | None, float | None]:
     """Ground-truth CHAIR_i of the chosen and of the rejected answers of a round's description pairs (the
     yes/no pairs of data.mix_prompts name no objects to count)."""
+    from ..curate import pair_answers, pair_question
     from ..eval.pope import question_object
     from .measure import score_answers
 
     if not pairs_path.is_file():
         return None, None
-    text = lambda msgs: " ".join(c["text"] for c in msgs[0]["content"] if c.get("type") == "text")  # noqa: E731
-    pairs = [p for p in read_jsonl(pairs_path) if question_object(text(p["prompt"])) is None]
+    pairs = [p for p in read_jsonl(pairs_path) if question_object(pair_question(p)) is None]
     if not pairs:
         return None, None
     ids = [int(str(p["id"]).rsplit("-", 1)[-1]) for p in pairs]
-    chosen = score_answers([text(p["chosen"]) for p in pairs], ids, world, "train")["chair_i"]
-    rejected = score_answers([text(p["rejected"]) for p in pairs], ids, world, "train")["chair_i"]
+    chosen = score_answers([pair_answers(p)[0] for p in pairs], ids, world, "train")["chair_i"]
+    rejected = score_answers([pair_answers(p)[1] for p in pairs], ids, world, "train")["chair_i"]
     return chosen, rejected
 
 
