@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import save_config, to_dict
+from .console import skip_summary
 from .curate import balance_yes_no, shard_line
 from .data import (append_jsonl, is_done, load_image, mark_done, read_json, read_jsonl, read_prompts, repair_jsonl,
                    write_json, write_jsonl)
@@ -324,6 +325,9 @@ def _merge(cfg: RunConfig, reward: RewardConfig, round: int, out: Path, records,
     write_jsonl(out / "candidates.jsonl", [ln["candidate"] for ln in ordered if ln["candidate"]])
     write_jsonl(out / "pairs.jsonl", pairs)
     write_jsonl(out / "skipped.jsonl", skipped)
+    summary = skip_summary("generate", skipped, len(records) + len(input_skips), out / "skipped.jsonl")
+    if summary:
+        log.warning(summary)
     write_json(out / "stats.json", _stats(cfg, reward, round, ordered, input_skips, skipped, pairs, tau_stats, wall,
                                           searched, world, len(records), _engine_stats(out)))
 

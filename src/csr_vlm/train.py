@@ -83,7 +83,7 @@ def load_pairs(path: Path) -> tuple[Any, int]:
 
     if not path.is_file():
         raise InputError(f"train.pairs: pairs file not found: {path}")
-    rows, skipped = [], 0
+    rows, skipped, first_missing = [], 0, ""
     for rec in read_jsonl(path):
         missing = [c for c in COLUMNS if not rec.get(c)]
         if missing:
@@ -91,12 +91,14 @@ def load_pairs(path: Path) -> tuple[Any, int]:
         images = [_image_path(str(p), path.parent) for p in rec["images"]]
         if any(p is None for p in images):
             skipped += 1
+            first_missing = first_missing or str(rec["images"][images.index(None)])
             continue
         rows.append({"images": [str(p) for p in images], **{c: rec[c] for c in COLUMNS[1:]}})
     if not rows:
-        raise InputError(f"train.pairs: no usable pairs in {path} ({skipped} skipped for missing images)")
+        raise InputError(f"train.pairs: no usable pairs in {path} ({skipped} skipped for missing images, "
+                         f"first: {first_missing})")
     if skipped:
-        log.warning("%s: skipped %d pair(s) whose image file is missing", path, skipped)
+        log.warning("%s: skipped %d pair(s) whose image file is missing (first: %s)", path, skipped, first_missing)
     ds = datasets.Dataset.from_list(rows)
     return ds.cast_column("images", datasets.List(datasets.Image(mode="RGB"))), skipped
 

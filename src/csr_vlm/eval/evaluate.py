@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import check_reusable, save_config
+from ..console import skip_summary
 from ..data import (DONE_MARKER, append_jsonl, is_done, load_image, mark_done, read_jsonl, repair_jsonl, write_json,
                     write_jsonl)
 from ..errors import InputError
@@ -61,6 +62,7 @@ def run(cfg: RunConfig, round: int = 0) -> Path:
             del policy  # lmms-eval loads the checkpoint again in its own process
         if skipped or input_skips:
             write_jsonl(out / "skipped.jsonl", input_skips + skipped)
+            log.warning(skip_summary("eval", input_skips + skipped, None, out / "skipped.jsonl"))
         _check_answered(cfg, plans, answers, len(skipped))
         metrics: dict[str, Any] = {name: TASKS[name].score(plan, answers, ev, out) for name, plan in plans.items()}
         if ev.lmms_tasks:
