@@ -47,7 +47,7 @@ def test_every_prompt_format_gives_the_same_record(tmp_path, monkeypatch, fmt, l
     assert skipped == []
     [rec] = records
     assert (rec.id, rec.prompt) == ("7", "Describe the image.")
-    assert Path(rec.image) == Path("data/imgs/cat.png") and Path(rec.image).is_file()
+    assert Path(rec.image) == (tmp_path / "data/imgs/cat.png").resolve() and Path(rec.image).is_file()
 
 
 def test_image_root_wins_over_the_prompts_folder(tmp_path):
@@ -57,7 +57,7 @@ def test_image_root_wins_over_the_prompts_folder(tmp_path):
     prompts.write_text(json.dumps(FORMATS["own"]) + "\n")
     [beside], _ = read_prompts(prompts)
     [rooted], _ = read_prompts(prompts, image_root=str(data))
-    assert Path(beside.image) == prompts.parent / "imgs/cat.png" and not Path(beside.image).exists()
+    assert Path(beside.image) == prompts.parent.resolve() / "imgs/cat.png" and not Path(beside.image).exists()
     assert Path(rooted.image) == data / "imgs/cat.png" and Path(rooted.image).is_file()
 
 

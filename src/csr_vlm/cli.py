@@ -1,9 +1,12 @@
 """The `csr` command: one dispatcher over the stages and tools.
 
     csr <command> [--config FILE] [key=value ...]
+    csr <stage> --check [--config FILE] [key=value ...]     # resolve the config, check every input, load no model
+    csr --version
 
 Stage commands (generate, train, eval, loop) build a RunConfig from the defaults, the optional
-YAML file and `section.key=value` overrides, then call the stage's `run(cfg, round) -> Path`.
+YAML file and `section.key=value` overrides, then call the stage's `run(cfg, round) -> Path`;
+`csr <stage> --help` lists the keys the stage reads (its module's READS; every key: docs/config.md).
 Tool commands (score, report, toyworld, demo, models) take their own flags. Heavy imports
 (torch, transformers, trl) happen inside the commands, so `csr --help` answers at once.
 Tests call `main([...])` directly.
@@ -14,9 +17,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
+from . import __version__
 from .config import describe, load_config
+from .console import VERBOSE_ENV
 from .errors import ConfigError, InputError
 
 # name -> (module, kind, one-line help). kind "stage": module.run(cfg, round); kind "tool": module.cli(argv).
@@ -38,18 +44,29 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 def _usage() -> str:
     lines = ["usage: csr <command> [--config FILE] [key=value ...]", "", "commands:"]
     lines += [f"  {name:<10} {help_}" for name, (_, _, help_) in COMMANDS.items()]
-    lines += ["", "csr <command> --help lists the command's options (stage commands: every config key)."]
+    lines += ["", "csr <command> --help lists the command's options (stage commands: the config keys they read;",
+              "every key: docs/config.md). csr <stage> --check checks the config and every input without loading a",
+              "model. csr --version prints the version."]
     return "\n".join(lines)
 
 
 def _stage_parser(name: str) -> argparse.ArgumentParser:
+    from .reference import stage_reads
+
+    only = stage_reads(name)
     parser = argparse.ArgumentParser(
         prog=f"csr {name}", description=COMMANDS[name][2],
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="config keys (override with key=value):\n" + "\n".join(describe()),
+        epilog=f"config keys {name} reads (override with key=value; every key: docs/config.md):\n"
+               + "\n".join(describe(only)),
     )
     parser.add_argument("--config", help="YAML config file (defaults + overrides make the config without it)")
     parser.add_argument("--model", help="shorthand for model.path=DIR")
+    parser.add_argument("--check", action="store_true", help="resolve and validate the config, read and check every "
+                        "input (files, images, prompt lengths), print the config and the counts; loads no model "
+                        "weights; exit 1 when an input is unusable")
+    parser.add_argument("--verbose", action="store_true", help="also print TRL's per-step log dicts (always in "
+                        "train_metrics.jsonl)")
     if name != "loop":
         parser.add_argument("--round", type=int, default=1, help="round number (seeds and labels); default 1")
     else:
@@ -64,6 +81,12 @@ def _run_stage(name: str, argv: list[str]) -> int:
     if args.model:
         overrides.append(f"model.path={args.model}")
     cfg = load_config(args.config, overrides)
+    if args.check:
+        from .check import check_stage
+
+        return check_stage(name, cfg)
+    if args.verbose:
+        os.environ[VERBOSE_ENV] = "1"
     module = importlib.import_module(COMMANDS[name][0])
     if name == "loop":
         module.run(cfg, from_round=args.from_round)
@@ -96,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        print(f"csr {__version__}")
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:

@@ -197,15 +197,15 @@ def read_prompts(path: str | Path, image_root: str = "", image_prefix: str = ""
       the first human (or user) turn is the prompt.
 
     `<image>` markers are removed from the prompt. A relative image path resolves against image_root, or, when
-    that is empty, against the prompts file's own folder (so a file kept beside its images works from any
-    directory); image_prefix is added to its name.
+    that is empty, against the prompts file's own folder, made absolute (so a file kept beside its images works
+    from any directory, and so do the pairs written from it); image_prefix is added to its name.
 
     Returns (records, skipped) where skipped holds {"id", "line", "reason"} for every unusable
     entry: a line that is not UTF-8 or not JSON, an entry that is not an object, a missing or
     wrongly typed field (id: string or integer; image, prompt: strings), an empty prompt, a
     duplicate id. Image files are checked later, when they are opened.
     """
-    root = image_root or str(Path(path).parent)
+    root = image_root or str(Path(path).resolve().parent)
     entries: list[tuple[int, Any]] = []
     skipped: list[dict] = []
     for entry in read_entries(path, "prompts file"):

@@ -44,6 +44,9 @@ from .models import check_model_path
 from .schema import RewardConfig, RunConfig
 
 log = logging.getLogger(__name__)
+
+READS = ("out", "seed", "overwrite", "model", "reward", "search", "vllm", "curate", "data")
+"""The config sections (or dotted keys) this stage reads: `csr generate --help` lists only their keys."""
 _OWN_GROUP = False  # whether this module started the process group (and so should end it)
 
 

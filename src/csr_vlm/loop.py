@@ -50,6 +50,8 @@ from .tables import dict_rows, text_table
 log = logging.getLogger(__name__)
 
 STAGES = ("generate", "train", "eval", "dev_eval")
+READS = ("out", "seed", "overwrite", "model", "reward", "search", "vllm", "curate", "train", "eval", "data", "loop")
+"""The config sections the loop reads (every one: it runs every stage); `csr loop --help` lists their keys."""
 RESUME_SAFE = ("out", "overwrite", "model.device", "reward.clip_batch_size", "search.prompt_batch_size",
                "search.check_cache", "vllm.gpu_memory_utilization", "vllm.enforce_eager", "vllm.cpu_kv_cache_gib",
                "train.gradient_checkpointing", "train.save_steps", "train.save_total_limit", "train.report_to",

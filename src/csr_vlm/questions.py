@@ -16,6 +16,7 @@ objects are asked about; the reward never reads them.
 from __future__ import annotations
 
 import argparse
+import os
 import random
 
 from .calibrate import add_coco_args, present_and_absent
@@ -53,7 +54,8 @@ def cli(argv: list[str]) -> int:
         raise InputError("--n-images and --per-image must be >= 1 and --template needs a {}")
     _, instances, gt = load_ground_truth(args.annotations, args.captions, args.synonyms)
     rng = random.Random(args.seed)
-    rows, skipped = present_and_absent(instances, gt, args.image_root, args.n_images, rng, args.per_image,
+    root = os.path.abspath(args.image_root)  # absolute paths: the file works wherever it is read from
+    rows, skipped = present_and_absent(instances, gt, root, args.n_images, rng, args.per_image,
                                        args.per_image)  # co-occurring absent objects first, random ones to fill
     records = yes_no_prompts(rows, args.per_image, args.template, rng)
     if not records:

@@ -55,6 +55,9 @@ from .schema import RunConfig
 
 log = logging.getLogger(__name__)
 
+READS = ("out", "seed", "overwrite", "model", "train")
+"""The config sections (or dotted keys) this stage reads: `csr train --help` lists only their keys."""
+
 COLUMNS = ("images", "prompt", "chosen", "rejected")
 
 

@@ -33,6 +33,9 @@ from .task import Plan, job_key
 
 log = logging.getLogger(__name__)
 
+READS = ("out", "seed", "overwrite", "model", "eval", "data.max_image_pixels")
+"""The config sections (or dotted keys) this stage reads: `csr eval --help` lists only their keys."""
+
 
 def run(cfg: RunConfig, round: int = 0) -> Path:
     """Evaluate cfg.model.path on cfg.eval.tasks into cfg.out; returns it."""
