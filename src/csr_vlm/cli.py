@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import os
 import sys
+import time
+from pathlib import Path
 
 from . import __version__
 from .config import describe, load_config
-from .console import VERBOSE_ENV
+from .console import VERBOSE_ENV, quiet_libraries, setup_logging
 from .errors import ConfigError, InputError
 
 # name -> (module, kind, one-line help). kind "stage": module.run(cfg, round); kind "tool": module.cli(argv).
@@ -85,13 +86,15 @@ def _run_stage(name: str, argv: list[str]) -> int:
         from .check import check_stage
 
         return check_stage(name, cfg)
-    if args.verbose:
-        os.environ[VERBOSE_ENV] = "1"
     module = importlib.import_module(COMMANDS[name][0])
-    if name == "loop":
+    if name == "loop":  # the loop prints a line per stage and its own summary
         module.run(cfg, from_round=args.from_round)
-    else:
-        module.run(cfg, args.round)
+        return 0
+    from .manifest import key_numbers, summary_line
+
+    start = time.perf_counter()
+    out = module.run(cfg, args.round)
+    print(summary_line(name, time.perf_counter() - start, key_numbers(Path(out))), flush=True)
     return 0
 
 
@@ -132,8 +135,10 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         print(_usage(), file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    if "--verbose" in rest:
+        os.environ[VERBOSE_ENV] = "1"
+    quiet_libraries()
+    setup_logging()
     try:
         if COMMANDS[name][1] == "stage":
             return _run_stage(name, rest)

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import save_config, to_dict
-from .console import skip_summary
+from .console import bar_name, bars_off, skip_summary
 from .curate import balance_yes_no, shard_line
 from .data import (append_jsonl, is_done, load_image, mark_done, read_json, read_jsonl, read_prompts, repair_jsonl,
                    write_json, write_jsonl)
@@ -209,7 +209,7 @@ def _search_shard(cfg: RunConfig, reward: RewardConfig, round: int, records, eng
     if done:
         log.info("generate: resuming, %d prompts already done, %d left on rank %d", len(done), len(mine), rank)
     pairs, size = 0, cfg.search.prompt_batch_size
-    bar = tqdm(total=len(mine), desc="generate", unit="prompt", disable=rank != 0)
+    bar = tqdm(total=len(mine), desc=bar_name("generate"), unit="prompt", disable=rank != 0 or bars_off())
     with shard.open("a") as fh:
         for start in range(0, len(mine), size):
             for line in _process_chunk(cfg, reward, round, mine[start: start + size], engine, scorer):
@@ -364,6 +364,7 @@ def _stats(cfg, reward, round, ordered, input_skips, skipped, pairs, tau_stats, 
         "tau": reward.tau, "tau_calibration": tau_stats,
         "counts": {"inputs": n_valid + len(input_skips), "prompts_valid": n_valid,
                    "prompts_searched": sum(ln["candidate"] is not None for ln in ordered), "pairs": len(pairs),
+                   "anchors": sum(bool(p.get("anchor")) for p in pairs),
                    "skipped": len(skipped)},
         "skipped_by_reason": dict(by_reason),
         "tokens": {"forwarded": tokens["tokens_forwarded"], "minimal": tokens["tokens_minimal"],

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import check_reusable, save_config, to_dict
+from .console import quiet_trainer
 from .data import is_done, mark_done, read_jsonl, write_json, write_jsonl
 from .errors import InputError
 from .lock import output_lock
@@ -196,8 +197,10 @@ def build_trainer(cfg: RunConfig, policy, dataset, metrics_path: Path):
         for name, p in model.named_parameters():
             p.requires_grad_(name.startswith(trainable) or id(p) in head)
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
-    return DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=dataset,
-                      processing_class=policy.processor, peft_config=lora, callbacks=[metrics_logger(metrics_path)])
+    trainer = DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=dataset,
+                         processing_class=policy.processor, peft_config=lora, callbacks=[metrics_logger(metrics_path)])
+    quiet_trainer(trainer)  # TRL's log dicts: train_metrics.jsonl only (--verbose prints them too)
+    return trainer
 
 
 def save_checkpoint(trainer, processor, out: Path, merge: bool) -> Path:

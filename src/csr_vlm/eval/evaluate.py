@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import check_reusable, save_config
-from ..console import skip_summary
+from ..console import bar_name, bars_off, skip_summary
 from ..data import (DONE_MARKER, append_jsonl, is_done, load_image, mark_done, read_jsonl, repair_jsonl, write_json,
                     write_jsonl)
 from ..errors import InputError
@@ -126,7 +126,8 @@ def _answer_all(policy, jobs: list[dict], samples_path: Path, batch_size: int, m
     bad: set[str] = set()
     samples_path.parent.mkdir(parents=True, exist_ok=True)
     size = max(1, batch_size)
-    with samples_path.open("a") as fh, tqdm(total=len(todo), desc="eval", unit="prompt") as bar:
+    bar = tqdm(total=len(todo), desc=bar_name("eval"), unit="prompt", disable=bars_off())
+    with samples_path.open("a") as fh, bar:
         for start in range(0, len(todo), size):
             batch, images = [], []
             for job in todo[start: start + size]:
