@@ -41,9 +41,8 @@ class _Report:
         for s in skipped[:SHOWN_SKIPS]:
             where = f"line {s['line']}" if s.get("line") is not None else f"id {s.get('id')}"
             self.say(f"unusable ({what}, {where}): {s['reason']}")
-        summary = skip_summary(self.stage, skipped, total, "the lines above")
-        if summary and len(skipped) > SHOWN_SKIPS:
-            self.say(summary.replace("all in the lines above", f"{len(skipped) - SHOWN_SKIPS} more not listed"))
+        if len(skipped) > SHOWN_SKIPS:
+            self.say(f"{skip_summary(self.stage, skipped, total, None)} ({len(skipped) - SHOWN_SKIPS} not listed)")
         self.problems += len(skipped)
 
 
@@ -137,7 +136,7 @@ def _check_pairs(cfg: RunConfig, report: _Report) -> None:
 def _check_eval(cfg: RunConfig, report: _Report, key: str) -> None:
     from .eval.evaluate import _plans
 
-    if key == "eval":
+    if report.stage == "eval":  # the loop checked it with its prompts
         _check_model(cfg.model.path, "model.path", report)
     skipped: list[dict] = []
     plans = _plans(cfg, skipped) if cfg.eval.tasks else {}

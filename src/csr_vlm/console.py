@@ -65,9 +65,9 @@ def _where(skip: dict) -> str:
     return f"id {skip['id']}" if skip.get("id") is not None else ""
 
 
-def skip_summary(stage: str, skipped: list[dict], total: int | None, listed_in: str | Path) -> str | None:
+def skip_summary(stage: str, skipped: list[dict], total: int | None, listed_in: str | Path | None) -> str | None:
     """One line: how many (of `total`, when given) inputs a stage skipped, per kind of reason (most frequent first) with the
-    first input of that kind, and the file that lists them all; None when nothing was skipped.
+    first input of that kind, and the file that lists them all (if any); None when nothing was skipped.
 
         [generate] skipped 5 of 12 inputs: image not found x5 (first: /data/imgs/a.jpg); all in out/skipped.jsonl
     """
@@ -80,7 +80,8 @@ def skip_summary(stage: str, skipped: list[dict], total: int | None, listed_in: 
         where = _where(first)
         parts.append(f"{kind} x{n}" + (f" (first: {where})" if where else ""))
     of = f" of {total}" if total is not None else ""
-    return f"{label(stage)} skipped {len(skipped)}{of} inputs: {'; '.join(parts)}; all in {listed_in}"
+    listed = f"; all in {listed_in}" if listed_in else ""
+    return f"{label(stage)} skipped {len(skipped)}{of} inputs: {'; '.join(parts)}{listed}"
 
 
 def block(text: str) -> str:

@@ -20,6 +20,7 @@ import os
 import random
 
 from .calibrate import add_coco_args, present_and_absent
+from .console import skip_summary
 from .data import write_jsonl
 from .errors import InputError
 from .eval.pope import TEMPLATE, with_article
@@ -62,4 +63,6 @@ def cli(argv: list[str]) -> int:
         raise InputError(f"{args.annotations}: no readable annotated image ({len(skipped)} skipped)")
     write_jsonl(args.out, records)
     print(f"wrote {args.out}: {len(records)} questions on {len(rows)} images ({len(skipped)} images skipped)")
+    if skipped:
+        print(skip_summary("questions", skipped, len(rows) + len(skipped), None))
     return 0
