@@ -29,7 +29,7 @@ def test_every_relative_link_points_to_a_file_and_heading_that_exist(page):
         linked = (page.parent / target).resolve() if target else page
         assert linked.exists(), f"{page.name}: link to {target} goes nowhere"
         if anchor and linked.suffix == ".md":
-            headings = re.findall(r"^#+ (.+)$", linked.read_text(), flags=re.M)
+            headings = re.findall(r"^#+ (.+)$", linked.read_text(), flags=re.MULTILINE)
             slugs = {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in headings}
             assert anchor[1:] in slugs, f"{page.name}: no heading {anchor} in {linked.name}"
 

@@ -63,9 +63,9 @@ def _stage_parser(name: str) -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", help="YAML config file (defaults + overrides make the config without it)")
     parser.add_argument("--model", help="shorthand for model.path=DIR")
-    parser.add_argument("--check", "--dry-run", action="store_true", help="resolve and validate the config, read and check every "
-                        "input (files, images, prompt lengths), print the config and the counts; loads no model "
-                        "weights; exit 1 when an input is unusable")
+    parser.add_argument("--check", "--dry-run", action="store_true", help="resolve and validate the config, read "
+                        "and check every input (files, images, prompt lengths), print the config and the counts; "
+                        "loads no model weights; exit 1 when an input is unusable")
     parser.add_argument("--verbose", action="store_true", help="also print TRL's per-step log dicts (always in "
                         "train_metrics.jsonl)")
     if name != "loop":

@@ -66,8 +66,8 @@ def _where(skip: dict) -> str:
 
 
 def skip_summary(stage: str, skipped: list[dict], total: int | None, listed_in: str | Path | None) -> str | None:
-    """One line: how many (of `total`, when given) inputs a stage skipped, per kind of reason (most frequent first) with the
-    first input of that kind, and the file that lists them all (if any); None when nothing was skipped.
+    """One line: how many (of `total`, when given) inputs a stage skipped, per kind of reason (most frequent
+    first) with the first input of that kind, and the file that lists them all (if any); None if none was.
 
         [generate] skipped 5 of 12 inputs: image not found x5 (first: /data/imgs/a.jpg); all in out/skipped.jsonl
     """
@@ -93,9 +93,9 @@ def block(text: str) -> str:
 
 def quiet_libraries() -> None:
     """Keep library chatter off the terminal unless --verbose: the hub's, transformers' and datasets' own progress
-    bars (loading weights, writing shards, casting columns), transformers' info messages and FutureWarnings. csr's own progress
-    bars (generate, train, eval) stay. Takes effect for the libraries imported after it (the stages import them
-    lazily), and is inherited by the demo's arm processes."""
+    bars (loading weights, writing shards, casting columns), transformers' info messages and FutureWarnings.
+    csr's own progress bars (generate, train, eval) stay. Takes effect for the libraries imported after it (the
+    stages import them lazily), and is inherited by the demo's arm processes."""
     if verbose():
         return
     for name in ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS"):
