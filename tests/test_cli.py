@@ -130,3 +130,20 @@ def test_check_stops_on_a_missing_file_with_one_line(tiny_llava, tmp_path, capsy
                  f"train.pairs={tmp_path / 'nope.jsonl'}"]) == 2
     assert capsys.readouterr().err.strip() == f"csr train: error: train.pairs: pairs file not found: " \
                                                f"{tmp_path / 'nope.jsonl'}"
+
+
+def test_eval_check_opens_every_evaluation_image(tiny_llava, tmp_path, capsys):
+    """CHAIR and POPE plans from COCO-format annotations; an image the annotations name but the folder lacks is
+    listed with its path, and the exit code is 1."""
+    cats = [{"id": c, "name": n} for c, n in enumerate(["dog", "car", "person", "cat", "bus", "chair", "cup"], 1)]
+    objs = {0: [1, 2, 3], 1: [2, 3, 4], 42: [1, 3, 4]}  # the fixture has no image 42
+    ann = tmp_path / "instances.json"
+    ann.write_text(json.dumps({"images": [{"id": i, "file_name": f"{i:03d}.png"} for i in objs],
+                               "annotations": [{"id": 10 * i + c, "image_id": i, "category_id": c}
+                                               for i, cs in objs.items() for c in cs], "categories": cats}))
+    args = ["eval", "--check", f"model.path={tiny_llava / 'policy'}", f"eval.annotations={ann}",
+            f"eval.image_root={tiny_llava / 'images'}", "eval.num_images=3"]
+    assert main(args) == 1
+    out = capsys.readouterr().out
+    assert re.search(r"eval: .*instances.json: \d+ chair prompts, \d+ pope prompts on 3 images, 2 open", out)
+    assert f"image not found: {tiny_llava / 'images' / '042.png'}" in out
