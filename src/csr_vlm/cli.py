@@ -94,7 +94,8 @@ def _run_stage(name: str, argv: list[str]) -> int:
 
     start = time.perf_counter()
     out = module.run(cfg, args.round)
-    print(summary_line(name, time.perf_counter() - start, key_numbers(Path(out))), flush=True)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one line for the stage, not one per rank
+        print(summary_line(name, time.perf_counter() - start, key_numbers(Path(out))), flush=True)
     return 0
 
 
