@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import save_config, to_dict
+from .console import bar_name, bars_off, skip_summary
 from .curate import balance_yes_no, shard_line
 from .sentence_pairs import ChatText
 from .data import (append_jsonl, is_done, load_image, mark_done, read_json, read_jsonl, read_prompts, repair_jsonl,
@@ -44,6 +45,9 @@ from .models import check_model_path
 from .schema import RewardConfig, RunConfig
 
 log = logging.getLogger(__name__)
+
+READS = ("out", "seed", "overwrite", "model", "reward", "search", "vllm", "curate", "data")
+"""The config sections (or dotted keys) this stage reads: `csr generate --help` lists only their keys."""
 _OWN_GROUP = False  # whether this module started the process group (and so should end it)
 
 
@@ -206,7 +210,7 @@ def _search_shard(cfg: RunConfig, reward: RewardConfig, round: int, records, eng
     if done:
         log.info("generate: resuming, %d prompts already done, %d left on rank %d", len(done), len(mine), rank)
     pairs, size = 0, cfg.search.prompt_batch_size
-    bar = tqdm(total=len(mine), desc="generate", unit="prompt", disable=rank != 0)
+    bar = tqdm(total=len(mine), desc=bar_name("generate"), unit="prompt", disable=rank != 0 or bars_off())
     with shard.open("a") as fh:
         for start in range(0, len(mine), size):
             for line in _process_chunk(cfg, reward, round, mine[start: start + size], engine, scorer):
@@ -326,6 +330,9 @@ def _merge(cfg: RunConfig, reward: RewardConfig, round: int, out: Path, records,
     write_jsonl(out / "candidates.jsonl", [ln["candidate"] for ln in ordered if ln["candidate"]])
     write_jsonl(out / "pairs.jsonl", pairs)
     write_jsonl(out / "skipped.jsonl", skipped)
+    summary = skip_summary("generate", skipped, len(records) + len(input_skips), out / "skipped.jsonl")
+    if summary:
+        log.warning(summary)
     write_json(out / "stats.json", _stats(cfg, reward, round, ordered, input_skips, skipped, pairs, tau_stats, wall,
                                           searched, world, len(records), _engine_stats(out)))
 
@@ -361,7 +368,7 @@ def _stats(cfg, reward, round, ordered, input_skips, skipped, pairs, tau_stats, 
         "tau": reward.tau, "tau_calibration": tau_stats,
         "counts": {"inputs": n_valid + len(input_skips), "prompts_valid": n_valid,
                    "prompts_searched": sum(ln["candidate"] is not None for ln in ordered), "pairs": len(pairs),
-                   "sentence_pairs": len(sentence_margins),
+                   "sentence_pairs": len(sentence_margins), "anchors": sum(bool(p.get("anchor")) for p in pairs),
                    "skipped": len(skipped)},
         "skipped_by_reason": dict(by_reason),
         "tokens": {"forwarded": tokens["tokens_forwarded"], "minimal": tokens["tokens_minimal"],

@@ -263,9 +263,10 @@ class DataConfig:
     """The prompts and images searched in every round."""
 
     prompts: str = ""
-    """Prompts: JSONL of {id, image, prompt}, or the official CSR JSON list of {id, image, input}."""
+    """Prompts, JSONL or a JSON list: {id, image, prompt}, the official CSR file's {id, image, input}, {id, image,
+    question}, or LLaVA-Instruct's {id, image, conversations} (the first human turn is the prompt); docs/formats.md."""
     image_root: str = ""
-    """Directory that relative image paths are resolved against."""
+    """Directory that relative image paths are resolved against; empty = the prompts file's own folder."""
     image_prefix: str = ""
     """Prefix added to image file names (the official prompt file needs COCO_train2014_)."""
     mix_prompts: str = ""
