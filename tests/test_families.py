@@ -235,6 +235,46 @@ def test_trl_logs_the_log_probs_of_a_forward_with_every_input(family_dir, family
     assert ("mm_token_type_ids" in batch) == family.startswith("qwen")
 
 
+@pytest.mark.parametrize("family", ["llava", "qwen2_5_vl"])
+def test_trl_scores_a_sentence_pair_as_the_continued_answer(family_dir, family, tmp_path):
+    """A sentence pair (sentence_pairs.py: the question plus the prefix "a red circle." as the open assistant turn,
+    chosen " a blue square.") through the unpatched DPOTrainer: its batch holds the whole text tokenized in one go
+    (no end of turn after the prefix), and its logged logps/chosen equals the summed log-prob of the sentence's
+    tokens in our own forward of image + prompt + prefix + sentence (LoRA at step 1: the policy is the base)."""
+    from csr_vlm import train
+    from csr_vlm.config import load_config
+    from csr_vlm.sentence_pairs import ChatText
+
+    d = family_dir(family)
+    policy = load_policy(ModelConfig(path=str(d / "policy"), device="cpu", dtype="float32"))
+    chat = ChatText(policy.processor)
+    encode = lambda s: policy.tokenizer.encode(s, add_special_tokens=False)  # noqa: E731
+    prefix, sentence, other = encode("a red circle."), encode(" a blue square."), encode(" a dog.")
+    row = {"id": "s0", "images": [str(d / "images" / "000.png")], "prompt": chat.prompt("Describe this image.", prefix),
+           "chosen": chat.continuation(prefix, sentence), "rejected": chat.continuation(prefix, other),
+           "level": "sentence"}
+    assert row["prompt"].endswith("a red circle.") and row["chosen"] == " a blue square."
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps(row) + "\n")
+    cfg = load_config(None, [f"model.path={d / 'policy'}", f"out={tmp_path / 'train'}", f"train.pairs={pairs}",
+                             "train.lora_r=4", "train.lora_alpha=8", "train.learning_rate=1e-3"])
+    dataset, _ = train.load_pairs(pairs)
+    trainer = train.build_trainer(cfg, train.load_model(cfg), dataset, tmp_path / "metrics.jsonl")
+    batch = trainer.data_collator([dataset[0]])
+    trainer.train()
+    logged = next(json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines() if "logps/chosen"
+                  in x)
+    image = Image.open(d / "images" / "000.png").convert("RGB")
+    whole = policy.processor(images=[[image]], text=[row["prompt"] + row["chosen"]], return_tensors="pt",
+                             add_special_tokens=False)
+    ids = whole["input_ids"][0]
+    assert batch["input_ids"][0][batch["attention_mask"][0].bool()].tolist() == ids.tolist()
+    with torch.inference_mode():
+        logits = policy.model(**whole).logits[0].float()
+    logp = torch.log_softmax(logits[:-1], dim=-1).gather(-1, ids[1:, None]).squeeze(-1)
+    assert logged["logps/chosen"] == pytest.approx(logp[-len(sentence):].sum().item(), abs=1e-4)
+
+
 def test_qwen_processor_without_torchvision_loads_for_images_and_saves_as_the_real_class(family_dir, tmp_path):
     """Without torchvision, AutoProcessor cannot load a Qwen checkpoint (its video processor needs it): it loads
     for images and text only, refuses videos, and a re-save writes the real class and its video settings."""
