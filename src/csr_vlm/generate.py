@@ -36,9 +36,11 @@ from pathlib import Path
 from typing import Any
 
 from .config import save_config, to_dict
+from .console import bar_name, bars_off, commonest_skip
 from .curate import shard_line
-from .data import (append_jsonl, commonest_skip, file_sha256, is_done, load_image, mark_done, read_json, read_jsonl,
-                   read_prompts, repair_jsonl, write_json)
+from .data import (append_jsonl, file_sha256, is_done, load_image, mark_done, read_json, read_jsonl, read_prompts,
+                   repair_jsonl, write_json)
+from .sentence_pairs import ChatText
 from .errors import InputError
 from .lock import output_lock
 from .models import check_model_path
@@ -47,6 +49,9 @@ from .shards import check_produced, merge
 from .special_tokens import ControlTokens
 
 log = logging.getLogger(__name__)
+
+READS = ("out", "seed", "overwrite", "model", "reward", "search", "vllm", "curate", "data")
+"""The config sections (or dotted keys) this stage reads: `csr generate --help` lists only their keys."""
 _OWN_GROUP = False  # whether this module started the process group (and so should end it)
 
 
@@ -233,7 +238,8 @@ def _search_shard(cfg: RunConfig, reward: RewardConfig, round: int, records, eng
         log.info("generate: resuming, %d prompts already done, %d left on rank %d", len(done), len(mine), rank)
     pairs, size = 0, cfg.search.prompt_batch_size
     # the bar closes however the loop ends (Ctrl-C, SIGTERM), so the CLI's last line is the reason it stopped
-    with shard.open("a") as fh, tqdm(total=len(mine), desc="generate", unit="prompt", disable=rank != 0) as bar:
+    bar = tqdm(total=len(mine), desc=bar_name("generate"), unit="prompt", disable=rank != 0 or bars_off())
+    with shard.open("a") as fh, bar:
         for start in range(0, len(mine), size):
             for line in _process_chunk(cfg, reward, round, mine[start: start + size], engine, scorer):
                 append_jsonl(fh, line)
@@ -293,6 +299,7 @@ def _process_chunk(cfg: RunConfig, reward: RewardConfig, round: int, chunk, engi
         todo.append((line, rec, image))
     seeds = [prompt_seed(cfg.seed, round, rec.id) for _, rec, _ in todo]
     results = None
+    text = ChatText(engine.processor) if cfg.curate.pair_level != "response" else None
     if len(todo) > 1:
         try:
             results = search_prompts(engine, scorer, [im for _, _, im in todo], [rec.prompt for _, rec, _ in todo],
@@ -315,7 +322,7 @@ def _process_chunk(cfg: RunConfig, reward: RewardConfig, round: int, chunk, engi
                 log.exception("generate: search failed on prompt %s", rec.id)
             line["skip"] = {"id": rec.id, "reason": f"search failed ({type(exc).__name__}: {str(exc)[:200]})"}
             continue
-        line.update(shard_line(rec, round, result, cfg.curate, reward.tau, reward.lam))
+        line.update(shard_line(rec, round, result, cfg.curate, reward.tau, reward.lam, text))
     return lines
 
 

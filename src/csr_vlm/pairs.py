@@ -4,14 +4,19 @@ A pair the Trainer cannot use fails mid-run, and, since a resumed run meets it a
 on every re-run, so the stage could never finish. Each pair is therefore checked first, and one
 that fails is a line of `<out>/skipped.jsonl` (`{"id", "line", "reason"}`), counted in DONE:
 
-- the record's shape (docs/formats.md): `images` a non-empty list of paths; `prompt` a list of
-  messages (`{"role", "content"}`, content a string or a list of `{"type": "text", "text"}` and
-  `{"type": "image"}` parts); `chosen` and `rejected` lists of assistant messages with text only;
-- one image slot (`{"type": "image"}`) in the prompt per image;
+- the record's shape (docs/formats.md), in one of TRL's two formats, one per file (the first usable
+  pair's): conversational, `prompt` a list of messages (`{"role", "content"}`, content a string or a
+  list of `{"type": "text", "text"}` and `{"type": "image"}` parts) and `chosen` / `rejected` lists of
+  assistant messages with text only; or standard (`curate.pair_level: sentence | both`), `prompt`,
+  `chosen` and `rejected` strings, the prompt the model's own chat-template text. `images` is a
+  non-empty list of paths;
+- one image slot per image: `{"type": "image"}` parts, or (standard, once the processor is loaded)
+  the model's image token in the prompt text;
 - every image file exists and opens with `data.load_image`;
-- (once the model's processor is loaded) no text holds one of the model's control tokens
+- (once the model's processor is loaded) no user-written text holds one of the model's control tokens
   (special_tokens.py: a placeholder would ask for a second image, an end-of-turn token would
-  rewrite the conversation).
+  rewrite the conversation). A standard row's texts were rendered by the chat template and hold its
+  control tokens by design: there only an image placeholder in `chosen` / `rejected` is refused.
 
 The dataset keeps the image paths and decodes them with `data.load_image` when the collator asks
 (a dataset transform), so training sees the pixels the search and the evaluation saw (EXIF
@@ -29,7 +34,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .data import commonest_skip, load_image, read_entries
+from .console import commonest_skip
+from .data import load_image, read_entries
 from .errors import InputError
 from .special_tokens import ControlTokens
 
@@ -57,7 +63,10 @@ def read_pairs(path: Path, max_pixels: int = 50_000_000) -> tuple[list[dict], li
         try:
             if entry.error:
                 raise InputError(entry.error)
-            rows.append({"id": pid, "line": entry.line, **_check_pair(rec, path.parent, max_pixels, opened)})
+            row = {"id": pid, "line": entry.line, **_check_pair(rec, path.parent, max_pixels, opened)}
+            if rows and _standard(row) != _standard(rows[0]):
+                raise InputError(f"{_format(row)} pair in a file of {_format(rows[0])} pairs (one format per file)")
+            rows.append(row)
         except InputError as exc:
             skipped.append({"id": pid, "line": entry.line, "reason": str(exc)})
     if not rows:
@@ -68,15 +77,25 @@ def read_pairs(path: Path, max_pixels: int = 50_000_000) -> tuple[list[dict], li
     return rows, skipped
 
 
-def drop_control_tokens(rows: list[dict], skipped: list[dict], tokens: ControlTokens
+def drop_control_tokens(rows: list[dict], skipped: list[dict], tokens: ControlTokens, image_token: str | None = None
                         ) -> tuple[list[dict], list[dict]]:
-    """The rows whose texts hold none of the model's control tokens; the others join skipped with the reason."""
+    """The rows whose user-written texts hold none of the model's control tokens (and, in a standard row, whose
+    prompt has one `image_token` per image); the others join skipped with the reason."""
     keep, skipped = [], list(skipped)
     for row in rows:
         try:
-            for column in COLUMNS[1:]:
-                for text in _texts(row[column]):
-                    tokens.check_text(text, column)
+            if _standard(row):
+                slots = row["prompt"].count(image_token) if image_token else len(row["images"])
+                if slots != len(row["images"]):
+                    raise InputError(f"prompt has {slots} image slot(s) for {len(row['images'])} image(s)")
+                for column in COLUMNS[2:]:
+                    bad = tokens.found(row[column], tokens.placeholders)
+                    if bad:
+                        raise InputError(f"{column} holds the model's image placeholder {bad!r}")
+            else:
+                for column in COLUMNS[1:]:
+                    for text in _texts(row[column]):
+                        tokens.check_text(text, column)
             keep.append(row)
         except InputError as exc:
             skipped.append({"id": row["id"], "line": row["line"], "reason": str(exc)})
@@ -111,12 +130,19 @@ def _check_pair(rec: Any, base: Path, max_pixels: int, opened: dict[str, str | N
     images = rec["images"]
     if not isinstance(images, list) or not images or not all(isinstance(p, str) for p in images):
         raise InputError("images is not a non-empty list of paths")
-    texts = {"prompt": _messages(rec["prompt"], "prompt", roles=("system", "user", "assistant"), images=True)}
-    for side in ("chosen", "rejected"):
-        texts[side] = _messages(rec[side], side, roles=("assistant",), images=False)
-    slots = sum(1 for m in texts["prompt"] for part in m["content"] if part["type"] == "image")
-    if slots != len(images):
-        raise InputError(f"prompt has {slots} image slot(s) for {len(images)} image(s)")
+    if isinstance(rec["prompt"], str):  # TRL's standard format: the image slots are counted once the model is known
+        for side in ("chosen", "rejected"):
+            if not isinstance(rec[side], str):
+                raise InputError(f"{side} is {type(rec[side]).__name__}, but the prompt is text (TRL's standard "
+                                 "format): chosen and rejected must be text too (see docs/formats.md)")
+        texts = {c: rec[c] for c in COLUMNS[1:]}
+    else:
+        texts = {"prompt": _messages(rec["prompt"], "prompt", roles=("system", "user", "assistant"), images=True)}
+        for side in ("chosen", "rejected"):
+            texts[side] = _messages(rec[side], side, roles=("assistant",), images=False)
+        slots = sum(1 for m in texts["prompt"] for part in m["content"] if part["type"] == "image")
+        if slots != len(images):
+            raise InputError(f"prompt has {slots} image slot(s) for {len(images)} image(s)")
     paths = []
     for image in images:
         found = _image_path(image, base)
@@ -161,6 +187,15 @@ def _messages(messages: Any, name: str, roles: tuple[str, ...], images: bool) ->
                 raise InputError(f"{name} has a part that is not " + ("text or an image slot" if images else "text"))
         out.append({"role": m["role"], "content": parts})
     return out
+
+
+def _standard(row: dict) -> bool:
+    """Whether a row is in TRL's standard format (text prompt), not the conversational one."""
+    return isinstance(row["prompt"], str)
+
+
+def _format(row: dict) -> str:
+    return "a standard-format (text)" if _standard(row) else "a conversational"
 
 
 def _texts(messages: list[dict]) -> list[str]:

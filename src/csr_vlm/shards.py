@@ -12,7 +12,8 @@ from collections import Counter
 from pathlib import Path
 
 from .curate import balance_yes_no
-from .data import commonest_skip, read_json, read_jsonl, skip_reason, write_json, write_jsonl
+from .console import commonest_skip, reason_kind, skip_summary
+from .data import read_json, read_jsonl, write_json, write_jsonl
 from .errors import InputError
 from .schema import RewardConfig, RunConfig
 
@@ -41,13 +42,16 @@ def merge(cfg: RunConfig, reward: RewardConfig, round: int, out: Path, records, 
     if missing:
         log.warning("generate: %d prompts have no result (first: %s)", len(missing), missing[0])
     skipped = list(input_skips) + [ln["skip"] for ln in ordered if ln["skip"]]
-    pairs = [ln["pair"] for ln in ordered if ln["pair"]]
+    pairs = [p for ln in ordered for p in ([ln["pair"]] if ln["pair"] else []) + ln.get("sentence_pairs", [])]
     if cfg.curate.balance_yes_no:
         pairs, dropped = balance_yes_no(pairs)
         skipped += dropped
     write_jsonl(out / "candidates.jsonl", [ln["candidate"] for ln in ordered if ln["candidate"]])
     write_jsonl(out / "pairs.jsonl", pairs)
     write_jsonl(out / "skipped.jsonl", skipped)
+    summary = skip_summary("generate", skipped, len(records) + len(input_skips), out / "skipped.jsonl")
+    if summary:
+        log.warning(summary)
     write_json(out / "stats.json", _stats(cfg, reward, round, ordered, input_skips, skipped, pairs, tau_stats, wall,
                                           searched, world, len(records), _engine_stats(out)))
 
@@ -74,13 +78,16 @@ def _stats(cfg, reward, round, ordered, input_skips, skipped, pairs, tau_stats, 
             tokens[key] += st.get(key, 0)
         times.update(st.get("time", {}))
         events.update(st.get("events", {}))
-    by_reason = Counter(skip_reason(s["reason"]) for s in skipped)
-    margins = [p["margin"] for p in pairs if p["margin"] is not None and not p.get("anchor")]
+    by_reason = Counter(reason_kind(s["reason"]) for s in skipped)
+    margins = [p["margin"] for p in pairs if p["margin"] is not None and not p.get("anchor")
+               and p.get("level") != "sentence"]
+    sentence_margins = [p["margin"] for p in pairs if p.get("level") == "sentence"]
     return {
         "round": round, "mode": cfg.search.mode, "world_size": world,
         "tau": reward.tau, "tau_calibration": tau_stats,
         "counts": {"inputs": n_valid + len(input_skips), "prompts_valid": n_valid,
                    "prompts_searched": sum(ln["candidate"] is not None for ln in ordered), "pairs": len(pairs),
+                   "sentence_pairs": len(sentence_margins), "anchors": sum(bool(p.get("anchor")) for p in pairs),
                    "skipped": len(skipped)},
         "skipped_by_reason": dict(by_reason),
         "tokens": {"forwarded": tokens["tokens_forwarded"], "minimal": tokens["tokens_minimal"],
@@ -89,6 +96,7 @@ def _stats(cfg, reward, round, ordered, input_skips, skipped, pairs, tau_stats, 
         "time_s": {k: round_(v) for k, v in times.items()},
         "search_events": dict(events),
         "mean_margin": sum(margins) / len(margins) if margins else None,
+        "mean_sentence_margin": sum(sentence_margins) / len(sentence_margins) if sentence_margins else None,
         "wall_s": round_(wall), "prompts_this_run": searched,
         "prompts_per_s": round_(searched / wall) if wall > 0 else None,
         "engine": engine_stats,

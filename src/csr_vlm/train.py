@@ -53,7 +53,8 @@ from pathlib import Path
 from typing import Any
 
 from .config import check_reusable, save_config, to_dict
-from .data import file_sha256, is_done, load_image, mark_done, read_jsonl, skip_reason, write_json, write_jsonl
+from .console import quiet_trainer, reason_kind
+from .data import file_sha256, is_done, load_image, mark_done, read_jsonl, write_json, write_jsonl
 from .errors import InputError
 from .lock import output_lock
 from .pairs import drop_control_tokens, read_pairs, to_dataset
@@ -61,6 +62,10 @@ from .schema import RunConfig
 from .special_tokens import ControlTokens
 
 log = logging.getLogger(__name__)
+
+READS = ("out", "seed", "overwrite", "model", "train", "data.max_image_pixels")
+"""The config sections (or dotted keys) this stage reads: `csr train --help` lists only their keys."""
+
 
 # ---------------------------------------------------------------------------- setup
 
@@ -78,7 +83,8 @@ def load_pairs(path: Path, max_pixels: int = 50_000_000, processor=None) -> tupl
     the skipped ones with their reasons (pairs.py; with a processor, texts holding its control tokens are skipped)."""
     rows, skipped = read_pairs(path, max_pixels)
     if processor is not None:
-        rows, skipped = drop_control_tokens(rows, skipped, ControlTokens.of(processor))
+        rows, skipped = drop_control_tokens(rows, skipped, ControlTokens.of(processor),
+                                            getattr(processor, "image_token", None))
     return to_dataset(rows, max_pixels), skipped
 
 
@@ -173,8 +179,10 @@ def build_trainer(cfg: RunConfig, policy, dataset, metrics_path: Path):
         for name, p in model.named_parameters():
             p.requires_grad_(name.startswith(trainable) or id(p) in head)
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
-    return DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=dataset,
-                      processing_class=policy.processor, peft_config=lora, callbacks=[metrics_logger(metrics_path)])
+    trainer = DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=dataset,
+                         processing_class=policy.processor, peft_config=lora, callbacks=[metrics_logger(metrics_path)])
+    quiet_trainer(trainer)  # TRL's log dicts: train_metrics.jsonl only (--verbose prints them too)
+    return trainer
 
 
 def save_checkpoint(trainer, processor, out: Path, merge: bool) -> Path:
@@ -219,7 +227,8 @@ def run(cfg: RunConfig, round: int = 1) -> Path:
     with output_lock(out, enabled=os.environ.get("RANK", "0") == "0"):  # a second run on this out stops here
         resume = _resume_point(cfg, out, pairs)
         policy = load_model(cfg)
-        rows, skipped = drop_control_tokens(rows, skipped, ControlTokens.of(policy.processor))
+        rows, skipped = drop_control_tokens(rows, skipped, ControlTokens.of(policy.processor),
+                                            getattr(policy.processor, "image_token", None))
         _check_max_length(cfg, policy, rows[0], max_pixels)
         if skipped and os.environ.get("RANK", "0") == "0":
             write_jsonl(out / "skipped.jsonl", skipped)
@@ -229,7 +238,7 @@ def run(cfg: RunConfig, round: int = 1) -> Path:
         trainer.accelerator.wait_for_everyone()
         if trainer.is_world_process_zero():
             info = {"round": round, "pairs": len(rows), "skipped": len(skipped),
-                    "skipped_by_reason": dict(Counter(skip_reason(s["reason"]) for s in skipped)),
+                    "skipped_by_reason": dict(Counter(reason_kind(s["reason"]) for s in skipped)),
                     "steps": trainer.state.global_step,
                     "train_loss": _whole_loss(out / "train_metrics.jsonl", trainer.state.global_step, result),
                     "world_size": trainer.accelerator.num_processes,
@@ -258,7 +267,8 @@ def _check_max_length(cfg: RunConfig, policy, row: dict, max_pixels: int) -> Non
     if limit is None:
         return
     processor = policy.processor
-    text = processor.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False)
+    text = row["prompt"] if isinstance(row["prompt"], str) else \
+        processor.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False)
     images = [load_image(p, max_pixels) for p in row["images"]]
     n = int(processor(images=[images], text=[text], return_tensors="pt")["input_ids"].shape[1])
     if n >= limit:

@@ -37,10 +37,11 @@ class Engine(Protocol):
     """What the search needs from whatever runs the model (see the module docstring)."""
 
     eos_ids: list[int]
+    processor: Any
+    """The model's Hugging Face processor (its tokenizer and chat template: pair rows are written with it; its control
+    tokens are kept out of user prompts)."""
     context_length: int | None
     """The most positions (prompt + answer) the model takes; None when unknown."""
-    processor: Any
-    """The model's processor (its tokenizer's control tokens are kept out of user prompts)."""
 
     def prompt_tokens(self, image: Any, prompt: str) -> int:
         """Tokens of the image + prompt as the model sees them, checked against context_length before a search."""
