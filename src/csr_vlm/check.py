@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .config import leaves, reads, shown, to_dict
 from .console import skip_summary
-from .data import load_image, read_jsonl
+from .data import load_image
 from .errors import InputError
 from .schema import RunConfig
 
@@ -118,19 +118,16 @@ def _check_generate(cfg: RunConfig, report: _Report) -> None:
 
 
 def _check_pairs(cfg: RunConfig, report: _Report) -> None:
-    from .train import _image_path, pairs_path
+    """Every pair through the checks `csr train` runs before its Trainer (pairs.py: shape, image slots, images that
+    open); the control-token check needs the processor and runs in the stage."""
+    from .pairs import read_pairs
+    from .train import pairs_path
 
     _check_model(cfg.model.path, "model.path", report)
     path = pairs_path(cfg)
-    if not path.is_file():
-        raise InputError(f"train.pairs: pairs file not found: {path}")
-    pairs = list(read_jsonl(path))
-    missing = [{"id": p.get("id"), "image": str(im), "reason": f"image not found: {im}"}
-               for p in pairs for im in p.get("images", []) if _image_path(str(im), path.parent) is None]
-    report.say(f"train.pairs: {path}: {len(pairs)} pairs, {len(pairs) - len(missing)} with their images")
-    if not pairs:
-        raise InputError(f"train.pairs: no pair in {path}")
-    report.skips("pair", missing, len(pairs))
+    rows, skipped = read_pairs(path, cfg.data.max_image_pixels)  # a missing file or no usable pair: one line
+    report.say(f"train.pairs: {path}: {len(rows) + len(skipped)} pairs, {len(rows)} usable")
+    report.skips("pair", skipped, len(rows) + len(skipped))
 
 
 def _check_eval(cfg: RunConfig, report: _Report, key: str) -> None:
