@@ -1,13 +1,14 @@
-"""`csr report RUN_DIR`: one readable report.md with plots for a CSR run directory.
+"""`csr report RUN_DIR`: one readable report.md with plots, and report.html, for a CSR run directory.
 
-    csr report RUN_DIR [--instances F] [--gt-captions F] [--synonyms F]
+    csr report RUN_DIR [--instances F] [--gt-captions F] [--synonyms F] [--no-thumbnails]
 
 Reads RUN_DIR/manifest.json (if present) and round_<k>/{generate,train,eval}/ (round_0 holds only
 the base model's eval) and writes RUN_DIR/report.md plus report_*.png (matplotlib, Agg backend):
 hallucination metrics per round, the CLIP image-relevance R_I of chosen vs rejected answers (the
 paper's Figure 1 right), reward margins, DPO loss and reward accuracy, a table of every number, and,
 with --instances, how the pairs compare with the ground truth. Missing pieces of a run are noted,
-never fatal; a folder that is no run at all is an error.
+never fatal; a folder that is no run at all is an error. Then report_html.py writes RUN_DIR/report.html:
+the same numbers plus every test caption with its objects marked, and the pairs (docs/report.md).
 """
 
 from __future__ import annotations
@@ -40,9 +41,13 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--instances", help="COCO instances JSON of the training images: adds pair quality vs GT")
     parser.add_argument("--gt-captions", help="COCO captions JSON (objects named there count as present)")
     parser.add_argument("--synonyms", help="synonym table for --instances (default: the COCO table)")
+    parser.add_argument("--no-thumbnails", action="store_true", help="report.html without the test images")
     args = parser.parse_args(argv)
     path = write_report(args.run_dir, args.instances, args.gt_captions, args.synonyms)
     print(f"wrote {path}")
+    from .report_html import write_html
+
+    print(f"wrote {write_html(args.run_dir, args.synonyms, thumbs=not args.no_thumbnails)}")
     return 0
 
 
