@@ -68,6 +68,8 @@ def test_caption_mentions_point_at_the_words_the_caption_wrote(vocab):
     got = [(caption[m.start:m.end], m.word, m.object) for m in chair.caption_mentions(caption, vocab)]
     assert got == [("Puppies", "puppy", "dog"), ("hot dogs", "hot dog", "hot dog"), ("toilet seat", "toilet", "toilet")]
     assert chair.caption_to_words(caption, vocab) == (["puppy", "hot dog", "toilet"], ["dog", "hot dog", "toilet"])
+    odd = "İ saw a café and two Dogs."  # "İ" lower-cases to two characters: the spans still point at the original
+    assert [odd[m.start:m.end] for m in chair.caption_mentions(odd, vocab)] == ["Dogs"]
 
 
 def test_compute_chair_hand_worked(vocab):

@@ -50,13 +50,16 @@ def token_spans(text: str) -> list[tuple[str, int, int]]:
     Tokens never cross white space, so splitting into sentences first would give the same tokens; the
     text is lower-cased one character at a time so that every character of the lowered text knows where
     it came from."""
-    lowered: list[str] = []
-    origin: list[int] = []
-    for i, ch in enumerate(text):
-        low = ch.lower()
-        lowered.append(low)
-        origin.extend([i] * len(low))
-    flat = "".join(lowered)
+    if text.isascii():  # one character in, one out
+        flat, origin = text.lower(), list(range(len(text)))
+    else:
+        lowered: list[str] = []
+        origin = []
+        for i, ch in enumerate(text):
+            low = ch.lower()
+            lowered.append(low)
+            origin.extend([i] * len(low))
+        flat = "".join(lowered)
     spaced: list[str] = []
     where: list[int] = []
     last = 0
