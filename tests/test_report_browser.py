@@ -117,12 +117,14 @@ def test_report_in_chromium(quick_demo, quick_world, browser, tmp_path):
     link.click()
     assert shown_ids(page) == {i for i, r in base.items() if obj in r["hallucinated"]} and len(shown_ids(page)) == n
 
-    # the screenshot: the images view with both kinds of mark, not a blank page
-    page.select_option("#filter", "removed")
+    # the screenshot: the images view (what the last round removed), not a blank page
     page.select_option("#object", "")
+    page.select_option("#round", str(last))
+    page.select_option("#filter", "removed")
+    assert len(shown_ids(page)) == counts["removed"]
     shot = tmp_path / "report.png"
     page.screenshot(path=str(shot))
-    _check_screenshot(shot)
+    _check_screenshot(shot, page.locator("#image-list").bounding_box())
 
     # pairs: all pairs of one image on demand; the sampled sentences below tau are marked
     pairs = {k: list(read_jsonl(run / f"round_{k}" / "generate" / "pairs.jsonl")) for k in rounds if k > 0}
@@ -156,13 +158,15 @@ def _doubted_in_sample(run: Path, page) -> int:
     return n
 
 
-def _check_screenshot(shot: Path) -> None:
-    """Not blank: many colours, and both marks' colours (true: #c9ecd1, hallucinated: #f8c9c5) are on it."""
+def _check_screenshot(shot: Path, box: dict) -> None:
+    """Not blank: the image cards' part of it (below the legend, which has both marks) holds many colours (the
+    thumbnails), and both marks' colours (true: #c9ecd1, hallucinated: #f8c9c5)."""
     from PIL import Image
 
     im = Image.open(shot).convert("RGB")
-    colours = {c for _, c in im.getcolors(maxcolors=1 << 20)}
-    assert len(colours) > 50 and (0xC9, 0xEC, 0xD1) in colours and (0xF8, 0xC9, 0xC5) in colours
+    cards = im.crop((int(box["x"]), int(box["y"]), im.width, im.height))
+    colours = {c for _, c in cards.getcolors(maxcolors=1 << 20)}
+    assert len(colours) > 200 and (0xC9, 0xEC, 0xD1) in colours and (0xF8, 0xC9, 0xC5) in colours
     keep = os.environ.get("CSR_REPORT_SCREENSHOT")
     if keep:  # a small palette PNG for the README
         im.quantize(64).save(keep, optimize=True)

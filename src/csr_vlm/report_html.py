@@ -66,7 +66,7 @@ def histogram_svg(series: list[tuple[str, str, list[float]]], title: str, xlabel
                 c[min(bins - 1, int((v - lo) / step))] += 1
         counts.append(c)
     top = max(max(c) for c in counts) or 1
-    left, right, up, down = 34, 10, 22, 34
+    left, right, up, down = 34, 22, 22, 34
     pw, ph = width - left - right, height - up - down
     x = lambda v: left + (v - lo) / (hi - lo) * pw  # noqa: E731
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
