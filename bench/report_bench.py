@@ -35,6 +35,11 @@ def caption(rng: random.Random, gt: list[str], n: int = 5) -> str:
     return " ".join(sentence(rng, pool) for _ in range(n))
 
 
+def msg(role: str, text: str) -> list[dict]:
+    """One TRL conversational message."""
+    return [{"role": role, "content": [{"type": "text", "text": text}]}]
+
+
 def make_run(root: Path, n_images: int, n_pairs: int, rounds: int, seed: int = 0) -> Path:
     """A finished-looking loop directory: round_0..rounds eval, round_1..rounds generate + train."""
     from PIL import Image
@@ -72,7 +77,6 @@ def make_run(root: Path, n_images: int, n_pairs: int, rounds: int, seed: int = 0
             pid = f"train-{k}-{n}"
             cands.append({"id": pid, "image": str(img_dir / f"{image:012d}.jpg"), "prompt": "Describe the image.",
                           "round": k, "answers": answers, "chosen": 0, "rejected": 3})
-            msg = lambda role, text: [{"role": role, "content": [{"type": "text", "text": text}]}]  # noqa: E731
             pairs.append({"id": pid, "images": [str(img_dir / f"{image:012d}.jpg")],
                           "prompt": msg("user", "Describe the image."), "chosen": msg("assistant", answers[0]["text"]),
                           "rejected": msg("assistant", answers[3]["text"]), "margin": rng.uniform(0, 3),
@@ -80,7 +84,7 @@ def make_run(root: Path, n_images: int, n_pairs: int, rounds: int, seed: int = 0
         write_jsonl(run / f"round_{k}/generate/pairs.jsonl", pairs)
         write_jsonl(run / f"round_{k}/generate/candidates.jsonl", cands)
         write_json(run / f"round_{k}/generate/stats.json", {"tau": 24.0})
-        write_jsonl(run / f"round_{k}/train/train_metrics.jsonl", [{"step": s, "loss": 0.7 - 0.05 * s} for s in (1, 2)])
+        write_jsonl(run / f"round_{k}/train/train_metrics.jsonl", [{"step": 1, "loss": 0.7}, {"step": 2, "loss": 0.6}])
     write_json(run / "manifest.json", {"config": {"loop": {"select_on": "chair_i"}}, "best_round": rounds})
     return run
 

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import report_run
+
 from csr_vlm.data import read_jsonl
 from csr_vlm.eval.chair import caption_mentions, load_vocabulary
 from csr_vlm.report_html import write_html
@@ -189,4 +191,24 @@ def test_half_finished_run_in_chromium(quick_demo, browser, tmp_path):
     assert page.inner_text("#pair-rounds h2") == f"Round 1: {len(lines) - 1} pairs"
     page.click("#tabs button[data-tab=images]")
     assert page.locator("#image-list .image-card").count() == len(captions(src, 0))
+    assert errors == []
+
+
+def test_sentence_pairs_and_odd_text_in_chromium(browser, tmp_path):
+    """The small hand-made run (helpers.report_run): a caption holding '</script><b>x</b>' shows as that text;
+    the sentence-level pair shows its shared prefix and the two next sentences; in the caption pair, only the
+    rejected "A cat sits." (R_I 20 < tau 25) is marked; "puppies" is marked as the synonym puppy of dog."""
+    page, errors = open_page(browser, write_html(report_run(tmp_path)))
+    page.click("#tabs button[data-tab=images]")
+    cap = page.locator(".image-card[data-id='2'] .cap[data-round='1']")
+    assert "A cat. </script><b>x</b>" in cap.inner_text() and page.locator("#image-list b").count() == 0
+    puppies = page.locator(".image-card[data-id='1'] .cap[data-round='0'] mark.ok").first
+    assert (puppies.inner_text(), puppies.get_attribute("title")) == ("puppies", "puppy \u2192 dog")
+    page.click("#tabs button[data-tab=pairs]")
+    sentence_pair = page.locator("#pair-rounds .pair[data-pair='t-1-s2']")
+    assert sentence_pair.locator(".prefix").inner_text() == "shared prefix: A dog runs."
+    assert sentence_pair.locator(".side.chosen").inner_text() == "chosen next sentence\nA man walks."
+    assert sentence_pair.locator(".side.rejected").inner_text() == "rejected next sentence\nA cat sits."
+    doubted = page.locator("#pair-rounds tr.doubt td:first-child").all_inner_texts()
+    assert doubted == ["A cat sits."]
     assert errors == []

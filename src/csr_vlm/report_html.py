@@ -53,8 +53,8 @@ def histogram_svg(series: list[tuple[str, str, list[float]]], title: str, xlabel
     values = [v for _, _, vs in series for v in vs if isinstance(v, (int, float))]
     if not values:
         return ""
-    lo, hi = min(values + ([marker] if marker is not None else [])), max(values + ([marker] if marker is not None
-                                                                                  else []))
+    ends = values + ([marker] if marker is not None else [])
+    lo, hi = min(ends), max(ends)
     if hi == lo:
         lo, hi = lo - 0.5, hi + 0.5
     step = (hi - lo) / bins
@@ -68,41 +68,56 @@ def histogram_svg(series: list[tuple[str, str, list[float]]], title: str, xlabel
     top = max(max(c) for c in counts) or 1
     left, right, up, down = 34, 22, 22, 34
     pw, ph = width - left - right, height - up - down
-    x = lambda v: left + (v - lo) / (hi - lo) * pw  # noqa: E731
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
-           f'aria-label="{_escape(title)}"><title>{_escape(title)}</title>',
-           f'<text x="{width / 2}" y="15" text-anchor="middle" font-size="13">{_escape(title)}</text>']
+    bar = max(pw / bins - 1, 1)
+
+    def x(v: float) -> float:
+        return left + (v - lo) / (hi - lo) * pw
+
+    def text(at_x: float, at_y: float, body: str, size: int = 10, extra: str = "") -> str:
+        return f'<text x="{at_x:.1f}" y="{at_y:.1f}" font-size="{size}"{extra}>{_escape(body)}</text>'
+
+    middle = ' text-anchor="middle"'
+    head = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+            f'aria-label="{_escape(title)}"><title>{_escape(title)}</title>')
+    out = [head, text(width / 2, 15, title, 13, middle)]
     for (label, colour, _), c in zip(series, counts):
         for i, n in enumerate(c):
             if n:
                 h = n / top * ph
-                out.append(f'<rect x="{x(lo + i * step):.1f}" y="{up + ph - h:.1f}" width="{max(pw / bins - 1, 1):.1f}" '
-                           f'height="{h:.1f}" fill="{colour}" fill-opacity="0.55"><title>{_escape(label)}: {n} in '
-                           f'[{lo + i * step:.2f}, {lo + (i + 1) * step:.2f})</title></rect>')
+                tip = f"{label}: {n} in [{lo + i * step:.2f}, {lo + (i + 1) * step:.2f})"
+                out.append(f'<rect x="{x(lo + i * step):.1f}" y="{up + ph - h:.1f}" width="{bar:.1f}" '
+                           f'height="{h:.1f}" fill="{colour}" fill-opacity="0.55">'
+                           f'<title>{_escape(tip)}</title></rect>')
     out.append(f'<line x1="{left}" y1="{up + ph}" x2="{left + pw}" y2="{up + ph}" stroke="#555"/>')
-    for v in (lo, (lo + hi) / 2, hi):
-        out.append(f'<text x="{x(v):.1f}" y="{up + ph + 13}" text-anchor="middle" font-size="10">{v:.2f}</text>')
-    out.append(f'<text x="{left + pw / 2}" y="{height - 4}" text-anchor="middle" font-size="11">{_escape(xlabel)}</text>')
-    out.append(f'<text x="4" y="{up + 8}" font-size="10">{top}</text>')
+    out += [text(x(v), up + ph + 13, f"{v:.2f}", 10, middle) for v in (lo, (lo + hi) / 2, hi)]
+    out += [text(left + pw / 2, height - 4, xlabel, 11, middle), text(4, up + 8, str(top))]
     if marker is not None:
         out.append(f'<line x1="{x(marker):.1f}" y1="{up}" x2="{x(marker):.1f}" y2="{up + ph}" stroke="#222" '
-                   f'stroke-dasharray="4 3"/><text x="{x(marker) + 3:.1f}" y="{up + 10}" font-size="10">'
-                   f'{_escape(marker_label)}</text>')
+                   'stroke-dasharray="4 3"/>')
+        out.append(text(x(marker) + 3, up + 10, marker_label))
     for i, (label, colour, vs) in enumerate(series):
-        out.append(f'<text x="{left + pw - 4}" y="{up + 12 + 13 * i}" text-anchor="end" font-size="11" '
-                   f'fill="{colour}">{_escape(label)} ({len(vs)})</text>')
+        out.append(text(left + pw - 4, up + 12 + 13 * i, f"{label} ({len(vs)})", 11,
+                        f' text-anchor="end" fill="{colour}"'))
     return "".join(out) + "</svg>"
 
 
 def round_histograms(rnd: dict) -> str:
-    """The reward-margin and R_I (chosen vs rejected, tau marked) histograms of one round's pairs."""
+    """The histograms of one round's pairs: the reward margin, and R_I of the chosen and the rejected answers'
+    sentences against tau (the sentences are what the reward compares with tau; the answers' mean R_I when the
+    candidates' sentences are missing)."""
     pairs = [p for p in rnd["pairs"] if not p.get("anc")]  # an anchor compares nothing
     margin = histogram_svg([("pairs", "#2f6fdd", [p["m"] for p in pairs if p.get("m") is not None])],
                            f"Reward margin, round {rnd['round']}", "reward(chosen) - reward(rejected)")
-    r_i = histogram_svg([("chosen", "#1e7b34", [p["cri"] for p in pairs if p.get("cri") is not None]),
-                         ("rejected", "#b3261e", [p["rri"] for p in pairs if p.get("rri") is not None])],
-                        f"R_I of the answers, round {rnd['round']}", "R_I (mean over the answer's sentences)",
-                        marker=rnd.get("tau"), marker_label="tau")
+    sentences = {side: [s[2] for p in pairs for s in p[side].get("s", []) if s[2] is not None] for side in "cr"}
+    if sentences["c"] or sentences["r"]:
+        chosen, rejected, what = sentences["c"], sentences["r"], "R_I of each sentence"
+    else:
+        chosen = [p["cri"] for p in pairs if p.get("cri") is not None]
+        rejected = [p["rri"] for p in pairs if p.get("rri") is not None]
+        what = "R_I (mean over the answer's sentences)"
+    r_i = histogram_svg([("chosen", "#1e7b34", chosen), ("rejected", "#b3261e", rejected)],
+                        f"R_I of chosen and rejected answers, round {rnd['round']}", what, marker=rnd.get("tau"),
+                        marker_label="tau")
     return margin + r_i
 
 

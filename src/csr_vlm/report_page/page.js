@@ -13,7 +13,8 @@ function el(tag, attrs, ...kids) {
   for (const kid of kids) if (kid !== null && kid !== undefined) e.append(kid);
   return e;
 }
-const fmt = (v) => v === null || v === undefined ? "-" : (typeof v === "number" && !Number.isInteger(v) ? v.toFixed(3) : String(v));
+const fmt = (v) => v === null || v === undefined ? "-"
+  : (typeof v === "number" && !Number.isInteger(v) ? v.toFixed(3) : String(v));
 
 // ---------------------------------------------------------------- tabs and notes
 function showTab(name) {
@@ -83,8 +84,9 @@ function caption(e) {
   const listed = [];
   for (const [s, end, word, obj, bad] of e.m) {
     const title = `${word} \u2192 ${obj}` + (bad ? " (not in the image)" : "");
-    if (s < 0) { listed.push(el("mark", {class: bad ? "bad" : "ok", title, text: `${word} \u2192 ${obj}`}), " "); continue; }
-    p.append(e.c.slice(at, s), el("mark", {class: bad ? "bad" : "ok", title, "data-object": obj, text: e.c.slice(s, end)}));
+    const cls = bad ? "bad" : "ok";
+    if (s < 0) { listed.push(el("mark", {class: cls, title, text: `${word} \u2192 ${obj}`}), " "); continue; }
+    p.append(e.c.slice(at, s), el("mark", {class: cls, title, "data-object": obj, text: e.c.slice(s, end)}));
     at = end;
   }
   p.append(e.c.slice(at));
@@ -104,7 +106,8 @@ function card(img, k) {
     if (e.x.length) row.append(el("div", {class: "miss", text: "missed: " + e.x.join(", ")}));
     body.append(row);
   });
-  const pic = img.thumb ? el("img", {src: img.thumb, alt: `image ${img.id}`}) : el("div", {class: "noimg", text: "no image"});
+  const pic = img.thumb ? el("img", {src: img.thumb, alt: `image ${img.id}`})
+    : el("div", {class: "noimg", text: "no image"});
   return el("div", {class: "image-card", "data-id": String(img.id)}, pic, body);
 }
 
@@ -129,7 +132,8 @@ function more() {
 function imagesView() {
   for (const k of K) $("round").append(el("option", {value: String(k), text: k === 0 ? "0 (base)" : String(k)}));
   $("round").value = String(K.length ? K[K.length - 1] : 0);
-  const objects = [...new Set(D.images.flatMap((img) => img.gt.concat(...img.r.map((e) => e ? e.m.map((m) => m[3]) : []))))].sort();
+  const objectsOf = (img) => img.gt.concat(...img.r.map((e) => e ? e.m.map((m) => m[3]) : []));
+  const objects = [...new Set(D.images.flatMap(objectsOf))].sort();
   for (const o of objects) $("object").append(el("option", {value: o, text: o}));
   for (const id of ["round", "compare", "filter", "object"]) $(id).addEventListener("change", drawImages);
   $("more-images").addEventListener("click", more);
@@ -140,11 +144,13 @@ function imagesView() {
 // ---------------------------------------------------------------- objects
 function objectsView(objects) {
   if (!objects.length) { $("objects-wrap").append(el("p", {text: "No test captions in this run."})); return; }
-  const count = (o, slot) => D.images.filter((img) => img.r[slot] && img.r[slot].m.some((m) => m[4] && m[3] === o)).length;
+  const count = (o, slot) =>
+    D.images.filter((img) => img.r[slot] && img.r[slot].m.some((m) => m[4] && m[3] === o)).length;
   const rows = objects.map((o) => {
     const inGt = D.images.filter((img) => img.gt.includes(o)).length;
+    const counts = K.map((k, slot) => count(o, slot));
     const cells = K.map((k, slot) => {
-      const n = count(o, slot);
+      const n = counts[slot];
       const a = el("a", {class: "n", "data-object": o, "data-round": String(k), text: String(n)});
       a.addEventListener("click", () => {
         $("round").value = String(k); $("filter").value = "halluc"; $("object").value = o;
@@ -152,11 +158,13 @@ function objectsView(objects) {
       });
       return el("td", {}, n ? a : "0");
     });
-    return {o, total: cells.reduce((s, _, i) => s + count(o, i), 0), tr: el("tr", {"data-object": o}, el("td", {text: o}), el("td", {text: String(inGt)}), ...cells)};
+    const tr = el("tr", {"data-object": o}, el("td", {text: o}), el("td", {text: String(inGt)}), ...cells);
+    return {o, total: counts.reduce((a, b) => a + b, 0), tr};
   }).sort((a, b) => b.total - a.total || a.o.localeCompare(b.o));
   const head = el("tr", {}, el("th", {text: "object"}), el("th", {text: "in GT of images"}),
     ...K.map((k) => el("th", {text: k === 0 ? "hallucinated: base" : `round ${k}`})));
-  $("objects-wrap").append(el("table", {id: "objects-table"}, el("thead", {}, head), el("tbody", {}, ...rows.map((r) => r.tr))));
+  const body = el("tbody", {}, ...rows.map((r) => r.tr));
+  $("objects-wrap").append(el("table", {id: "objects-table"}, el("thead", {}, head), body));
 }
 
 // ---------------------------------------------------------------- pairs
@@ -168,8 +176,8 @@ function side(s, cls, title, tau) {
     return el("tr", {class: doubt ? "doubt" : "", title: doubt ? (rep ? "a repeat" : `R_I below tau = ${tau}`) : ""},
       el("td", {text}), el("td", {text: fmt(rt)}), el("td", {text: fmt(ri)}), el("td", {text: fmt(r)}));
   });
-  box.append(el("table", {}, el("thead", {}, el("tr", {}, ...["sentence", "R_T", "R_I", "R"].map((h) => el("th", {text: h})))),
-    el("tbody", {}, ...rows)));
+  const head = el("tr", {}, ...["sentence", "R_T", "R_I", "R"].map((h) => el("th", {text: h})));
+  box.append(el("table", {}, el("thead", {}, head), el("tbody", {}, ...rows)));
   return box;
 }
 
@@ -179,9 +187,12 @@ function pairCard(p, k, tau) {
     (p.w ? ` \u00b7 ${p.w} side written, not sampled` : "");
   const box = el("div", {class: "pair", "data-pair": String(p.id)}, el("div", {class: "meta", text: meta}),
     el("div", {}, el("b", {text: "prompt: "}), p.p));
-  if (p.lvl === "sentence") box.append(el("div", {class: "prefix"}, el("b", {text: "shared prefix: "}), p.pre || "(none: the first sentence)"));
+  if (p.lvl === "sentence") {
+    box.append(el("div", {class: "prefix"}, el("b", {text: "shared prefix: "}), p.pre || "(none: the first sentence)"));
+  }
   const next = p.lvl === "sentence" ? " next sentence" : "";
-  box.append(el("div", {class: "sides"}, side(p.c, "chosen", "chosen" + next, tau), side(p.r, "rejected", "rejected" + next, tau)));
+  box.append(el("div", {class: "sides"},
+    side(p.c, "chosen", "chosen" + next, tau), side(p.r, "rejected", "rejected" + next, tau)));
   return box;
 }
 
