@@ -51,22 +51,28 @@ def test_page_holds_its_data_whole(tmp_path):
 
 
 def test_broken_run_dir_gives_a_page_saying_what_is_missing(tmp_path, capsys):
-    """A manifest that is no JSON, round 1 with a half-written pairs line and nothing else: exit 0, the page's
-    notes name each missing piece; the good pair line is still shown."""
+    """A manifest that is no JSON, round 0 with a metrics file that is a list and a caption record of the wrong
+    shape, round 1 with a half-written pairs line and a margin that is text: exit 0, the page's notes name each
+    missing piece; the good pair line and the odd caption (as an empty one) are still shown."""
     run = tmp_path / "run"
     (run / "round_1" / "generate").mkdir(parents=True)
+    (run / "round_0" / "eval").mkdir(parents=True)
+    (run / "round_0" / "eval" / "metrics.json").write_text("[1, 2]")
+    (run / "round_0" / "eval" / "chair_captions.jsonl").write_text('{"image_id": 5, "caption": null, "gt": "dog"}\n')
     (run / "manifest.json").write_text("{not json")
     good = {"id": "a", "images": ["/gone/1.jpg"], "prompt": message("user", "Describe."),
-            "chosen": message("assistant", "A dog."), "rejected": message("assistant", "A cat."), "margin": 1.0}
+            "chosen": message("assistant", "A dog."), "rejected": message("assistant", "A cat."), "margin": "big"}
     (run / "round_1" / "generate" / "pairs.jsonl").write_text(json.dumps(good) + '\n{"id": "b", "ima')
     assert main(["report", str(run)]) == 0
     assert f"wrote {run / 'report.html'}" in capsys.readouterr().out
     data = page_data(run)
     notes = "\n".join(data["notes"])
-    for missing in ("No readable manifest.json", "round 1: no eval, train output", "no generate/candidates.jsonl",
-                    "the per-image view is empty"):
+    for missing in ("No readable manifest.json", "round 0: no eval output", "round 1: no eval, train output",
+                    "no generate/candidates.jsonl", "round 1: no eval/chair_captions.jsonl"):
         assert missing in notes
     assert [p["id"] for p in data["pairs"][0]["pairs"]] == ["a"]
+    assert data["images"] == [{"id": 5, "gt": [], "r": [{"c": "", "m": [], "x": []}, None], "file": None,
+                               "thumb": None}]
 
 
 def test_histogram_bins_and_tau_marker():

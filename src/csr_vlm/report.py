@@ -71,14 +71,14 @@ def collect(run_dir: Path) -> dict[int, dict]:
         except ValueError:
             continue
         r: dict[str, Any] = {}
-        r["eval"] = _json(d / "eval" / "metrics.json")
-        r["dev_eval"] = _json(d / "dev_eval" / "metrics.json")
+        for stage in ("eval", "dev_eval"):  # a metrics file that is no JSON object counts as missing
+            metrics = _json(d / stage / "metrics.json")
+            r[stage] = metrics if isinstance(metrics, dict) else None
         pairs_path = d / "generate" / "pairs.jsonl"
         if pairs_path.is_file():
             pairs = [p for p in read_jsonl(pairs_path) if not p.get("anchor")]  # an anchor replays, compares nothing
-            r["chosen_r_i"] = [p["chosen_r_i"] for p in pairs if p.get("chosen_r_i") is not None]
-            r["rejected_r_i"] = [p["rejected_r_i"] for p in pairs if p.get("rejected_r_i") is not None]
-            r["margin"] = [p["margin"] for p in pairs if p.get("margin") is not None]
+            for key in ("chosen_r_i", "rejected_r_i", "margin"):
+                r[key] = [p[key] for p in pairs if isinstance(p.get(key), (int, float))]
             r["n_pairs"] = len(pairs)
         train_path = d / "train" / "train_metrics.jsonl"
         if train_path.is_file():

@@ -44,6 +44,11 @@ def _round(v: Any, digits: int = 3) -> Any:
     return round(v, digits) if isinstance(v, float) else v
 
 
+def _strings(value: Any) -> list[str]:
+    """A list of strings from a record's field; anything else (a half-written or foreign record) is empty."""
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
+
+
 def _rows(path: Path) -> list[dict]:
     return list(read_jsonl(path)) if path.is_file() else []
 
@@ -127,15 +132,15 @@ def caption_entry(row: dict, gt: set[str], vocab, notes: set[str]) -> dict:
     eval recorded (another table), the eval's own words are listed with no span (start = end = -1)."""
     from .eval.chair import caption_mentions
 
-    caption = row.get("caption") or ""
-    recorded = list(row.get("mentioned") or [])
+    caption = str(row.get("caption") or "")
+    recorded = _strings(row.get("mentioned"))
     mentions = caption_mentions(caption, vocab) if vocab is not None else []
     if [m.object for m in mentions] == recorded:
         marks = [[m.start, m.end, m.word, m.object, int(m.object not in gt)] for m in mentions]
     else:
         notes.add("Some captions' mentions could not be placed in the text (the synonym table differs from the "
                   "eval's): they are listed under the caption instead.")
-        words = list(row.get("words") or recorded)
+        words = _strings(row.get("words")) or recorded
         marks = [[-1, -1, w, o, int(o not in gt)] for w, o in zip(words, recorded)]
     return {"c": caption, "m": marks, "x": sorted(gt - set(recorded))}
 
@@ -158,9 +163,9 @@ def images(run_dir: Path, ks: list[int], vocab, notes: list[str], thumbs: bool =
                 files.setdefault(str(s.get("image_id")), s["image"])
         for row in rows:
             key = str(row.get("image_id"))
-            entry = by_id.setdefault(key, {"id": row.get("image_id"), "gt": sorted(row.get("gt") or []),
-                                           "r": [None] * len(ks)})
-            entry["r"][slot] = caption_entry(row, set(row.get("gt") or []), vocab, problems)
+            gt = _strings(row.get("gt"))
+            entry = by_id.setdefault(key, {"id": row.get("image_id"), "gt": sorted(set(gt)), "r": [None] * len(ks)})
+            entry["r"][slot] = caption_entry(row, set(gt), vocab, problems)
     notes.extend(sorted(problems))
     out = list(by_id.values())
     unreadable = 0

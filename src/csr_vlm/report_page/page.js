@@ -48,7 +48,7 @@ function overview() {
   $("rounds-wrap").append(el("table", {id: "rounds-table"}, el("thead", {}, head), el("tbody", {}, ...rows)));
   const guards = Object.entries(o.guards || {}).map(([m, b]) => `${m} ${b}`).join(", ");
   $("rounds-wrap").append(el("p", {class: "lead", text:
-    (o.selected === null || o.selected === undefined ? "No round was selected (the loop has not finished)." :
+    (o.selected === null || o.selected === undefined ? "No round was selected (the loop has not finished)" :
       `Selected round: ${o.selected}` + (o.select_on ? `, best dev ${o.select_on}` : ", the last round")) +
     (guards ? `; guards: ${guards} ("fail": the round cannot be selected).` : ".")}));
 }
