@@ -44,7 +44,7 @@ def test_page_holds_its_data_whole(tmp_path):
     data = json.loads(blob)
     assert data["images"][1]["r"][1]["c"] == "A cat. </script><b>x</b>"
     hist = data["pairs"][0]["hist"]  # margins of both pairs; R_I of the 2 + 2 sentences candidates.jsonl holds
-    assert ">pairs (2)</text>" in hist and ">chosen (2)</text>" in hist and ">rejected (2)</text>" in hist
+    assert all(f"\u25a0 {label} (2)</text>" in hist for label in ("pairs", "chosen", "rejected"))
     assert ">tau</text>" in hist
     assert not re.search(r'(src|href)="(?!data:)', html)
     assert not list(run.glob(".*.tmp"))

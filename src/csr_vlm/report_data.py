@@ -8,7 +8,7 @@
   objects it missed. The mentions are CHAIR's own (`eval.chair.caption_mentions`, with the run's synonym
   table); round_<k>/eval/chair_captions.jsonl decides which are hallucinated;
 - `pairs`: per round, every preference pair with the per-sentence R_T / R_I / R of both answers (from
-  candidates.jsonl), tau, and a seeded sample to show first.
+  candidates.jsonl), tau, and a seeded sample to show first (of the pairs that are no anchors, when there are).
 Whatever is missing or unreadable becomes a line of `notes`; nothing here raises on a bad run directory.
 """
 
@@ -235,7 +235,8 @@ def pairs(run_dir: Path, ks: list[int], notes: list[str], sample: int = SAMPLE_P
             notes.append(f"round {k}: no generate/candidates.jsonl; pairs are shown without per-sentence rewards.")
         stats = _json(gen / "stats.json")
         rows = [pair_entry(p, candidates.get(str(p.get("id")), [])) for p in _rows(path)]
-        order = random.Random(k).sample(range(len(rows)), min(sample, len(rows)))
+        pool = [i for i, r in enumerate(rows) if not r.get("anc")] or list(range(len(rows)))  # anchors: SFT only
+        order = random.Random(k).sample(pool, min(sample, len(pool)))
         out.append({"round": k, "tau": _round((stats or {}).get("tau") if isinstance(stats, dict) else None),
                     "pairs": rows, "sample": sorted(order)})
     return out

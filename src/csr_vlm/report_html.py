@@ -66,7 +66,7 @@ def histogram_svg(series: list[tuple[str, str, list[float]]], title: str, xlabel
                 c[min(bins - 1, int((v - lo) / step))] += 1
         counts.append(c)
     top = max(max(c) for c in counts) or 1
-    left, right, up, down = 34, 22, 22, 34
+    left, right, up, down = 34, 22, 36, 34
     pw, ph = width - left - right, height - up - down
     bar = max(pw / bins - 1, 1)
 
@@ -95,9 +95,8 @@ def histogram_svg(series: list[tuple[str, str, list[float]]], title: str, xlabel
         out.append(f'<line x1="{x(marker):.1f}" y1="{up}" x2="{x(marker):.1f}" y2="{up + ph}" stroke="#222" '
                    'stroke-dasharray="4 3"/>')
         out.append(text(x(marker) + 3, up + 10, marker_label))
-    for i, (label, colour, vs) in enumerate(series):
-        out.append(text(left + pw - 4, up + 12 + 13 * i, f"{label} ({len(vs)})", 11,
-                        f' text-anchor="end" fill="{colour}"'))
+    for i, (label, colour, vs) in enumerate(series):  # the legend: one line under the title
+        out.append(text(left + 4 + 120 * i, 29, f"\u25a0 {label} ({len(vs)})", 11, f' fill="{colour}"'))
     return "".join(out) + "</svg>"
 
 
@@ -108,7 +107,8 @@ def round_histograms(rnd: dict) -> str:
     pairs = [p for p in rnd["pairs"] if not p.get("anc")]  # an anchor compares nothing
     margin = histogram_svg([("pairs", "#2f6fdd", [p["m"] for p in pairs if p.get("m") is not None])],
                            f"Reward margin, round {rnd['round']}", "reward(chosen) - reward(rejected)")
-    sentences = {side: [s[2] for p in pairs for s in p[side].get("s", []) if s[2] is not None] for side in "cr"}
+    sentences = {side: [s[2] for p in pairs for s in p[side].get("s", []) if s[0] and s[2] is not None]
+                 for side in "cr"}  # s[0] == "": the answer's stop, scored neutral (R_I = tau)
     if sentences["c"] or sentences["r"]:
         chosen, rejected, what = sentences["c"], sentences["r"], "R_I of each sentence"
     else:

@@ -174,7 +174,8 @@ function side(s, cls, title, tau) {
   const rows = s.s.map(([text, rt, ri, r, rep]) => {
     const doubt = (tau !== null && ri !== null && ri < tau) || rep;
     return el("tr", {class: doubt ? "doubt" : "", title: doubt ? (rep ? "a repeat" : `R_I below tau = ${tau}`) : ""},
-      el("td", {text}), el("td", {text: fmt(rt)}), el("td", {text: fmt(ri)}), el("td", {text: fmt(r)}));
+      el("td", {text: text || "(stops here)"}), el("td", {text: fmt(rt)}), el("td", {text: fmt(ri)}),
+      el("td", {text: fmt(r)}));
   });
   const head = el("tr", {}, ...["sentence", "R_T", "R_I", "R"].map((h) => el("th", {text: h})));
   box.append(el("table", {}, el("thead", {}, head), el("tbody", {}, ...rows)));
