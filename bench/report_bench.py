@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"images": images, "pairs": pairs, "rounds": args.rounds, "write_s": round(seconds, 2),
               "write_cpu_s": round(cpu, 2), "page_mib": round(out.stat().st_size / 2**20, 2),
               "thumbnails_mib": round(thumbs / 2**20, 2), "browser": browser_seconds(out), "env": env_info(),
-              "command": " ".join(sys.argv)}
+              "command": "python bench/report_bench.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     print(f"report.html: {seconds:.1f} s ({cpu:.1f} s CPU), {result['page_mib']:.1f} MiB "
           f"({result['thumbnails_mib']:.1f} MiB of it thumbnails) for {images} images and {pairs} pairs")
     if result["browser"]:
