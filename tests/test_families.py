@@ -18,7 +18,7 @@ from PIL import Image
 from csr_vlm.cli import main
 from csr_vlm.config import ModelConfig, SearchConfig
 from csr_vlm.models import load_policy
-from csr_vlm.models.tiny import FAMILIES, build_tiny
+from csr_vlm.models.tiny import FAMILIES, REAL_VOCAB, build_tiny
 from csr_vlm.search import hf_decode
 from csr_vlm.search.hf_decode import RowBlock, concat_states, expand, expand_groups, prefill
 from csr_vlm.search.types import TokenCounter
@@ -29,12 +29,14 @@ PROMPTS = ["Describe this image.", "What do you see happening in this image, in 
 
 @pytest.fixture(scope="module")
 def family_dir(tmp_path_factory):
-    """family -> a built tiny model directory (policy/, clip/, images/, prompts.jsonl), each built once."""
+    """family -> a built tiny model directory (policy/, clip/, images/, prompts.jsonl), each built once; the Qwen
+    families with Qwen's real vocabulary and its 151,936 output rows."""
     built: dict[str, Path] = {}
 
     def get(family: str) -> Path:
         if family not in built:
-            built[family] = build_tiny(tmp_path_factory.mktemp(family), family=family, seed=0)
+            built[family] = build_tiny(tmp_path_factory.mktemp(family), family=family, seed=0,
+                                       real_vocab=family in REAL_VOCAB)
         return built[family]
 
     return get
@@ -99,6 +101,36 @@ def test_cached_search_equals_generate_alone_and_batched(family_dir, family):
 
 def _first_difference(a: list[int], b: list[int]) -> int | None:
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None if len(a) == len(b) else min(len(a), len(b)))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_look_ahead_sentence_ends_keep_the_cached_search_exact(family_dir, family):
+    """Greedy sentences cut by look-ahead ends (half the tokens generate writes end in a "delimiter", a third start
+    with a "space"), decoded sentence after sentence from the cache for two prompts batched: every confirmed end feeds a
+    look-ahead token whose cache column is then dropped, yet the sentences joined are generate's 24 greedy tokens
+    and their mean log-prob is a full forward's (1e-5)."""
+    from csr_vlm.search.boundaries import SPACED, SentenceBoundaries
+
+    d = family_dir(family)
+    policy = load_policy(ModelConfig(path=str(d / "policy"), device="cpu", dtype="float32"))
+    suppress = sorted(set(policy.suppressed_ids()) | set(policy.eos_ids))
+    images = _images(d)
+    refs = [_reference(policy, im, p, suppress) for im, p in zip(images, PROMPTS)]
+    written = sorted({t for tokens, _ in refs for t in tokens})
+    bounds = SentenceBoundaries("text", frozenset(), {i: SPACED for i in written[::2]}, spaced=frozenset(written[::3]),
+                                decode=policy.tokenizer.decode)
+    state = concat_states([prefill(policy, im, p, TokenCounter()) for im, p in zip(images, PROMPTS)])
+    blocks = [RowBlock(1, None, TokenCounter()), RowBlock(1, None, TokenCounter())]
+    answers, sentences = [[], []], 0
+    while min(len(a) for a in answers) < N_TOKENS:
+        for answer, cand in zip(answers, expand_groups(policy, state, _greedy(), bounds, [], suppress, blocks)):
+            answer += list(zip(cand.tokens, cand.logprobs))
+        sentences += 1
+    assert sentences > 3, "sentences must end often for the test to bite"
+    for answer, (tokens, r_t) in zip(answers, refs):
+        got = [t for t, _ in answer[:N_TOKENS]]
+        assert got == tokens, f"{family}: first difference at {_first_difference(got, tokens)}"
+        assert sum(lp for _, lp in answer[:N_TOKENS]) / N_TOKENS == pytest.approx(r_t, abs=1e-5)
 
 
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])

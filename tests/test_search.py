@@ -286,7 +286,7 @@ def test_search_prompts_equal_one_at_a_time(loaded, family, mode, sampler):
                        max_sentences=3, max_new_tokens=6, temperature=1.5, delimiters=["."])
     engine = HFEngine(policy, cfg)
     engine.eos_ids = sorted({i for i in words if i % 4 == 0} | set(policy.eos_ids))  # frequent ends: ragged rows
-    engine.stop_ids = [i for i in words if i % 3 == 1]
+    engine.bounds = [i for i in words if i % 3 == 1]
     images = [image, image.transpose(Image.Transpose.FLIP_LEFT_RIGHT), image]
     prompts = [PROMPT, "What do you see in this picture, in a few words?", "Hi"]
     seeds = [3, 4, 5]

@@ -23,6 +23,7 @@ import random
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from .console import skip_summary
 from .data import load_image, resolve_image, write_json, write_jsonl
 from .eval.pope import with_article
 from .errors import InputError
@@ -166,5 +167,7 @@ def calibrate(args) -> dict:
     rows += [[f"tau ({rule})", summary["tau"][rule]] for rule in TAU_RULES]
     rows += [[f"absent at or above tau ({rule})", summary["absent_at_or_above_tau"][rule]] for rule in TAU_RULES]
     print(text_table(["measure", "value"], rows))
+    if skipped:
+        print(skip_summary("calibrate", skipped, summary["images"] + len(skipped), summary_path(args.out)))
     write_json(summary_path(args.out), summary)
     return summary

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import json
 import typing
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from .schema import (CurateConfig, DataConfig, EvalConfig, LoopConfig, ModelConf
 
 __all__ = ["ConfigError", "CurateConfig", "DataConfig", "EvalConfig", "LoopConfig", "ModelConfig", "RewardConfig",
            "RunConfig", "SearchConfig", "TrainConfig", "VLLMConfig", "changed_settings", "check_reusable", "describe",
-           "field_docs", "load_config", "save_config", "to_dict", "with_overrides"]
+           "field_docs", "keys", "load_config", "reads", "save_config", "to_dict", "with_overrides"]
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
@@ -104,7 +105,7 @@ def _differences(saved: Path, cfg: RunConfig) -> dict[str, tuple[Any, Any]]:
             old[name] = default | old[name]
         else:
             old.setdefault(name, default)
-    old, new = _leaves(old), _leaves(_plain(cfg))
+    old, new = leaves(old), leaves(_plain(cfg))
     return {key: (old.get(key), new.get(key)) for key in sorted(old.keys() | new.keys())
             if old.get(key) != new.get(key)}
 
@@ -119,12 +120,12 @@ def _plain(cfg: RunConfig) -> dict[str, Any]:
     return yaml.safe_load(yaml.safe_dump(to_dict(cfg)))
 
 
-def _leaves(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def leaves(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """{dotted key: value} of every non-dict value (and every empty dict) in a nested dict."""
     flat: dict[str, Any] = {}
     for key, value in tree.items():
         if isinstance(value, dict) and value:
-            flat |= _leaves(value, f"{prefix}{key}.")
+            flat |= leaves(value, f"{prefix}{key}.")
         else:
             flat[prefix + key] = value
     return flat
@@ -147,20 +148,34 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def describe(cls: type = RunConfig, prefix: str = "") -> list[str]:
-    """One line per config key with its default, its allowed values and its docstring (for `--help`)."""
-    lines = []
+def keys(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, Any, tuple[str, ...], str]]:
+    """(dotted key, default, allowed values or (), docstring) of every leaf key of the config, in schema order."""
+    rows = []
     docs = field_docs(cls)
     types_ = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if dataclasses.is_dataclass(types_[f.name]):
-            lines.extend(describe(types_[f.name], prefix + f.name + "."))
+            rows.extend(keys(types_[f.name], prefix + f.name + "."))
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        allowed = choices_of(cls, f.name)
-        choices = f" ({'|'.join(allowed)})" if allowed else ""
-        lines.append(f"  {prefix}{f.name}={default!r}{choices}  {docs.get(f.name, '')}")
-    return lines
+        rows.append((prefix + f.name, default, tuple(choices_of(cls, f.name) or ()), docs.get(f.name, "")))
+    return rows
+
+
+def shown(value: Any) -> str:
+    """A default as a user writes it on the command line or in YAML (JSON is YAML): false, null, ["."], "auto"."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+def reads(key: str, only: tuple[str, ...] | None) -> bool:
+    """Whether a dotted key is among `only` (section names, top-level names or dotted keys); None = all keys."""
+    return only is None or _under(key, only)
+
+
+def describe(only: tuple[str, ...] | None = None) -> list[str]:
+    """One line per config key (those under `only`, default all) with its default, allowed values and docstring."""
+    return [f"  {key}={shown(default)}" + (f" ({'|'.join(allowed)})" if allowed else "") + f"  {doc}"
+            for key, default, allowed, doc in keys() if reads(key, only)]
 
 
 # ---------------------------------------------------------------------------- internals

@@ -9,7 +9,8 @@ doubts; the reason goes to skipped.jsonl. With `curate.yes_no_answers`, a yes/no
 answers all say the same still yields a pair: the verdict CLIP backs against the other, in those words.
 `curate.balance_yes_no` then evens out, over the whole round, the yes/no questions' pairs that prefer "yes"
 and those that prefer "no". With `curate.yes_no_anchor` a yes/no question gives instead an anchor row, the
-model's likeliest answer on both sides, which DPO ignores and the SFT term replays.
+model's likeliest answer on both sides, which DPO ignores and the SFT term replays. With `curate.pair_level`
+sentence or both, a described prompt also yields sentence-level pairs (sentence_pairs.py).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from .eval.pope import parse_answer, question_object
 from .reward import yes_no_relevance
 from .schema.generation import CurateConfig
 from .search.types import Answer, SearchResult
+from .sentence_pairs import ChatText, sentence_pairs
 
 
 def candidate_record(rec: PromptRecord, round: int, result: SearchResult) -> dict[str, Any]:
@@ -128,8 +130,29 @@ def anchor_record(rec: PromptRecord, round: int, result: SearchResult) -> dict[s
 
 
 def shard_line(rec: PromptRecord, round: int, result: SearchResult, curate: CurateConfig,
-               tau: float | None = None, lam: float = 0.9) -> dict[str, Any]:
-    """One prompt's shard line {id, candidate, pair, skip, stats}: a pair, or a skip with its reason."""
+               tau: float | None = None, lam: float = 0.9, text: ChatText | None = None) -> dict[str, Any]:
+    """One prompt's shard line {id, candidate, pair, sentence_pairs, skip, stats}: its pairs, or a skip with its
+    reason. With curate.pair_level sentence or both, `text` (the policy's chat template) renders every row."""
+    line = _response_line(rec, round, result, curate, tau, lam)
+    if curate.pair_level == "response":
+        return line
+    question = question_object(rec.prompt) is not None
+    if line["pair"] is not None:
+        line["pair"] = None if curate.pair_level == "sentence" and not question else text.standard(line["pair"])
+    line["sentence_pairs"] = [] if question else sentence_pairs(rec, round, result, curate, tau, text)
+    if line["pair"] or line["sentence_pairs"]:
+        line["skip"] = None
+    elif not question:
+        reason = "no sentence pair (no clean prefix with a trusted and a doubted next sentence)"
+        if curate.pair_level == "both" and line["skip"]:
+            reason = f"{line['skip']['reason']}; {reason}"
+        line["skip"] = {"id": rec.id, "reason": reason, "answers": len(result.answers)}
+    return line
+
+
+def _response_line(rec: PromptRecord, round: int, result: SearchResult, curate: CurateConfig, tau: float | None,
+                   lam: float) -> dict[str, Any]:
+    """The shard line with the prompt's whole-answer pair (the paper's), or a skip with its reason."""
     result = dataclasses.replace(result, rejected=pick_rejected(result, curate.rejected, tau))
     line = {"id": rec.id, "candidate": candidate_record(rec, round, result), "pair": None, "skip": None,
             "stats": result.stats}
@@ -152,8 +175,20 @@ def shard_line(rec: PromptRecord, round: int, result: SearchResult, curate: Cura
     return line
 
 
-def _text(messages: list[dict]) -> str:
+def _text(messages: list[dict] | str) -> str:
+    if isinstance(messages, str):
+        return messages
     return " ".join(c.get("text", "") for m in messages for c in m["content"] if c.get("type") == "text")
+
+
+def pair_question(pair: dict[str, Any]) -> str:
+    """The question a pair row answers (its `question` when the prompt is rendered chat-template text)."""
+    return pair.get("question") or _text(pair["prompt"])
+
+
+def pair_answers(pair: dict[str, Any]) -> tuple[str, str]:
+    """The chosen and rejected texts of a pair row, either format."""
+    return _text(pair["chosen"]), _text(pair["rejected"])
 
 
 def balance_yes_no(pairs: list[dict]) -> tuple[list[dict], list[dict]]:
@@ -161,8 +196,8 @@ def balance_yes_no(pairs: list[dict]) -> tuple[list[dict], list[dict]]:
     choose "yes" as choose "no", the larger side keeping its largest margins; other pairs are all kept."""
     sides: dict[str, list[int]] = {"yes": [], "no": []}
     for i, pair in enumerate(pairs):
-        if question_object(_text(pair["prompt"])) is not None and not pair.get("anchor"):
-            verdict = parse_answer(_text(pair["chosen"]))
+        if question_object(pair_question(pair)) is not None and not pair.get("anchor"):
+            verdict = parse_answer(pair_answers(pair)[0])
             if verdict in sides:
                 sides[verdict].append(i)
     keep = min(len(sides["yes"]), len(sides["no"]))

@@ -188,13 +188,24 @@ def is_done(directory: str | Path) -> bool:
 
 def read_prompts(path: str | Path, image_root: str = "", image_prefix: str = ""
                  ) -> tuple[list[PromptRecord], list[dict]]:
-    """Read prompts from JSONL ({id, image, prompt}) or the official CSR JSON list ({id, image, input}).
+    """Read prompts from any of the formats users have them in (JSONL lines or one JSON list):
+
+    - `{"id", "image", "prompt"}`, this project's own;
+    - `{"id", "image", "input"}`, the official CSR prompt file;
+    - `{"id", "image", "question"}`, VQA- and POPE-style question files;
+    - LLaVA-Instruct `{"id", "image", "conversations": [{"from": "human", "value": "<image>\n..."}, ...]}`:
+      the first human (or user) turn is the prompt.
+
+    `<image>` markers are removed from the prompt. A relative image path resolves against image_root, or, when
+    that is empty, against the prompts file's own folder, made absolute (so a file kept beside its images works
+    from any directory, and so do the pairs written from it); image_prefix is added to its name.
 
     Returns (records, skipped) where skipped holds {"id", "line", "reason"} for every unusable
     entry: a line that is not UTF-8 or not JSON, an entry that is not an object, a missing or
     wrongly typed field (id: string or integer; image, prompt: strings), an empty prompt, a
     duplicate id. Image files are checked later, when they are opened.
     """
+    root = image_root or str(Path(path).resolve().parent)
     entries: list[tuple[int, Any]] = []
     skipped: list[dict] = []
     for entry in read_entries(path, "prompts file"):
@@ -209,12 +220,14 @@ def read_prompts(path: str | Path, image_root: str = "", image_prefix: str = ""
             skipped.append({"id": None, "line": lineno, "reason": f"entry is not an object ({_json_type(entry)})"})
             continue
         pid = entry.get("id")
-        prompt = entry.get("prompt", entry.get("input"))
+        prompt = prompt_text(entry)
         image = entry.get("image")
         readable_id = pid if isinstance(pid, (str, int)) and not isinstance(pid, bool) else None
         if pid is None or image is None or prompt is None:
             missing = [k for k, v in (("id", pid), ("image", image), ("prompt", prompt)) if v is None]
-            skipped.append({"id": readable_id, "line": lineno, "reason": f"missing field(s): {', '.join(missing)}"})
+            skipped.append({"id": readable_id, "line": lineno, "reason": f"missing field(s): {', '.join(missing)}"
+                            + (" (looked for prompt, input, question or a human turn in conversations)"
+                               if prompt is None else "")})
             continue
         wrong = [f"{k} is {_json_type(v)}, not {want}" for k, v, want in (
             ("id", pid, "a string or an integer"), ("image", image, "a string"), ("prompt", prompt, "a string"))
@@ -231,8 +244,25 @@ def read_prompts(path: str | Path, image_root: str = "", image_prefix: str = ""
             skipped.append({"id": pid, "line": lineno, "reason": "duplicate id"})
             continue
         seen.add(pid)
-        records.append(PromptRecord(id=pid, image=resolve_image(str(image), image_root, image_prefix), prompt=prompt))
+        records.append(PromptRecord(id=pid, image=resolve_image(str(image), root, image_prefix), prompt=prompt))
     return records, skipped
+
+
+PROMPT_FIELDS = ("prompt", "input", "question")
+"""The fields a prompt may sit in, first found wins (this project's, the official CSR file's, question files')."""
+
+
+def prompt_text(entry: dict) -> Any:
+    """The prompt of a prompts-file entry (see read_prompts), or None when it has none; not yet type-checked."""
+    for key in PROMPT_FIELDS:
+        if key in entry and entry[key] is not None:
+            return entry[key]
+    turns = entry.get("conversations")
+    if isinstance(turns, list):
+        for turn in turns:
+            if isinstance(turn, dict) and str(turn.get("from", turn.get("role", ""))).lower() in ("human", "user"):
+                return turn.get("value", turn.get("content"))
+    return None
 
 
 def _json_type(value: Any) -> str:
@@ -242,7 +272,7 @@ def _json_type(value: Any) -> str:
 
 
 def resolve_image(image: str, image_root: str = "", image_prefix: str = "") -> str:
-    """An image path with data.image_prefix added to its name and made relative to image_root."""
+    """An image path with image_prefix added to its name; a relative one is joined to image_root (if set)."""
     p = Path(image)
     if image_prefix and not p.name.startswith(image_prefix):
         p = p.with_name(image_prefix + p.name)

@@ -34,7 +34,9 @@ from pathlib import Path
 from typing import Any
 
 from .config import save_config, to_dict
+from .console import bar_name, bars_off, skip_summary
 from .curate import balance_yes_no, shard_line
+from .sentence_pairs import ChatText
 from .data import (append_jsonl, is_done, load_image, mark_done, read_json, read_jsonl, read_prompts, repair_jsonl,
                    write_json, write_jsonl)
 from .errors import InputError
@@ -43,6 +45,9 @@ from .models import check_model_path
 from .schema import RewardConfig, RunConfig
 
 log = logging.getLogger(__name__)
+
+READS = ("out", "seed", "overwrite", "model", "reward", "search", "vllm", "curate", "data")
+"""The config sections (or dotted keys) this stage reads: `csr generate --help` lists only their keys."""
 _OWN_GROUP = False  # whether this module started the process group (and so should end it)
 
 
@@ -205,7 +210,7 @@ def _search_shard(cfg: RunConfig, reward: RewardConfig, round: int, records, eng
     if done:
         log.info("generate: resuming, %d prompts already done, %d left on rank %d", len(done), len(mine), rank)
     pairs, size = 0, cfg.search.prompt_batch_size
-    bar = tqdm(total=len(mine), desc="generate", unit="prompt", disable=rank != 0)
+    bar = tqdm(total=len(mine), desc=bar_name("generate"), unit="prompt", disable=rank != 0 or bars_off())
     with shard.open("a") as fh:
         for start in range(0, len(mine), size):
             for line in _process_chunk(cfg, reward, round, mine[start: start + size], engine, scorer):
@@ -252,6 +257,7 @@ def _process_chunk(cfg: RunConfig, reward: RewardConfig, round: int, chunk, engi
         todo.append((line, rec, image))
     seeds = [prompt_seed(cfg.seed, round, rec.id) for _, rec, _ in todo]
     results = None
+    text = ChatText(engine.processor) if cfg.curate.pair_level != "response" else None
     if len(todo) > 1:
         try:
             results = search_prompts(engine, scorer, [im for _, _, im in todo], [rec.prompt for _, rec, _ in todo],
@@ -274,7 +280,7 @@ def _process_chunk(cfg: RunConfig, reward: RewardConfig, round: int, chunk, engi
                 log.exception("generate: search failed on prompt %s", rec.id)
             line["skip"] = {"id": rec.id, "reason": f"search failed ({type(exc).__name__}: {str(exc)[:200]})"}
             continue
-        line.update(shard_line(rec, round, result, cfg.curate, reward.tau, reward.lam))
+        line.update(shard_line(rec, round, result, cfg.curate, reward.tau, reward.lam, text))
     return lines
 
 
@@ -317,13 +323,16 @@ def _merge(cfg: RunConfig, reward: RewardConfig, round: int, out: Path, records,
     if missing:
         log.warning("generate: %d prompts have no result (first: %s)", len(missing), missing[0])
     skipped = list(input_skips) + [ln["skip"] for ln in ordered if ln["skip"]]
-    pairs = [ln["pair"] for ln in ordered if ln["pair"]]
+    pairs = [p for ln in ordered for p in ([ln["pair"]] if ln["pair"] else []) + ln.get("sentence_pairs", [])]
     if cfg.curate.balance_yes_no:
         pairs, dropped = balance_yes_no(pairs)
         skipped += dropped
     write_jsonl(out / "candidates.jsonl", [ln["candidate"] for ln in ordered if ln["candidate"]])
     write_jsonl(out / "pairs.jsonl", pairs)
     write_jsonl(out / "skipped.jsonl", skipped)
+    summary = skip_summary("generate", skipped, len(records) + len(input_skips), out / "skipped.jsonl")
+    if summary:
+        log.warning(summary)
     write_json(out / "stats.json", _stats(cfg, reward, round, ordered, input_skips, skipped, pairs, tau_stats, wall,
                                           searched, world, len(records), _engine_stats(out)))
 
@@ -351,12 +360,15 @@ def _stats(cfg, reward, round, ordered, input_skips, skipped, pairs, tau_stats, 
         times.update(st.get("time", {}))
         events.update(st.get("events", {}))
     by_reason = Counter(re.split(r"[:(]", s["reason"])[0].strip() for s in skipped)
-    margins = [p["margin"] for p in pairs if p["margin"] is not None and not p.get("anchor")]
+    margins = [p["margin"] for p in pairs if p["margin"] is not None and not p.get("anchor")
+               and p.get("level") != "sentence"]
+    sentence_margins = [p["margin"] for p in pairs if p.get("level") == "sentence"]
     return {
         "round": round, "mode": cfg.search.mode, "world_size": world,
         "tau": reward.tau, "tau_calibration": tau_stats,
         "counts": {"inputs": n_valid + len(input_skips), "prompts_valid": n_valid,
                    "prompts_searched": sum(ln["candidate"] is not None for ln in ordered), "pairs": len(pairs),
+                   "sentence_pairs": len(sentence_margins), "anchors": sum(bool(p.get("anchor")) for p in pairs),
                    "skipped": len(skipped)},
         "skipped_by_reason": dict(by_reason),
         "tokens": {"forwarded": tokens["tokens_forwarded"], "minimal": tokens["tokens_minimal"],
@@ -365,6 +377,7 @@ def _stats(cfg, reward, round, ordered, input_skips, skipped, pairs, tau_stats, 
         "time_s": {k: round_(v) for k, v in times.items()},
         "search_events": dict(events),
         "mean_margin": sum(margins) / len(margins) if margins else None,
+        "mean_sentence_margin": sum(sentence_margins) / len(sentence_margins) if sentence_margins else None,
         "wall_s": round_(wall), "prompts_this_run": searched,
         "prompts_per_s": round_(searched / wall) if wall > 0 else None,
         "engine": engine_stats,

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import changed_settings, save_config
+from .console import block, label
 from .data import DONE_MARKER, is_done, read_json, write_json
 from .errors import ConfigError, InputError
 from .eval.registry import lower_is_better
@@ -50,6 +51,8 @@ from .tables import dict_rows, text_table
 log = logging.getLogger(__name__)
 
 STAGES = ("generate", "train", "eval", "dev_eval")
+READS = ("out", "seed", "overwrite", "model", "reward", "search", "vllm", "curate", "train", "eval", "data", "loop")
+"""The config sections the loop reads (every one: it runs every stage); `csr loop --help` lists their keys."""
 RESUME_SAFE = ("out", "overwrite", "model.device", "reward.clip_batch_size", "search.prompt_batch_size",
                "search.check_cache", "vllm.gpu_memory_utilization", "vllm.enforce_eager", "vllm.cpu_kv_cache_gib",
                "train.gradient_checkpointing", "train.save_steps", "train.save_total_limit", "train.report_to",
@@ -263,12 +266,12 @@ def _rounds(cfg: RunConfig, out: Path, manifest: Manifest) -> None:
             manifest.data["rounds"][str(k)] = {**dev[k], "passes_guards": passes_guards(dev[k], bounds),
                                                "best_so_far": best}
             if cfg.loop.patience and since >= cfg.loop.patience and k < cfg.loop.rounds:
-                print(f"[loop] stopping after round {k}: {cfg.loop.select_on} has not improved for {since} "
+                print(f"{label('loop')} stopping after round {k}: {cfg.loop.select_on} has not improved for {since} "
                       f"round(s) (patience {cfg.loop.patience})", flush=True)
                 break
     best = best if select else last
     write_best(cfg, best, dev[best][cfg.loop.select_on] if best in dev else None)
     manifest.finish(best)
     rows = [round_row(cfg, k, dev, best) for k in range(0 if (cfg.loop.evaluate or select) else 1, last + 1)]
-    print(text_table(*dict_rows(rows)), flush=True)
-    print(f"[loop] best round: {best} -> {out / 'best.json'}", flush=True)
+    print(block(text_table(*dict_rows(rows))), flush=True)
+    print(f"{label('loop')} best round: {best} -> {out / 'best.json'}", flush=True)

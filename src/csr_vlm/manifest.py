@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import to_dict
+from .console import label
 from .data import DONE_MARKER, write_json
 from .schema import RunConfig
 from .tables import cell
@@ -114,14 +115,15 @@ def key_numbers(stage_dir: Path) -> dict[str, Any]:
                 data = json.loads(path.read_text() or "{}")
             except json.JSONDecodeError:
                 continue
-            data = data.get("flat", data) if name == "metrics.json" else {**data, **data.get("counts", {})}
+            data = data.get("flat", data) if name == "metrics.json" else {**data.get("counts", {}), **data}
             numbers.update({k: v for k, v in data.items()
                             if isinstance(v, (int, float)) and k not in ("round", "seconds", "wall_s", "world_size")})
     return numbers
 
 
 def summary_line(name: str, seconds: float | None, numbers: dict[str, Any], limit: int = 8) -> str:
-    """One line such as `[round_1/train] 12.3s: pairs=400, ...` (at most `limit` numbers)."""
+    """One line such as `[round_1/train] 12.3s: pairs=400, ...` (at most `limit` numbers; in the demo the label
+    names the arm: `[csr round_1/train] ...`)."""
     took = "reused (already done)" if seconds is None else f"{seconds:.1f}s"
     shown = ", ".join(f"{k}={cell(v)}" for k, v in list(numbers.items())[:limit])
-    return f"[{name}] {took}" + (f": {shown}" if shown else "")
+    return f"{label(name)} {took}" + (f": {shown}" if shown else "")

@@ -16,9 +16,11 @@ objects are asked about; the reward never reads them.
 from __future__ import annotations
 
 import argparse
+import os
 import random
 
 from .calibrate import add_coco_args, present_and_absent
+from .console import skip_summary
 from .data import write_jsonl
 from .errors import InputError
 from .eval.pope import TEMPLATE, with_article
@@ -53,11 +55,14 @@ def cli(argv: list[str]) -> int:
         raise InputError("--n-images and --per-image must be >= 1 and --template needs a {}")
     _, instances, gt = load_ground_truth(args.annotations, args.captions, args.synonyms)
     rng = random.Random(args.seed)
-    rows, skipped = present_and_absent(instances, gt, args.image_root, args.n_images, rng, args.per_image,
+    root = os.path.abspath(args.image_root)  # absolute paths: the file works wherever it is read from
+    rows, skipped = present_and_absent(instances, gt, root, args.n_images, rng, args.per_image,
                                        args.per_image)  # co-occurring absent objects first, random ones to fill
     records = yes_no_prompts(rows, args.per_image, args.template, rng)
     if not records:
         raise InputError(f"{args.annotations}: no readable annotated image ({len(skipped)} skipped)")
     write_jsonl(args.out, records)
     print(f"wrote {args.out}: {len(records)} questions on {len(rows)} images ({len(skipped)} images skipped)")
+    if skipped:
+        print(skip_summary("questions", skipped, len(rows) + len(skipped), None))
     return 0

@@ -161,40 +161,52 @@ def generate_dirs(path: str | Path) -> list[tuple[str, Path]]:
 def pair_quality(gen_dir: Path, gt: dict, vocab: chair.Vocabulary, files: dict, greedy: dict | None = None) -> dict:
     """Chosen vs rejected (and vs greedy, vs all candidates) against the ground truth of one generate dir.
 
-    Pairs of yes/no questions (data.mix_prompts) name no objects to count; they are left out and counted."""
-    rows = {"chosen": [], "rejected": []}
-    cleaner = not_worse = vs_greedy = n_greedy = unknown = yes_no = 0
+    Pairs of yes/no questions (data.mix_prompts) name no objects to count; they are left out and counted.
+    Sentence-level pairs (curate.pair_level) contrast one sentence each: their numbers carry a `sentence_` prefix."""
+    from .curate import pair_answers, pair_question
+
+    rows: dict[str, list] = {"response": [], "sentence": []}
+    unknown = yes_no = n_greedy = vs_greedy = 0
     for pair in read_jsonl(gen_dir / "pairs.jsonl"):
-        if pope.question_object(_text(pair.get("prompt"))) is not None:
+        if pope.question_object(pair_question(pair)) is not None:
             yes_no += 1
             continue
         key = image_key((pair.get("images") or [""])[0], files)
         if key not in gt:
             unknown += 1
             continue
-        c = chair.caption_chair_i(_text(pair.get("chosen")), gt[key], vocab)
-        r = chair.caption_chair_i(_text(pair.get("rejected")), gt[key], vocab)
-        rows["chosen"].append(c)
-        rows["rejected"].append(r)
-        cleaner += c[0] < r[0]
-        not_worse += c[0] <= r[0]
-        if greedy is not None and key in greedy:
+        chosen, rejected = pair_answers(pair)
+        c, r = chair.caption_chair_i(chosen, gt[key], vocab), chair.caption_chair_i(rejected, gt[key], vocab)
+        level = pair.get("level", "response")
+        rows[level].append((c, r))
+        if level == "response" and greedy is not None and key in greedy:
             n_greedy += 1
             vs_greedy += c[0] < chair.caption_chair_i(greedy[key], gt[key], vocab)[0]
-    n = len(rows["chosen"])
-    out: dict[str, Any] = {"n_pairs": n, "n_unknown_images": unknown, "n_yes_no_pairs": yes_no}
-    for side, vals in rows.items():
-        mentions = sum(v[2] for v in vals)
-        out[f"{side}_chair_i"] = sum(v[0] * v[2] for v in vals) / mentions if mentions else 0.0
-        out[f"{side}_recall"] = sum(v[1] for v in vals) / n if n else 0.0
-        out[f"{side}_mentions"] = mentions / n if n else 0.0
-    out["chosen_cleaner_rate"] = cleaner / n if n else 0.0
-    out["chosen_not_worse_rate"] = not_worse / n if n else 0.0
+    out: dict[str, Any] = {"n_unknown_images": unknown, "n_yes_no_pairs": yes_no}
+    out.update(_side_numbers(rows["response"], ""))
+    if rows["sentence"]:
+        out.update(_side_numbers(rows["sentence"], "sentence_"))
     if greedy is not None:
         out["n_with_greedy"] = n_greedy
         out["chosen_cleaner_than_greedy_rate"] = vs_greedy / n_greedy if n_greedy else 0.0
     if (gen_dir / "candidates.jsonl").is_file():
         out.update(_candidate_quality(gen_dir / "candidates.jsonl", gt, vocab, files))
+    return out
+
+
+def _side_numbers(rows: list[tuple], prefix: str) -> dict[str, Any]:
+    """CHAIR_i (mention-weighted), recall and mentions of the chosen and the rejected sides, and how often the
+    chosen side is cleaner; each row is (chosen, rejected) as chair.caption_chair_i gives them."""
+    n = len(rows)
+    out: dict[str, Any] = {f"{prefix}n_pairs": n}
+    for i, side in enumerate(("chosen", "rejected")):
+        vals = [row[i] for row in rows]
+        mentions = sum(v[2] for v in vals)
+        out[f"{prefix}{side}_chair_i"] = sum(v[0] * v[2] for v in vals) / mentions if mentions else 0.0
+        out[f"{prefix}{side}_recall"] = sum(v[1] for v in vals) / n if n else 0.0
+        out[f"{prefix}{side}_mentions"] = mentions / n if n else 0.0
+    out[f"{prefix}chosen_cleaner_rate"] = sum(c[0] < r[0] for c, r in rows) / n if n else 0.0
+    out[f"{prefix}chosen_not_worse_rate"] = sum(c[0] <= r[0] for c, r in rows) / n if n else 0.0
     return out
 
 
@@ -226,6 +238,9 @@ def score_pairs(args) -> dict:
     cols = ["n_pairs", "chosen_chair_i", "rejected_chair_i", "chosen_recall", "rejected_recall", "chosen_cleaner_rate"]
     if greedy is not None:
         cols.append("chosen_cleaner_than_greedy_rate")
+    if any("sentence_n_pairs" in r for r in result.values()):
+        cols += ["sentence_n_pairs", "sentence_chosen_chair_i", "sentence_rejected_chair_i",
+                 "sentence_chosen_cleaner_rate"]
     _print_table([[name] + [r.get(c, "") for c in cols] for name, r in result.items()], ["round"] + cols)
     return result
 

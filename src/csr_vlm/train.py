@@ -48,12 +48,16 @@ from pathlib import Path
 from typing import Any
 
 from .config import check_reusable, save_config, to_dict
+from .console import quiet_trainer
 from .data import is_done, mark_done, read_jsonl, write_json, write_jsonl
 from .errors import InputError
 from .lock import output_lock
 from .schema import RunConfig
 
 log = logging.getLogger(__name__)
+
+READS = ("out", "seed", "overwrite", "model", "train")
+"""The config sections (or dotted keys) this stage reads: `csr train --help` lists only their keys."""
 
 COLUMNS = ("images", "prompt", "chosen", "rejected")
 
@@ -83,7 +87,7 @@ def load_pairs(path: Path) -> tuple[Any, int]:
 
     if not path.is_file():
         raise InputError(f"train.pairs: pairs file not found: {path}")
-    rows, skipped = [], 0
+    rows, skipped, first_missing = [], 0, ""
     for rec in read_jsonl(path):
         missing = [c for c in COLUMNS if not rec.get(c)]
         if missing:
@@ -91,12 +95,14 @@ def load_pairs(path: Path) -> tuple[Any, int]:
         images = [_image_path(str(p), path.parent) for p in rec["images"]]
         if any(p is None for p in images):
             skipped += 1
+            first_missing = first_missing or str(rec["images"][images.index(None)])
             continue
         rows.append({"images": [str(p) for p in images], **{c: rec[c] for c in COLUMNS[1:]}})
     if not rows:
-        raise InputError(f"train.pairs: no usable pairs in {path} ({skipped} skipped for missing images)")
+        raise InputError(f"train.pairs: no usable pairs in {path} ({skipped} skipped for missing images, "
+                         f"first: {first_missing})")
     if skipped:
-        log.warning("%s: skipped %d pair(s) whose image file is missing", path, skipped)
+        log.warning("%s: skipped %d pair(s) whose image file is missing (first: %s)", path, skipped, first_missing)
     ds = datasets.Dataset.from_list(rows)
     return ds.cast_column("images", datasets.List(datasets.Image(mode="RGB"))), skipped
 
@@ -191,8 +197,10 @@ def build_trainer(cfg: RunConfig, policy, dataset, metrics_path: Path):
         for name, p in model.named_parameters():
             p.requires_grad_(name.startswith(trainable) or id(p) in head)
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
-    return DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=dataset,
-                      processing_class=policy.processor, peft_config=lora, callbacks=[metrics_logger(metrics_path)])
+    trainer = DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=dataset,
+                         processing_class=policy.processor, peft_config=lora, callbacks=[metrics_logger(metrics_path)])
+    quiet_trainer(trainer)  # TRL's log dicts: train_metrics.jsonl only (--verbose prints them too)
+    return trainer
 
 
 def save_checkpoint(trainer, processor, out: Path, merge: bool) -> Path:

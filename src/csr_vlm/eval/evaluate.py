@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import check_reusable, save_config
+from ..console import bar_name, bars_off, skip_summary
 from ..data import (DONE_MARKER, append_jsonl, is_done, load_image, mark_done, read_jsonl, repair_jsonl, write_json,
                     write_jsonl)
 from ..errors import InputError
@@ -31,6 +32,9 @@ from .registry import TASKS, flat_metrics
 from .task import Plan, job_key
 
 log = logging.getLogger(__name__)
+
+READS = ("out", "seed", "overwrite", "model", "eval", "data.max_image_pixels")
+"""The config sections (or dotted keys) this stage reads: `csr eval --help` lists only their keys."""
 
 
 def run(cfg: RunConfig, round: int = 0) -> Path:
@@ -61,6 +65,7 @@ def run(cfg: RunConfig, round: int = 0) -> Path:
             del policy  # lmms-eval loads the checkpoint again in its own process
         if skipped or input_skips:
             write_jsonl(out / "skipped.jsonl", input_skips + skipped)
+            log.warning(skip_summary("eval", input_skips + skipped, None, out / "skipped.jsonl"))
         _check_answered(cfg, plans, answers, len(skipped))
         metrics: dict[str, Any] = {name: TASKS[name].score(plan, answers, ev, out) for name, plan in plans.items()}
         if ev.lmms_tasks:
@@ -121,7 +126,8 @@ def _answer_all(policy, jobs: list[dict], samples_path: Path, batch_size: int, m
     bad: set[str] = set()
     samples_path.parent.mkdir(parents=True, exist_ok=True)
     size = max(1, batch_size)
-    with samples_path.open("a") as fh, tqdm(total=len(todo), desc="eval", unit="prompt") as bar:
+    bar = tqdm(total=len(todo), desc=bar_name("eval"), unit="prompt", disable=bars_off())
+    with samples_path.open("a") as fh, bar:
         for start in range(0, len(todo), size):
             batch, images = [], []
             for job in todo[start: start + size]:

@@ -9,6 +9,7 @@ offline from local directories exactly as with hub ids.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -102,12 +103,34 @@ class Policy:
         return eos_token_ids(self.tokenizer, getattr(self.model, "generation_config", None))
 
     def delimiter_ids(self, delimiters: list[str]) -> list[int]:
-        """Token ids whose text ends a sentence: a delimiter with only whitespace after it."""
+        """Token ids whose text ends a sentence under the token rule: a delimiter with only whitespace after it."""
         return sentence_end_ids(self.tokenizer, delimiters)
 
+    def boundaries(self, delimiters: list[str], rule: str = "text"):
+        """Where sentences end under this tokenizer (search/boundaries.py), worked out once per delimiter list."""
+        key = (tuple(delimiters), rule)
+        if key not in self._boundaries:
+            from ..search.boundaries import SentenceBoundaries
+
+            self._boundaries[key] = SentenceBoundaries.build(self.tokenizer, delimiters, self.eos_ids, rule)
+        return self._boundaries[key]
+
+    @cached_property
+    def _boundaries(self) -> dict:
+        return {}
+
+    @cached_property
+    def vocab_rows(self) -> int:
+        """Rows of the output layer (may exceed the tokenizer: Qwen's 151,936 rows for 151,665 tokens)."""
+        head = self.model.get_output_embeddings()
+        if head is not None:
+            return int(head.weight.shape[0])
+        return int(self.model.config.get_text_config().vocab_size)
+
     def suppressed_ids(self) -> list[int]:
-        """Special tokens a sampled answer must never contain (image, pad, bos, ...), EOS excluded."""
-        return suppressed_token_ids(self.tokenizer, self.eos_ids)
+        """Tokens a sampled answer must never contain: special tokens (image, pad, bos, ...; EOS excluded), added
+        control tokens, and the output rows past the tokenizer."""
+        return suppressed_token_ids(self.tokenizer, self.eos_ids, self.vocab_rows)
 
     def generate_answers(self, images: list, questions: list[str], max_new_tokens: int,
                          too_long: dict[int, str] | None = None) -> list[str | None]:
@@ -166,10 +189,19 @@ def eos_token_ids(tokenizer, generation_config) -> list[int]:
     return sorted(i for i in ids if i is not None)
 
 
-def suppressed_token_ids(tokenizer, eos_ids: list[int]) -> list[int]:
-    """Special tokens a sampled answer must never contain (image, pad, bos, ...), the EOS tokens excepted."""
+def suppressed_token_ids(tokenizer, eos_ids: list[int], vocab_rows: int | None = None) -> list[int]:
+    """Tokens a sampled answer must never contain, the EOS tokens excepted: special tokens (image, pad, bos, ...),
+    added tokens that are not special but are no text either (Qwen's `<tool_call>`, `<|fim_prefix|>`: markup in
+    angle brackets), and the output rows from len(tokenizer) up to `vocab_rows` (ids no tokenizer can decode)."""
     eos = set(eos_ids)
-    return sorted(i for i in tokenizer.all_special_ids if i not in eos)
+    added = {i for i, token in getattr(tokenizer, "added_tokens_decoder", {}).items()
+             if _CONTROL_TOKEN.fullmatch(str(token))}
+    past = range(len(tokenizer), vocab_rows) if vocab_rows else ()
+    return sorted((set(tokenizer.all_special_ids) | added | set(past)) - eos)
+
+
+_CONTROL_TOKEN = re.compile(r"<[^<>\s]+>|\[[A-Z_]+\d*\]")
+"""An added token that is markup, not text: `<tool_call>`, `<|fim_pad|>`, `<end_of_turn>`, `[IMG]`."""
 
 
 def sentence_end_ids(tokenizer, delimiters: list[str]) -> list[int]:

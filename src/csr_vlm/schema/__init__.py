@@ -62,9 +62,14 @@ class RunConfig:
         check_choices(self)
         if self.seed < 0:
             raise ConfigError(f"seed must be >= 0, got {self.seed}")
+        sentence_pairs = self.curate.pair_level != "response"
         doubters = [name for name, on in (("curate.require_doubt", self.curate.require_doubt),
-                                          (f"curate.rejected={self.curate.rejected}", self.curate.rejected != "lowest"))
+                                          (f"curate.rejected={self.curate.rejected}", self.curate.rejected != "lowest"),
+                                          (f"curate.pair_level={self.curate.pair_level}", sentence_pairs))
                     if on]
+        if sentence_pairs and self.search.mode != "paper":
+            raise ConfigError(f"curate.pair_level={self.curate.pair_level} cuts pairs from the calibrated search's "
+                              "scored siblings, which only search.mode=paper keeps")
         for name in doubters:  # both ask which sentences CLIP doubts: below tau
             if self.reward.normalize != "center":
                 raise ConfigError(f"{name} needs reward.normalize=center (its tau says which sentences CLIP doubts), "

@@ -15,6 +15,7 @@ DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 Normalize = Literal["none", "center", "zscore", "rank"]
 TauRule = Literal["true_sd", "youden"]
 RejectedRule = Literal["lowest", "hardest", "likeliest"]
+PairLevel = Literal["response", "sentence", "both"]
 NORMALIZE_MODES: tuple[str, ...] = typing.get_args(Normalize)
 TAU_RULES: tuple[str, ...] = typing.get_args(TauRule)
 
@@ -124,8 +125,11 @@ class SearchConfig:
     """Stop extending an answer after this many sentences."""
     max_new_tokens: int = 70
     """Token cap for one sentence (official code: 70)."""
-    delimiters: list[str] = field(default_factory=lambda: [".", "!", "?", "\n"])
-    """Characters that end a sentence; their token ids are looked up in the tokenizer."""
+    delimiters: list[str] = field(default_factory=lambda: [".", "!", "?", "\n", "。", "！", "？", "…"])
+    """Characters that end a sentence (full-width ones need no space after them); see search.boundary."""
+    boundary: Literal["text", "token"] = "text"
+    """text: a delimiter ends a sentence only before whitespace, EOS or nothing ("3.5", "e.g." and "Mr." do not);
+    token: every token that ends in a delimiter does (the official code's rule; docs/sentences.md)."""
     filters: list[str] = field(
         default_factory=lambda: ["script", "emoji", "word_repeat", "char_repeat", "newlines", "short"],
         metadata={"choices": tuple(FILTERS)})
@@ -231,8 +235,15 @@ class CurateConfig:
     world neither alternative beat lowest over five seeds (docs/toyworld-results.md). With no doubted answer the
     lowest is kept (and curate.require_doubt drops it)."""
 
+    pair_level: PairLevel = "response"
+    """response: one pair of whole answers per prompt (the paper); sentence: pairs of sibling next sentences after
+    a prefix CLIP trusts (docs/sentences.md; needs reward.normalize=center); both: the two kinds together."""
+    max_sentence_pairs: int = 2
+    """Sentence pairs one prompt gives at most, earliest depths first (curate.pair_level sentence or both)."""
+
     def validate(self, key: str = "curate") -> None:
         """Any margin, negative included, is a valid threshold; yes_no_answers has a yes and a no that read so."""
+        check_positive(key, self, ("max_sentence_pairs",))
         if not self.yes_no_answers:
             return
         from ..eval.pope import parse_answer
@@ -252,9 +263,10 @@ class DataConfig:
     """The prompts and images searched in every round."""
 
     prompts: str = ""
-    """Prompts: JSONL of {id, image, prompt}, or the official CSR JSON list of {id, image, input}."""
+    """Prompts, JSONL or a JSON list: {id, image, prompt}, the official CSR file's {id, image, input}, {id, image,
+    question}, or LLaVA-Instruct's {id, image, conversations} (the first human turn is the prompt); docs/formats.md."""
     image_root: str = ""
-    """Directory that relative image paths are resolved against."""
+    """Directory that relative image paths are resolved against; empty = the prompts file's own folder."""
     image_prefix: str = ""
     """Prefix added to image file names (the official prompt file needs COCO_train2014_)."""
     mix_prompts: str = ""

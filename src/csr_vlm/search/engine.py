@@ -37,6 +37,8 @@ class Engine(Protocol):
     """What the search needs from whatever runs the model (see the module docstring)."""
 
     eos_ids: list[int]
+    processor: Any
+    """The model's Hugging Face processor (its tokenizer and chat template: pair rows are written with it)."""
     context_length: int | None
     """The most positions (prompt + answer) the model takes; None when unknown."""
 

@@ -7,7 +7,8 @@ a `BeamState` is one partial answer: its keys/values in a batched `DynamicCache`
 (zeros mark the holes left by rows that stopped early), the position and id of its last token, which
 is not yet in the cache. `expand` feeds the B last tokens once, repeats the cache K times
 (`batch_repeat_interleave`) and decodes all B*K candidate sentences together with its own token loop,
-so R_T comes from the raw (untempered) logits and stops are exact: a delimiter token, an EOS, or
+so R_T comes from the raw (untempered) logits and stops are exact: a sentence end (boundaries.py: by text, with
+one token of look-ahead whose cache column is dropped again when it confirms the end), an EOS, or
 `max_new_tokens` (with `search.offer_end` the K-th candidate of each row is EOS itself). `select`
 keeps the surviving rows (`batch_select_indices`) and `crop`s trailing columns no survivor uses.
 Nothing is ever re-encoded. `prefill` installs kvcache.py's layers: new tokens are written in place
@@ -27,12 +28,14 @@ diversity_penalty times the number of earlier groups that chose that token at th
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from ..schema import SearchConfig
+from .boundaries import CLOSE_END, CLOSE_PENDING, CONFIRM, END, PENDING, SentenceBoundaries
 from .kvcache import SharedPrefixLayer, install, shared_prefix_mode
 from .types import Candidate, TokenCounter
 
@@ -148,24 +151,28 @@ class RowBlock:
     counter: TokenCounter
 
 
-def expand(policy, state: BeamState, cfg: SearchConfig, stop_ids: list[int], eos_ids: list[int],
+def expand(policy, state: BeamState, cfg: SearchConfig, stops: SentenceBoundaries | list[int], eos_ids: list[int],
            suppress_ids: list[int], generator: torch.Generator | None, counter: TokenCounter) -> list[Candidate]:
     """Propose cfg.num_candidates sentences per row; `state` becomes the B*K candidate rows (parent-major)."""
-    return expand_groups(policy, state, cfg, stop_ids, eos_ids, suppress_ids, [RowBlock(state.rows, generator, counter)])
+    return expand_groups(policy, state, cfg, stops, eos_ids, suppress_ids, [RowBlock(state.rows, generator, counter)])
 
 
-def expand_groups(policy, state: BeamState, cfg: SearchConfig, stop_ids: list[int], eos_ids: list[int],
-                  suppress_ids: list[int], groups: list[RowBlock]) -> list[Candidate]:
+def expand_groups(policy, state: BeamState, cfg: SearchConfig, stops: SentenceBoundaries | list[int],
+                  eos_ids: list[int], suppress_ids: list[int], groups: list[RowBlock]) -> list[Candidate]:
     """`expand` over the rows of several prompts at once (one forward per token for all of them).
 
-    Each block samples its own rows with its own generator, and only while one of its rows
-    still runs, so a prompt draws exactly the random numbers it draws when expanded alone.
+    `stops` says where sentences end (boundaries.py; a plain id list ends them at those tokens). Each block samples
+    its own rows with its own generator, and only while one of its rows still runs, so a prompt draws exactly the
+    random numbers it draws when expanded alone.
     """
+    bounds = stops if isinstance(stops, SentenceBoundaries) else SentenceBoundaries.fixed(stops, eos_ids)
+    if bounds.eos_ids != set(eos_ids):
+        bounds = dataclasses.replace(bounds, eos_ids=frozenset(eos_ids))
     k = cfg.num_candidates
     device = state.last.device
-    bounds, start = [], 0
+    bounds_of_blocks, start = [], 0
     for g in groups:  # row ranges after the K-fold repeat
-        bounds.append((start * k, (start + g.rows) * k))
+        bounds_of_blocks.append((start * k, (start + g.rows) * k))
         start += g.rows
     logits = _forward(policy, state, state.last, torch.ones_like(state.last, dtype=torch.bool), state.pos)
     _count_forward(groups, 1)
@@ -177,30 +184,26 @@ def expand_groups(policy, state: BeamState, cfg: SearchConfig, stop_ids: list[in
     cands = [Candidate(parent=r // k) for r in range(rows)]
     running = torch.ones(rows, dtype=torch.bool, device=device)
     live_rows = [True] * rows
+    pending: list[str | None] = [None] * rows  # a row whose last token may end its sentence (look-ahead)
     last = torch.zeros(rows, dtype=torch.long, device=device)
-    stops, eos = set(stop_ids) | set(eos_ids), set(eos_ids)
-    stop_t = torch.tensor(sorted(stops), device=device)
     bias = suppress_bias(suppress_ids, logits)
     for step in range(cfg.max_new_tokens):
         logp = torch.log_softmax(logits, dim=-1)  # raw, untempered: R_T
-        blocks = [(a, b, g.generator) for (a, b), g in zip(bounds, groups) if any(live_rows[a:b])]
+        blocks = [(a, b, g.generator) for (a, b), g in zip(bounds_of_blocks, groups) if any(live_rows[a:b])]
         tokens = _choose(logits, logp, cfg, bias, None, k, blocks)
         if step == 0 and cfg.offer_end and eos_ids:
             tokens[k - 1::k] = eos_ids[0]
         tokens = torch.where(running, tokens, last)
         picked = logp.gather(1, tokens[:, None]).squeeze(1).tolist()  # one device sync per step, not per row
-        for r, (tok, lp, live) in enumerate(zip(tokens.tolist(), picked, live_rows)):
-            if not live:
-                continue
-            cands[r].tokens.append(tok)
-            cands[r].logprobs.append(lp)
-            if tok in stops:
-                cands[r].stop = "eos" if tok in eos else "delimiter"
-        for (a, b), g in zip(bounds, groups):
-            g.counter.generated += sum(live_rows[a:b])
+        chosen = tokens.tolist()
+        stopped, confirmed = _take_tokens(bounds, cands, chosen, picked, live_rows, pending)
+        if confirmed:  # their look-ahead token is dropped: the delimiter, fed last step, is fed again next expand
+            index = torch.tensor(confirmed, device=device)
+            state.mask[index, -1] = 0
+            pos[index] -= 1
+            tokens[index] = torch.tensor([cands[r].tokens[-1] for r in confirmed], device=device)
         last = tokens
-        just_stopped = running & torch.isin(tokens, stop_t)
-        still = running & ~just_stopped
+        still = running & ~torch.tensor(stopped, device=device)
         live_rows = still.tolist()
         if not any(live_rows) or step == cfg.max_new_tokens - 1:
             running = still
@@ -210,9 +213,51 @@ def expand_groups(policy, state: BeamState, cfg: SearchConfig, stop_ids: list[in
         _count_forward(groups, k)
         pos = pos + still.long()
         running = still
+    for r in range(rows):
+        if pending[r] and live_rows[r]:  # cut by max_new_tokens right after a delimiter
+            cands[r].stop = "delimiter"
+    for (a, b), g in zip(bounds_of_blocks, groups):
+        g.counter.generated += sum(len(c.tokens) for c in cands[a:b])
     state.last = last
     state.pos = pos
     return cands
+
+
+def _take_tokens(bounds: SentenceBoundaries, cands: list[Candidate], tokens: list[int], logprobs: list[float],
+                 live_rows: list[bool], pending: list[str | None]) -> tuple[list[bool], list[int]]:
+    """Give each live row its sampled token and decide whether its sentence ends (boundaries.py).
+
+    Returns (per row: the sentence ended this step, the rows whose pending end the token confirmed: their
+    token is a look-ahead, not part of any sentence)."""
+    stopped, confirmed = [not live for live in live_rows], []
+    for r, (tok, lp, live) in enumerate(zip(tokens, logprobs, live_rows)):
+        if not live:
+            continue
+        cand = cands[r]
+        if pending[r]:
+            action = bounds.look_ahead(pending[r], tok, cand.tokens)
+            if action == CONFIRM:
+                cand.stop, pending[r], stopped[r] = "delimiter", None, True
+                confirmed.append(r)
+                continue
+            cand.tokens.append(tok)
+            cand.logprobs.append(lp)
+            if action == CLOSE_PENDING:
+                continue
+            pending[r] = None
+            if action == CLOSE_END:
+                cand.stop, stopped[r] = "delimiter", True
+                continue
+        else:
+            cand.tokens.append(tok)
+            cand.logprobs.append(lp)
+        if tok in bounds.eos_ids:
+            cand.stop, stopped[r] = "eos", True
+        elif bounds.classify(tok) == END:
+            cand.stop, stopped[r] = "delimiter", True
+        elif bounds.classify(tok) == PENDING:
+            pending[r] = bounds.pending[tok]
+    return stopped, confirmed
 
 
 def _count_forward(groups: list[RowBlock], repeat: int) -> None:

@@ -33,9 +33,13 @@ class HFEngine:
 
     def __init__(self, policy, search: SearchConfig):
         self.policy, self.search = policy, search
-        self.stop_ids = policy.delimiter_ids(search.delimiters)
+        self.bounds = policy.boundaries(search.delimiters, search.boundary)
         self.eos_ids = policy.eos_ids
         self.suppress_ids = policy.suppressed_ids()
+
+    @property
+    def processor(self):
+        return self.policy.processor
 
     @property
     def context_length(self) -> int | None:
@@ -77,7 +81,7 @@ class HFEngine:
 
     def propose(self, batch: _Batch, groups: list[Group]) -> list[Candidate]:
         blocks = [RowBlock(g.rows, batch.generators[g.prompt], batch.counters[g.prompt]) for g in groups]
-        return expand_groups(self.policy, batch.state, self.search, self.stop_ids, self.eos_ids, self.suppress_ids,
+        return expand_groups(self.policy, batch.state, self.search, self.bounds, self.eos_ids, self.suppress_ids,
                              blocks)
 
     def keep(self, batch: _Batch, rows: list[int]) -> _Batch:

@@ -1,4 +1,4 @@
-"""search.mode=official: the official CSR code's search and ranking, reproduced (README: "paper or official").
+"""search.mode=official: the official CSR code's search and ranking, reproduced (docs/search.md).
 
 Search (`sample.py`): every active node proposes K children; all non-final children at a depth form
 one pool sorted by cumulative self-score only; when the pool has >= search.num_candidates members,

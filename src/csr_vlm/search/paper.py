@@ -5,7 +5,7 @@ one scale by reward.normalize, with a defined reward for ending the answer and a
 sentences that repeat the answer); partial answers are ranked by cumulative R and the keep_top best +
 keep_bottom worst survive, until every answer has ended or search.max_sentences. Chosen = highest
 cumulative R among complete answers that say something (an answer that ends at once is no answer), rejected =
-lowest.
+lowest. Every depth's sibling sentences, scored, are kept in the result (`siblings`) for sentence-level pairs.
 
 A prompt that asks whether an object is in the image ("Is there a dog in the image?", POPE's form; under
 reward.normalize=center) is judged by CLIP too: the first sentence of an answer that says yes or no gets
@@ -21,7 +21,7 @@ import time
 from ..reward import (image_relevance, neutral_image_value, penalize_repeats, self_score, step_rewards, top_bottom,
                       yes_no_relevance)
 from .filters import junk_reason
-from .types import Answer, Candidate, SearchResult, Sentence
+from .types import Answer, Candidate, SearchResult, Sentence, Siblings
 
 _STOPWORDS = set("""a an the and or but of in on at to for with from by is are was were be been being it its this that
 these those there here image picture photo shows show showing see seen can also very some has have had as into onto
@@ -32,11 +32,13 @@ over under near next their his her they them he she we you i which while other a
 def paper_steps(ctx, image_emb):
     """Paper mode as a driver coroutine (types.Steps): score each depth's candidates, yield the kept rows."""
     scfg = ctx.search
-    beams, complete = [Answer()], []
+    beams, complete, siblings = [Answer()], [], []
     cands = yield None
     for depth in range(scfg.max_sentences):
         children = score_step(ctx, beams, cands, image_emb)
         t0 = time.perf_counter()
+        for p, parent in enumerate(beams):
+            siblings.append(Siblings(depth, parent, [c for c in children if cands[c.row].parent == p]))
         last_step = depth == scfg.max_sentences - 1
         complete += [a for a in children if a.ended or last_step]
         live = [a for a in children if not (a.ended or last_step)]
@@ -52,7 +54,7 @@ def paper_steps(ctx, image_emb):
     if said:
         order = sorted(said, key=lambda k: -complete[k].reward)
         chosen, rejected = order[0], order[-1]
-    return SearchResult("paper", complete, chosen, rejected, ctx.stats())
+    return SearchResult("paper", complete, chosen, rejected, ctx.stats(), siblings=siblings)
 
 
 def score_step(ctx, beams: list[Answer], cands: list[Candidate], image_emb) -> list[Answer]:

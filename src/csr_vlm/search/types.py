@@ -76,6 +76,17 @@ class Answer:
 
 
 @dataclass
+class Siblings:
+    """The scored next sentences that one partial answer proposed at one depth (paper mode): sentence-level pairs
+    (curate.pair_level) are cut from these."""
+
+    depth: int
+    prefix: Answer
+    children: list[Answer]
+    """The prefix extended by one candidate each (after junk filters and duplicates), in candidate order."""
+
+
+@dataclass
 class SearchResult:
     """One prompt's complete answers, the chosen and rejected indices (None: no complete answer), stats."""
 
@@ -85,6 +96,7 @@ class SearchResult:
     rejected: int | None
     stats: dict[str, Any]
     tree: list[dict] | None = None
+    siblings: list[Siblings] = field(default_factory=list)
 
 
 Steps = Generator["list[int] | None", "list[Candidate]", SearchResult]

@@ -4,7 +4,7 @@ vLLM's own beam search cannot stop at a sentence, so the search stays ours (driv
 official.py) and vLLM only samples: at every depth each live answer is one request, its prompt the
 chat-template token ids with ONE unexpanded image placeholder (vLLM expands it) followed by the answer's
 tokens so far, with the image; `n` = search.num_candidates samples that stop at a sentence-end or EOS
-token. Prefix caching makes every depth pay only for what is new (the image is encoded once per
+token (a "." that needs the next token to tell is settled by one-token look-ahead requests, `_settle`). Prefix caching makes every depth pay only for what is new (the image is encoded once per
 prompt); the raw log-probs of the sampled tokens (vLLM's default `raw_logprobs`: before temperature,
 biases and masks) are R_T's, as in the transformers engine. Requests are seeded from the prompt's
 seed, the depth and the row (vLLM gives sample i of a request seed + i, so seeds are spaced); greedy
@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..schema import SearchConfig, VLLMConfig
+from .boundaries import CLOSE_PENDING, CONFIRM, CONTINUE, NONE, PENDING, SentenceBoundaries
 from .engine import Group, PromptItem
 from .types import Candidate, TokenCounter
 
@@ -97,7 +98,7 @@ def _needs_renaming(weights: list[Path]) -> bool:
     return any(vllm_key(k) != k for k in keys)
 
 
-def request_seed(prompt_seed: int, depth: int, row: int, n: int) -> int:
+def request_seed(prompt_seed: int, depth: int, row: int | str, n: int) -> int:
     """A request's seed, spaced by n: vLLM draws sample i of a request with seed + i."""
     digest = hashlib.sha256(f"{prompt_seed}:{depth}:{row}".encode()).digest()
     return int.from_bytes(digest[:5], "big") * n
@@ -127,7 +128,7 @@ class VLLMEngine:
                  trust_remote_code: bool = False):
         from transformers import GenerationConfig
 
-        from ..models.policy import eos_token_ids, sentence_end_ids, suppressed_token_ids
+        from ..models.policy import eos_token_ids, suppressed_token_ids
         from ..models.processors import load_processor
 
         self.search = search
@@ -138,10 +139,11 @@ class VLLMEngine:
         except OSError:
             generation = None
         self.eos_ids = eos_token_ids(self.tokenizer, generation)
-        self.stop_ids = sentence_end_ids(self.tokenizer, search.delimiters)
-        self.suppress_ids = suppressed_token_ids(self.tokenizer, self.eos_ids)
+        self.bounds = SentenceBoundaries.build(self.tokenizer, search.delimiters, self.eos_ids, search.boundary)
         self.llm = _start(vllm_checkpoint(path), vllm, dtype, seed, trust_remote_code)
-        self.context_length = self.llm.llm_engine.model_config.max_model_len
+        model_config = self.llm.llm_engine.model_config
+        self.context_length = model_config.max_model_len
+        self.suppress_ids = suppressed_token_ids(self.tokenizer, self.eos_ids, model_config.get_vocab_size())
         self.totals = {"engine": "vllm", "requests": 0, "prompt_tokens": 0, "cached_prompt_tokens": 0,
                        "generated_tokens": 0, "generate_s": 0.0}
 
@@ -195,9 +197,9 @@ class VLLMEngine:
         t0 = time.perf_counter()
         outputs = self.llm.generate(requests, params, use_tqdm=False)
         self.totals["generate_s"] += time.perf_counter() - t0
-        cands, new_rows = [], []
+        cands = []
         for (row, _, copies), out in zip(plan, outputs):
-            p, answer = batch.rows[row]
+            p, _answer = batch.rows[row]
             self._count(batch.prompts[p], out)
             for sample in out.outputs:
                 tokens = list(sample.token_ids)
@@ -205,8 +207,8 @@ class VLLMEngine:
                 for _ in range(copies):
                     cands.append(Candidate(parent=row, tokens=list(tokens), logprobs=list(logprobs),
                                            stop=self._stop(tokens)))
-                    new_rows.append((p, answer + tokens))
-        batch.rows = new_rows
+        self._settle(batch, cands)
+        batch.rows = [(batch.rows[c.parent][0], batch.rows[c.parent][1] + c.tokens) for c in cands]
         return cands
 
     def keep(self, batch: _Batch, rows: list[int]) -> _Batch:
@@ -247,12 +249,13 @@ class VLLMEngine:
 
     # ------------------------------------------------------------------ internals
 
-    def _sampling(self, n: int, seed: int):
+    def _sampling(self, n: int, seed: int, max_tokens: int | None = None):
         from vllm import SamplingParams
 
         s = self.search
-        return SamplingParams(n=n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_new_tokens,
-                              stop_token_ids=sorted(set(self.stop_ids) | set(self.eos_ids)), logprobs=0, seed=seed,
+        return SamplingParams(n=n, temperature=s.temperature, top_p=s.top_p, max_tokens=max_tokens or s.max_new_tokens,
+                              stop_token_ids=sorted(set(self.bounds.stop_ids) | set(self.eos_ids)), logprobs=0,
+                              seed=seed,
                               logit_bias={i: -100.0 for i in self.suppress_ids} or None, ignore_eos=False,
                               skip_special_tokens=False)
 
@@ -266,9 +269,72 @@ class VLLMEngine:
     def _stop(self, tokens: list[int]) -> str:
         if tokens and tokens[-1] in self.eos_ids:
             return "eos"
-        if tokens and tokens[-1] in self.stop_ids:
+        if tokens and self.bounds.classify(tokens[-1]) != NONE:
             return "delimiter"
         return "max"
+
+    def _settle(self, batch: _Batch, cands: list[Candidate]) -> None:
+        """Look one token past every candidate that stopped on a pending end (boundaries.py), as the transformers
+        engine does: a confirmed end keeps the sentence, any other token joins it and sampling goes on. One vLLM
+        call per round of look-aheads and one per round of continuations; seeded by candidate and round."""
+        cap = self.search.max_new_tokens
+        pending = {i: self.bounds.pending[c.tokens[-1]] for i, c in enumerate(cands)
+                   if c.stop == "delimiter" and c.tokens[-1] in self.bounds.pending and len(c.tokens) < cap}
+        round_ = 0
+        while pending:
+            ahead = self._generate(batch, cands, list(pending), 1, round_)
+            waiting, going_on = {}, []
+            for i, (tokens, logprobs) in ahead.items():
+                cand, tok = cands[i], tokens[0]
+                action = self.bounds.look_ahead(pending[i], tok, cand.tokens)
+                if action == CONFIRM:
+                    continue
+                cand.tokens.append(tok)
+                cand.logprobs.append(logprobs[0])
+                kind = self.bounds.classify(tok) if action == CONTINUE else None
+                cand.stop = "max" if kind == NONE else "delimiter"
+                if action == CLOSE_PENDING:
+                    waiting[i] = pending[i]
+                elif kind == PENDING:
+                    waiting[i] = self.bounds.pending[tok]
+                elif kind == NONE:
+                    going_on.append(i)
+            going_on = [i for i in going_on if len(cands[i].tokens) < cap]
+            for i, (tokens, logprobs) in self._generate(batch, cands, going_on, None, round_).items():
+                cands[i].tokens += tokens
+                cands[i].logprobs += logprobs
+                cands[i].stop = self._stop(cands[i].tokens)
+                if cands[i].tokens[-1] in self.bounds.pending and cands[i].stop == "delimiter":
+                    waiting[i] = self.bounds.pending[cands[i].tokens[-1]]
+            pending = {i: kind for i, kind in waiting.items() if len(cands[i].tokens) < cap}
+            round_ += 1
+
+    def _generate(self, batch: _Batch, cands: list[Candidate], which: list[int], max_tokens: int | None,
+                  round_: int) -> dict[int, tuple[list[int], list[float]]]:
+        """One sample continuing each candidate in `which` (max_tokens None: up to the sentence's token cap)."""
+        from vllm import TokensPrompt
+
+        if not which:
+            return {}
+        requests, params = [], []
+        for i in which:
+            p, answer = batch.rows[cands[i].parent]
+            prompt = batch.prompts[p]
+            requests.append(TokensPrompt(prompt_token_ids=prompt.ids + answer + cands[i].tokens,
+                                         multi_modal_data={"image": prompt.image}))
+            left = self.search.max_new_tokens - len(cands[i].tokens)
+            seed = request_seed(prompt.seed, prompt.depth, f"{i}.{round_}.{max_tokens}", 1)
+            params.append(self._sampling(1, seed, max_tokens or left))
+        t0 = time.perf_counter()
+        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        self.totals["generate_s"] += time.perf_counter() - t0
+        out = {}
+        for i, result in zip(which, outputs):
+            self._count(batch.prompts[batch.rows[cands[i].parent][0]], result)
+            sample = result.outputs[0]
+            tokens = list(sample.token_ids)
+            out[i] = tokens, [step[t].logprob for t, step in zip(tokens, sample.logprobs)]
+        return out
 
     def _count(self, prompt: _Prompt, out) -> None:
         n_prompt, cached = len(out.prompt_token_ids), out.num_cached_tokens or 0

@@ -68,15 +68,26 @@ def arm_config(config: Path, world: Path, out: Path, seed: int, arm: str):
                                 f"seed={seed}", *ARMS[arm]])
 
 
-def run_arm(config: str, world: str, out: str, seed: int, arm: str) -> str:
-    """One `csr loop` (in its own process, one thread)."""
+def run_arm(config: str, world: str, out: str, seed: int, arm: str, bars: bool = True) -> str:
+    """One `csr loop` (in its own process, one thread). Its stage lines and warnings carry the arm's name; with
+    bars=False (arms running side by side, whose bars would overwrite each other) it shows no progress bars."""
+    import os
+
     import torch
 
     from .. import loop
+    from ..console import LABEL_ENV, NO_BARS_ENV
 
+    os.environ[LABEL_ENV] = arm
+    if not bars:
+        os.environ[NO_BARS_ENV] = "1"
     torch.set_num_threads(1)
-    logging.basicConfig(level=logging.WARNING)
-    return str(loop.run(arm_config(Path(config), Path(world), Path(out), seed, arm)))
+    logging.basicConfig(level=logging.WARNING, format=f"[{arm}] %(levelname)s %(name)s: %(message)s")
+    try:
+        return str(loop.run(arm_config(Path(config), Path(world), Path(out), seed, arm)))
+    finally:
+        os.environ.pop(LABEL_ENV, None)
+        os.environ.pop(NO_BARS_ENV, None)
 
 
 # ---------------------------------------------------------------------------- collecting
@@ -85,18 +96,18 @@ def run_arm(config: str, world: str, out: str, seed: int, arm: str) -> str:
 def pair_chair(pairs_path: Path, world: Path) -> tuple[float | None, float | None]:
     """Ground-truth CHAIR_i of the chosen and of the rejected answers of a round's description pairs (the
     yes/no pairs of data.mix_prompts name no objects to count)."""
+    from ..curate import pair_answers, pair_question
     from ..eval.pope import question_object
     from .measure import score_answers
 
     if not pairs_path.is_file():
         return None, None
-    text = lambda msgs: " ".join(c["text"] for c in msgs[0]["content"] if c.get("type") == "text")  # noqa: E731
-    pairs = [p for p in read_jsonl(pairs_path) if question_object(text(p["prompt"])) is None]
+    pairs = [p for p in read_jsonl(pairs_path) if question_object(pair_question(p)) is None]
     if not pairs:
         return None, None
     ids = [int(str(p["id"]).rsplit("-", 1)[-1]) for p in pairs]
-    chosen = score_answers([text(p["chosen"]) for p in pairs], ids, world, "train")["chair_i"]
-    rejected = score_answers([text(p["rejected"]) for p in pairs], ids, world, "train")["chair_i"]
+    chosen = score_answers([pair_answers(p)[0] for p in pairs], ids, world, "train")["chair_i"]
+    rejected = score_answers([pair_answers(p)[1] for p in pairs], ids, world, "train")["chair_i"]
     return chosen, rejected
 
 
@@ -272,6 +283,7 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--world", help="world directory (default worlds/toy-seed<N>[-quick])")
     parser.add_argument("--config", help="loop config (default configs/toy.yaml or configs/toy-quick.yaml)")
     parser.add_argument("--jobs", type=int, default=2, help="arms run in parallel (one thread each)")
+    parser.add_argument("--verbose", action="store_true", help="also print TRL's per-step log dicts")
     args = parser.parse_args(argv)
     config = Path(args.config) if args.config else CONFIG_DIR / ("toy-quick.yaml" if args.quick else "toy.yaml")
     if not config.is_file():
@@ -295,7 +307,9 @@ def run_demo(config: Path, world: Path, out: Path, seed: int, quick: bool, jobs:
     start = time.time()
     build(world, seed=seed, quick=quick)
     out.mkdir(parents=True, exist_ok=True)
-    args = [(str(config), str(world), str(out), seed, arm) for arm in ARMS]
+    args = [(str(config), str(world), str(out), seed, arm, jobs <= 1) for arm in ARMS]
+    print(f"running the arms {' and '.join(ARMS)} ({'side by side' if jobs > 1 else 'one after the other'}); "
+          "each line names its arm", flush=True)
     if jobs > 1:
         with ProcessPoolExecutor(max_workers=min(jobs, len(ARMS)), mp_context=get_context("spawn")) as pool:
             list(pool.map(run_arm, *zip(*args)))

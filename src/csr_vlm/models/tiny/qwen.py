@@ -9,6 +9,7 @@ max), so a square image gives 16 image tokens.
 from __future__ import annotations
 
 from .common import CORPUS, TEXT, train_bpe, wrap
+from .qwen_vocab import QWEN_ROWS
 
 QWEN_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
                 "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
@@ -46,7 +47,12 @@ QWEN3_VL_TEMPLATE = (
 
 
 
-def _qwen_tokenizer(template: str):
+def _qwen_tokenizer(template: str, real_vocab: bool = False):
+    """The tiny BPE (400 tokens) or, with real_vocab, Qwen's own vocabulary (qwen_vocab.py)."""
+    if real_vocab:
+        from .qwen_vocab import qwen_tokenizer
+
+        return qwen_tokenizer(template)
     tok = wrap(train_bpe(CORPUS, QWEN_SPECIAL), eos_token="<|im_end|>", pad_token="<|endoftext|>",
                extra_special_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>",
                                      "vision_start_token": "<|vision_start|>", "vision_end_token": "<|vision_end|>"})
@@ -96,16 +102,16 @@ def _generation_ids(model, tok) -> None:
     gen.eos_token_id = [ids("<|im_end|>"), ids("<|endoftext|>")]
 
 
-def build_qwen2_5_vl():
+def build_qwen2_5_vl(real_vocab: bool = False):
     """Qwen2.5-VL layout: windowed ViT (patch 14, 2x2 merge), M-RoPE text model, 16 image tokens per image."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    tok = _qwen_tokenizer(QWEN2_5_VL_TEMPLATE)
+    tok = _qwen_tokenizer(QWEN2_5_VL_TEMPLATE, real_vocab)
     ids = tok.convert_tokens_to_ids
     pixels = 112 * 112  # every image becomes 112x112: an 8x8 patch grid, 4x4 = 16 merged image tokens
     config = Qwen2_5_VLConfig(
-        text_config=dict(vocab_size=len(tok), **TEXT, rope_parameters={
+        text_config=dict(vocab_size=QWEN_ROWS if real_vocab else len(tok), **TEXT, rope_parameters={
             "rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [4, 6, 6]},  # sums to head_dim/2
             bos_token_id=ids("<|endoftext|>"), eos_token_id=ids("<|im_end|>"), pad_token_id=tok.pad_token_id),
         vision_config=dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=2, patch_size=14,
@@ -122,16 +128,16 @@ def build_qwen2_5_vl():
     return model, _qwen_processor("qwen2_5_vl", image_processor, tok, QWEN2_5_VL_TEMPLATE, pixels)
 
 
-def build_qwen3_vl():
+def build_qwen3_vl(real_vocab: bool = False):
     """Qwen3-VL layout: ViT with learned position grid + deepstack (patch 16, 2x2 merge), interleaved M-RoPE."""
     from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    tok = _qwen_tokenizer(QWEN3_VL_TEMPLATE)
+    tok = _qwen_tokenizer(QWEN3_VL_TEMPLATE, real_vocab)
     ids = tok.convert_tokens_to_ids
     pixels = 128 * 128  # an 8x8 grid of 16-px patches, 16 merged image tokens
     config = Qwen3VLConfig(
-        text_config=dict(vocab_size=len(tok), **TEXT, head_dim=32, rope_parameters={
+        text_config=dict(vocab_size=QWEN_ROWS if real_vocab else len(tok), **TEXT, head_dim=32, rope_parameters={
             "rope_type": "default", "rope_theta": 5000000.0, "mrope_section": [6, 5, 5], "mrope_interleaved": True},
             bos_token_id=ids("<|endoftext|>"), eos_token_id=ids("<|im_end|>"), pad_token_id=tok.pad_token_id),
         vision_config=dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=2, patch_size=16,
