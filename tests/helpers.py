@@ -54,10 +54,12 @@ def message(role: str, text: str) -> list[dict]:
 def report_run(root: Path, images: bool = True) -> Path:
     """Test images 1 (GT dog, person) and 2 (GT cat). Base: "Two puppies and a man." (dog, person; no
     hallucination) and "A cat on a sofa." (couch hallucinated). Round 1: "A dog and a cat." on 1 (cat
-    hallucinated: added; person lost) and "A cat." on 2 (couch removed). Round 1's pairs: one caption pair with
-    per-sentence rewards in candidates.jsonl (tau 25: the rejected "A cat sits." at R_I 20 is doubted), and one
-    sentence-level pair with a shared prefix. The last caption holds a '</script>' that must not end the page's
-    data."""
+    hallucinated: added; person lost) and "A cat." on 2 (couch removed). Round 1's pairs, all of prompt t-1
+    (tau 25): a caption pair in TRL's conversational format whose answers candidates.jsonl scores per sentence
+    (the rejected "A cat sits." at R_I 20 is doubted); a sentence-level pair in the standard format (shared
+    prefix "A dog runs.", next sentences "A man walks." vs "A cat sits." at R_I 20); the caption pair again in
+    the standard format, its answers followed by the template's "</s>". The last caption holds a '</script>'
+    that must not end the page's data."""
     from csr_vlm.eval.chair import compute_chair, load_vocabulary
 
     run = root / "run"
@@ -87,9 +89,14 @@ def report_run(root: Path, images: bool = True) -> Path:
         {"id": "t-1", "images": [str(root / "1.jpg")], "prompt": message("user", "Describe."),
          "chosen": message("assistant", chosen), "rejected": message("assistant", rejected), "margin": 1.5,
          "chosen_r_i": 29.0, "rejected_r_i": 25.0},
-        {"id": "t-1-s2", "images": [str(root / "1.jpg")], "prompt": message("user", "Describe."), "level": "sentence",
-         "prefix": "A dog runs.", "chosen": message("assistant", "A man walks."),
-         "rejected": message("assistant", "A cat sits."), "margin": 2.5, "chosen_r_i": 28.0, "rejected_r_i": 20.0}])
+        {"id": "t-1", "images": [str(root / "1.jpg")], "prompt": "USER: <image>\nDescribe. ASSISTANT: A dog runs.",
+         "chosen": " A man walks.", "rejected": " A cat sits.", "level": "sentence", "question": "Describe.",
+         "prefix": "A dog runs.", "depth": 1, "chosen_reward": 0.5, "rejected_reward": -2.0, "margin": 2.5,
+         "chosen_r_i": 28.0, "rejected_r_i": 20.0, "chosen_r_t": -1.5, "rejected_r_t": -0.5,
+         "rejected_repeat": False},
+        {"id": "t-1", "images": [str(root / "1.jpg")], "prompt": "USER: <image>\nDescribe. ASSISTANT:",
+         "chosen": chosen + "</s>", "rejected": rejected + "</s>", "level": "response", "question": "Describe.",
+         "margin": 1.5, "chosen_r_i": 29.0, "rejected_r_i": 25.0}])
     write_json(run / "round_1/generate/stats.json", {"tau": 25.0})
     write_json(run / "manifest.json", {"config": {"loop": {"select_on": "chair_i", "guards": {"dup_rate": 0.05}}},
                                        "rounds": {"1": {"chair_i": 0.1, "passes_guards": False}}, "best_round": 0})

@@ -18,6 +18,7 @@ import pytest
 
 from helpers import report_run
 
+from csr_vlm.curate import pair_answers
 from csr_vlm.data import read_jsonl
 from csr_vlm.eval.chair import caption_mentions, load_vocabulary
 from csr_vlm.report_html import write_html
@@ -152,8 +153,7 @@ def _doubted_in_sample(run: Path, page) -> int:
         by_id = {p["id"]: p for p in read_jsonl(gen / "pairs.jsonl")}
         for pid in section.locator(".pair").evaluate_all("ps => ps.map(p => p.dataset.pair)"):
             p = by_id[pid]
-            for side in ("chosen", "rejected"):
-                text = p[side][0]["content"][0]["text"]
+            for text in pair_answers(p):
                 answer = next((a for a in answers.get(pid, []) if a["text"] == text), None)
                 n += sum(bool(s.get("repeat")) or (tau is not None and s.get("r_i") is not None and s["r_i"] < tau)
                          for s in (answer or {}).get("sentences", []))
@@ -196,8 +196,8 @@ def test_half_finished_run_in_chromium(quick_demo, browser, tmp_path):
 
 def test_sentence_pairs_and_odd_text_in_chromium(browser, tmp_path):
     """The small hand-made run (helpers.report_run): a caption holding '</script><b>x</b>' shows as that text;
-    the sentence-level pair shows its shared prefix and the two next sentences; in the caption pair, only the
-    rejected "A cat sits." (R_I 20 < tau 25) is marked; "puppies" is marked as the synonym puppy of dog."""
+    "puppies" is marked as the synonym puppy of dog; the sentence-level pair shows its question, its shared
+    prefix and the two next sentences; "A cat sits." (R_I 20 < tau 25) is marked in each of the three pairs."""
     page, errors = open_page(browser, write_html(report_run(tmp_path)))
     page.click("#tabs button[data-tab=images]")
     cap = page.locator(".image-card[data-id='2'] .cap[data-round='1']")
@@ -205,10 +205,13 @@ def test_sentence_pairs_and_odd_text_in_chromium(browser, tmp_path):
     puppies = page.locator(".image-card[data-id='1'] .cap[data-round='0'] mark.ok").first
     assert (puppies.inner_text(), puppies.get_attribute("title")) == ("puppies", "puppy \u2192 dog")
     page.click("#tabs button[data-tab=pairs]")
-    sentence_pair = page.locator("#pair-rounds .pair[data-pair='t-1-s2']")
-    assert sentence_pair.locator(".prefix").inner_text() == "shared prefix: A dog runs."
-    assert sentence_pair.locator(".side.chosen").inner_text() == "chosen next sentence\nA man walks."
-    assert sentence_pair.locator(".side.rejected").inner_text() == "rejected next sentence\nA cat sits."
+    pair = page.locator("#pair-rounds .pair[data-level='sentence']")
+    assert "prompt: Describe." in pair.inner_text() and "sentence pair at depth 1" in pair.inner_text()
+    assert pair.locator(".prefix").inner_text() == "shared prefix: A dog runs."
+    for side, title, sentence in (("chosen", "chosen next sentence", "A man walks."),
+                                  ("rejected", "rejected next sentence", "A cat sits.")):
+        assert pair.locator(f".side.{side} h4").inner_text() == title
+        assert pair.locator(f".side.{side} tbody td:first-child").all_inner_texts() == [sentence]
     doubted = page.locator("#pair-rounds tr.doubt td:first-child").all_inner_texts()
-    assert doubted == ["A cat sits."]
+    assert doubted == ["A cat sits."] * 3
     assert errors == []

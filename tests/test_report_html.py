@@ -28,11 +28,14 @@ def test_page_data_marks_chairs_mentions_and_keeps_the_pairs(tmp_path):
     assert [row[-1] for row in o["rows"]] == [None, "fail"] and o["rows"][1][-2] == 0.1
     assert o["rows"][0][o["columns"].index("words_per_caption")] == 4.5
     (rnd,) = data["pairs"]
-    assert rnd["tau"] == 25.0 and rnd["sample"] == [0, 1]
-    caption_pair, sentence_pair = rnd["pairs"]
+    assert rnd["tau"] == 25.0 and rnd["sample"] == [0, 1, 2]
+    caption_pair, sentence_pair, standard_pair = rnd["pairs"]
     assert caption_pair["r"]["s"][1] == ["A cat sits.", -0.5, 20.0, -2.0, 0] and caption_pair["img"] == "1.jpg"
-    assert sentence_pair["lvl"] == "sentence" and sentence_pair["pre"] == "A dog runs."
-    assert sentence_pair["c"] == {"t": "A man walks."}  # no candidate answer is this text: no sentence table
+    assert (sentence_pair["lvl"], sentence_pair["pre"], sentence_pair["dep"]) == ("sentence", "A dog runs.", 1)
+    assert sentence_pair["p"] == "Describe."  # the question, not the rendered chat text
+    assert sentence_pair["c"] == {"s": [["A man walks.", -1.5, 28.0, 0.5, 0]]}
+    assert sentence_pair["r"] == {"s": [["A cat sits.", -0.5, 20.0, -2.0, 0]]}
+    assert standard_pair["r"] == caption_pair["r"] and standard_pair["p"] == "Describe."  # "</s>" after the answer
 
 
 def test_page_holds_its_data_whole(tmp_path):
@@ -43,8 +46,9 @@ def test_page_holds_its_data_whole(tmp_path):
     blob = re.search(r'<script id="csr-data" type="application/json">(.*?)</script>', html, re.DOTALL).group(1)
     data = json.loads(blob)
     assert data["images"][1]["r"][1]["c"] == "A cat. </script><b>x</b>"
-    hist = data["pairs"][0]["hist"]  # margins of both pairs; R_I of the 2 + 2 sentences candidates.jsonl holds
-    assert all(f"\u25a0 {label} (2)</text>" in hist for label in ("pairs", "chosen", "rejected"))
+    hist = data["pairs"][0]["hist"]  # the margins of the 3 pairs; R_I of their sentences
+    assert "\u25a0 pairs (3)</text>" in hist  # 2 + 1 + 2 sentences on each side:
+    assert "\u25a0 chosen (5)</text>" in hist and "\u25a0 rejected (5)</text>" in hist
     assert ">tau</text>" in hist
     assert not re.search(r'(src|href)="(?!data:)', html)
     assert not list(run.glob(".*.tmp"))

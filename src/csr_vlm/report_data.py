@@ -198,22 +198,42 @@ def _text(messages: Any) -> str:
 
 
 def _side(text: str, answers: list[dict]) -> dict:
-    """One side of a pair: its text, and its sentences [text, R_T, R_I, R, repeat] when the candidates hold it."""
+    """One side of a pair: its sentences [text, R_T, R_I, R, repeat] from the candidates' answer with that text,
+    else its text alone. A row in TRL's standard format carries the chat template's end of turn after the answer
+    ("...</s>", "...<|im_end|>"), so an answer matches when the side's text starts with it and only such a marker
+    (or white space) follows."""
+    best = None
     for a in answers:
-        if isinstance(a, dict) and a.get("text") == text and isinstance(a.get("sentences"), list):
-            return {"s": [[s.get("text", ""), _round(s.get("r_t")), _round(s.get("r_i")), _round(s.get("r")),
-                           int(bool(s.get("repeat")))] for s in a["sentences"] if isinstance(s, dict)]}
-    return {"t": text}
+        if not (isinstance(a, dict) and isinstance(a.get("text"), str) and isinstance(a.get("sentences"), list)):
+            continue
+        rest = text[len(a["text"]):].strip() if a["text"] and text.startswith(a["text"]) else None
+        if rest is not None and (not rest or rest.startswith("<")) and (best is None or len(a["text"]) > len(best)):
+            best, sentences = a["text"], a["sentences"]
+    if best is None:
+        return {"t": text}
+    return {"s": [[s.get("text", ""), _round(s.get("r_t")), _round(s.get("r_i")), _round(s.get("r")),
+                   int(bool(s.get("repeat")))] for s in sentences if isinstance(s, dict)]}
+
+
+def _next_sentence(p: dict, side: str) -> dict:
+    """One side of a sentence-level pair: its one next sentence with the rewards the row carries."""
+    repeat = int(bool(p.get("rejected_repeat"))) if side == "rejected" else 0
+    return {"s": [[_text(p.get(side)).strip(), _round(p.get(f"{side}_r_t")), _round(p.get(f"{side}_r_i")),
+                   _round(p.get(f"{side}_reward")), repeat]]}
 
 
 def pair_entry(p: dict, answers: list[dict]) -> dict:
-    """A pair as the page shows it (short keys: 13k of them go into the page)."""
+    """A pair as the page shows it (short keys: 13k of them go into the page). Either format of pairs.jsonl:
+    TRL's conversational messages, or the standard one (rendered chat text, with the `question` beside it) that
+    a file holding sentence-level pairs uses."""
     images_ = p.get("images") or [p.get("image")]
+    sentence = p.get("level") == "sentence"
     entry = {"id": p.get("id"), "img": Path(str(images_[0])).name if images_ and images_[0] else None,
-             "p": _text(p.get("prompt")), "c": _side(_text(p.get("chosen")), answers),
-             "r": _side(_text(p.get("rejected")), answers), "m": _round(p.get("margin")),
+             "p": str(p.get("question") or _text(p.get("prompt"))), "m": _round(p.get("margin")),
              "cri": _round(p.get("chosen_r_i")), "rri": _round(p.get("rejected_r_i"))}
-    for key, short in (("level", "lvl"), ("prefix", "pre"), ("anchor", "anc"), ("written", "w")):
+    for side, key in (("chosen", "c"), ("rejected", "r")):
+        entry[key] = _next_sentence(p, side) if sentence else _side(_text(p.get(side)), answers)
+    for key, short in (("level", "lvl"), ("prefix", "pre"), ("depth", "dep"), ("anchor", "anc"), ("written", "w")):
         if p.get(key):
             entry[short] = p[key]
     return entry

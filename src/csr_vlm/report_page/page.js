@@ -183,10 +183,12 @@ function side(s, cls, title, tau) {
 }
 
 function pairCard(p, k, tau) {
-  const meta = `round ${k} \u00b7 ${p.id}` + (p.img ? ` \u00b7 ${p.img}` : "") + ` \u00b7 margin ${fmt(p.m)}` +
+  const meta = `round ${k} \u00b7 ${p.id}` + (p.img ? ` \u00b7 ${p.img}` : "") +
+    (p.lvl === "sentence" ? ` \u00b7 sentence pair at depth ${fmt(p.dep)}` : "") + ` \u00b7 margin ${fmt(p.m)}` +
     ` \u00b7 R_I chosen ${fmt(p.cri)} / rejected ${fmt(p.rri)}` + (p.anc ? " \u00b7 anchor (SFT only)" : "") +
     (p.w ? ` \u00b7 ${p.w} side written, not sampled` : "");
-  const box = el("div", {class: "pair", "data-pair": String(p.id)}, el("div", {class: "meta", text: meta}),
+  const box = el("div", {class: "pair", "data-pair": String(p.id), "data-level": p.lvl || "response"},
+    el("div", {class: "meta", text: meta}),
     el("div", {}, el("b", {text: "prompt: "}), p.p));
   if (p.lvl === "sentence") {
     box.append(el("div", {class: "prefix"}, el("b", {text: "shared prefix: "}), p.pre || "(none: the first sentence)"));
