@@ -40,7 +40,8 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("run_dir", help="a csr loop output directory")
     parser.add_argument("--instances", help="COCO instances JSON of the training images: adds pair quality vs GT")
     parser.add_argument("--gt-captions", help="COCO captions JSON (objects named there count as present)")
-    parser.add_argument("--synonyms", help="synonym table for --instances (default: the COCO table)")
+    parser.add_argument("--synonyms", help="synonym table for --instances (default: the COCO table) and report.html's "
+                        "object marks (default: the run's eval.synonyms)")
     parser.add_argument("--no-thumbnails", action="store_true", help="report.html without the test images")
     args = parser.parse_args(argv)
     path = write_report(args.run_dir, args.instances, args.gt_captions, args.synonyms)
