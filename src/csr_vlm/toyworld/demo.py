@@ -8,9 +8,9 @@
    processes: arm "csr" (calibrated reward, lam 0.9) and arm "lam0" (reward.lam=0: the model
    rewards itself with its own likelihood only); every round is evaluated on test, the round is
    picked on dev CHAIR_i;
-3. runs `csr report` on each arm and prints one table: per round CHAIR_i / CHAIR_s / recall /
-   POPE F1 / dup rate / well-formed on test, and the ground-truth CHAIR_i of that round's chosen
-   and rejected answers (are the pairs DPO learns from cleaner than the model?);
+3. runs `csr report` on each arm (report.md, and report.html with every test caption and pair) and prints one
+   table: per round CHAIR_i / CHAIR_s / recall / POPE F1 / dup rate / well-formed on test, and the ground-truth
+   CHAIR_i of that round's chosen and rejected answers (are the pairs DPO learns from cleaner than the model?);
 4. bootstraps (2,000 paired per-image resamples, seeded) the change in test CHAIR_i and in test POPE F1
    from the base to each arm's selected round;
 5. writes <out>/summary.json ({"arms", "selected_round", "delta_chair_i", "delta_pope_f1", "seed", "seconds", ...}).
