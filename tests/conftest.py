@@ -56,3 +56,20 @@ def quick_world(tmp_path_factory):
     from csr_vlm.toyworld.build import build
 
     return build(tmp_path_factory.getbasetemp() / "toy-quick-world", seed=0, quick=True)
+
+
+@pytest.fixture(scope="session")
+def quick_demo(quick_world, tmp_path_factory):
+    """`csr demo --quick` run once per session on the quick world: (its out directory, what it printed).
+    test_demo checks the run; test_report_browser opens its report.html."""
+    import contextlib
+    import io
+
+    from csr_vlm.toyworld import demo
+
+    out = tmp_path_factory.getbasetemp() / "quick-demo"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert demo.cli(["--quick", "--out", str(out), "--world", str(quick_world), "--jobs", "1"]) == 0
+    return out, printed.getvalue()
+

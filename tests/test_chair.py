@@ -60,6 +60,18 @@ def test_caption_to_words(vocab, caption, nodes):
     assert chair.caption_to_words(caption, vocab)[1] == nodes
 
 
+def test_caption_mentions_point_at_the_words_the_caption_wrote(vocab):
+    """The report marks mentions in the caption text: each span is what the caption wrote, with the table's word
+    that matched and its object. "Puppies" -> puppy -> dog; "hot dogs" is one mention (food); "don't" splits into
+    two tokens, so the spans after it still line up; "toilet seat" is one toilet and the later "seat" is dropped."""
+    caption = "Two Puppies don't eat hot dogs near a toilet seat. The seat is white."
+    got = [(caption[m.start:m.end], m.word, m.object) for m in chair.caption_mentions(caption, vocab)]
+    assert got == [("Puppies", "puppy", "dog"), ("hot dogs", "hot dog", "hot dog"), ("toilet seat", "toilet", "toilet")]
+    assert chair.caption_to_words(caption, vocab) == (["puppy", "hot dog", "toilet"], ["dog", "hot dog", "toilet"])
+    odd = "İ saw a café and two Dogs."  # "İ" lower-cases to two characters: the spans still point at the original
+    assert [odd[m.start:m.end] for m in chair.caption_mentions(odd, vocab)] == ["Dogs"]
+
+
 def test_compute_chair_hand_worked(vocab):
     """GT: image 7 = {person, dog} (instances) + {frisbee} (reference caption); image 9 = {toilet}.
 

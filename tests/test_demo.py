@@ -41,9 +41,8 @@ def test_world_overrides_point_every_path_into_the_world(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_quick_end_to_end(quick_world, tmp_path, capsys):
-    out = tmp_path / "demo"
-    assert demo.cli(["--quick", "--out", str(out), "--world", str(quick_world), "--jobs", "1"]) == 0
+def test_demo_quick_end_to_end(quick_demo):
+    out, printed = quick_demo
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["arms"]) == {"csr", "lam0"} and summary["seed"] == 0
     for arm, rows in summary["arms"].items():
@@ -63,7 +62,8 @@ def test_demo_quick_end_to_end(quick_world, tmp_path, capsys):
     anchors = [p for p in pairs if p.get("anchor")]  # curate.yes_no_anchor rows went through TRL's trainer
     assert anchors and all(p["chosen"] == p["rejected"] and p["margin"] == 0.0 for p in anchors)
     assert len(anchors) < len(pairs) and (out / "csr" / "round_1" / "train" / "checkpoint").is_dir()
-    printed = capsys.readouterr().out
+    for arm in ("csr", "lam0"):  # csr report wrote both pages
+        assert (out / arm / "report.html").stat().st_size > 10_000 and f"{out / arm / 'report.html'}" in printed
     assert "CHAIR_i" in printed and "(selected on dev)" in printed and "summary.json" in printed
     assert "dCHAIR_i vs base [95% CI]" in printed
 

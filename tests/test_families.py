@@ -248,7 +248,7 @@ def test_trl_scores_a_sentence_pair_as_the_continued_answer(family_dir, family, 
     d = family_dir(family)
     policy = load_policy(ModelConfig(path=str(d / "policy"), device="cpu", dtype="float32"))
     chat = ChatText(policy.processor)
-    encode = lambda s: policy.tokenizer.encode(s, add_special_tokens=False)  # noqa: E731
+    encode = lambda s: policy.tokenizer.encode(s, add_special_tokens=False)
     prefix, sentence, other = encode("a red circle."), encode(" a blue square."), encode(" a dog.")
     row = {"id": "s0", "images": [str(d / "images" / "000.png")], "prompt": chat.prompt("Describe this image.", prefix),
            "chosen": chat.continuation(prefix, sentence), "rejected": chat.continuation(prefix, other),

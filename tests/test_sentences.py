@@ -92,7 +92,7 @@ def test_every_sentence_end_token_of_the_real_vocabulary_is_classified(qwen, tex
     (".\\n", '."\\n'), and may end one (pending) when the delimiter (with closers) is its last text ('.', '."', '.)',
     "。"); a "." inside a token followed by a letter (".g", ".m") is neither."""
     bounds = text_rule
-    enc = lambda s: qwen.encode(s)[-1]  # noqa: E731
+    enc = lambda s: qwen.encode(s)[-1]
     assert bounds.classify(enc("a.\n")) == 1 and bounds.classify(enc("a.")) == 2
     for token in ('."', ".)", "。", "?!"):
         assert qwen.convert_ids_to_tokens(enc("a" + token)) and bounds.classify(enc("a" + token)) == 2, token

@@ -1,13 +1,14 @@
-"""`csr report RUN_DIR`: one readable report.md with plots for a CSR run directory.
+"""`csr report RUN_DIR`: one readable report.md with plots, and report.html, for a CSR run directory.
 
-    csr report RUN_DIR [--instances F] [--gt-captions F] [--synonyms F]
+    csr report RUN_DIR [--instances F] [--gt-captions F] [--synonyms F] [--no-thumbnails]
 
 Reads RUN_DIR/manifest.json (if present) and round_<k>/{generate,train,eval}/ (round_0 holds only
 the base model's eval) and writes RUN_DIR/report.md plus report_*.png (matplotlib, Agg backend):
 hallucination metrics per round, the CLIP image-relevance R_I of chosen vs rejected answers (the
 paper's Figure 1 right), reward margins, DPO loss and reward accuracy, a table of every number, and,
 with --instances, how the pairs compare with the ground truth. Missing pieces of a run are noted,
-never fatal; a folder that is no run at all is an error.
+never fatal; a folder that is no run at all is an error. Then report_html.py writes RUN_DIR/report.html:
+the same numbers plus every test caption with its objects marked, and the pairs (docs/report.md).
 """
 
 from __future__ import annotations
@@ -39,10 +40,15 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("run_dir", help="a csr loop output directory")
     parser.add_argument("--instances", help="COCO instances JSON of the training images: adds pair quality vs GT")
     parser.add_argument("--gt-captions", help="COCO captions JSON (objects named there count as present)")
-    parser.add_argument("--synonyms", help="synonym table for --instances (default: the COCO table)")
+    parser.add_argument("--synonyms", help="synonym table for --instances (default: the COCO table) and report.html's "
+                        "object marks (default: the run's eval.synonyms)")
+    parser.add_argument("--no-thumbnails", action="store_true", help="report.html without the test images")
     args = parser.parse_args(argv)
     path = write_report(args.run_dir, args.instances, args.gt_captions, args.synonyms)
     print(f"wrote {path}")
+    from .report_html import write_html
+
+    print(f"wrote {write_html(args.run_dir, args.synonyms, thumbs=not args.no_thumbnails)}")
     return 0
 
 
@@ -66,14 +72,14 @@ def collect(run_dir: Path) -> dict[int, dict]:
         except ValueError:
             continue
         r: dict[str, Any] = {}
-        r["eval"] = _json(d / "eval" / "metrics.json")
-        r["dev_eval"] = _json(d / "dev_eval" / "metrics.json")
+        for stage in ("eval", "dev_eval"):  # a metrics file that is no JSON object counts as missing
+            metrics = _json(d / stage / "metrics.json")
+            r[stage] = metrics if isinstance(metrics, dict) else None
         pairs_path = d / "generate" / "pairs.jsonl"
         if pairs_path.is_file():
             pairs = [p for p in read_jsonl(pairs_path) if not p.get("anchor")]  # an anchor replays, compares nothing
-            r["chosen_r_i"] = [p["chosen_r_i"] for p in pairs if p.get("chosen_r_i") is not None]
-            r["rejected_r_i"] = [p["rejected_r_i"] for p in pairs if p.get("rejected_r_i") is not None]
-            r["margin"] = [p["margin"] for p in pairs if p.get("margin") is not None]
+            for key in ("chosen_r_i", "rejected_r_i", "margin"):
+                r[key] = [p[key] for p in pairs if isinstance(p.get(key), (int, float))]
             r["n_pairs"] = len(pairs)
         train_path = d / "train" / "train_metrics.jsonl"
         if train_path.is_file():

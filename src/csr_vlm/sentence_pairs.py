@@ -69,7 +69,7 @@ def trusted(sentence: Sentence, tau: float) -> bool:
 
 
 def _pick(options: list[Answer], rule: str) -> Answer:
-    last = lambda a: a.sentences[-1]  # noqa: E731
+    last = lambda a: a.sentences[-1]
     if rule == "hardest":
         return max(options, key=lambda a: last(a).r)
     if rule == "likeliest":

@@ -39,7 +39,7 @@ from typing import Any
 from ..data import read_entries, read_json, resolve_image, write_jsonl
 from ..errors import InputError
 from .task import Metric, Plan, Task, job_key
-from .words import singularize, tokenize
+from .words import singularize, token_spans, tokenize
 
 log = logging.getLogger(__name__)
 
@@ -114,17 +114,22 @@ def load_vocabulary(path: str | Path | None = None) -> Vocabulary:
 
 def merge_phrases(words: list[str], vocab: Vocabulary) -> list[str]:
     """Left-to-right longest-match merge of multi-word names into one token each."""
-    out: list[str] = []
+    return [word for word, _, _ in merged_runs(words, vocab)]
+
+
+def merged_runs(words: list[str], vocab: Vocabulary) -> list[tuple[str, int, int]]:
+    """`merge_phrases` with the input words each output word covers: (word, first index, end index)."""
+    out: list[tuple[str, int, int]] = []
     i = 0
     while i < len(words):
         for n in range(min(vocab.max_phrase, len(words) - i), 1, -1):
             mapped = vocab.phrases.get(tuple(words[i : i + n]))
             if mapped is not None:
-                out.append(mapped)
+                out.append((mapped, i, i + n))
                 i += n
                 break
         else:
-            out.append(words[i])
+            out.append((words[i], i, i + 1))
             i += 1
     return out
 
@@ -141,14 +146,33 @@ def table_singular(token: str, vocab: Vocabulary) -> str:
     return singularize(token)
 
 
+@dataclass(frozen=True)
+class Mention:
+    """One object a caption names: the synonym-table word that matched, its canonical object, and where."""
+
+    word: str
+    """The table's word (singular, a phrase merged into one), e.g. "puppy" or "hot dog"."""
+    object: str
+    """Its canonical object, e.g. "dog"."""
+    start: int
+    """Character span of the mention in the caption: caption[start:end] is what the caption wrote ("puppies")."""
+    end: int
+
+
+def caption_mentions(caption: str, vocab: Vocabulary) -> list[Mention]:
+    """Every object mention of a caption, in order, duplicates kept: CHAIR's matching (`caption_to_words` is
+    this without the spans)."""
+    spans = token_spans(caption or "")
+    runs = merged_runs([table_singular(t, vocab) for t, _, _ in spans], vocab)
+    drop_seat = any(w == "toilet" for w, _, _ in runs) and any(w == "seat" for w, _, _ in runs)
+    return [Mention(w, vocab.canonical[w], spans[i][1], spans[j - 1][2]) for w, i, j in runs
+            if w in vocab.canonical and not (drop_seat and w == "seat")]
+
+
 def caption_to_words(caption: str, vocab: Vocabulary) -> tuple[list[str], list[str]]:
     """(surface object words, canonical object words) of a caption, in order, duplicates kept."""
-    tokens = [table_singular(t, vocab) for t in tokenize(caption or "")]
-    words = merge_phrases(tokens, vocab)
-    if "toilet" in words and "seat" in words:
-        words = [w for w in words if w != "seat"]
-    words = [w for w in words if w in vocab.canonical]
-    return words, [vocab.canonical[w] for w in words]
+    mentions = caption_mentions(caption, vocab)
+    return [m.word for m in mentions], [m.object for m in mentions]
 
 
 def count_words(caption: str) -> int:

@@ -40,11 +40,37 @@ def split_sentences(text: str) -> list[str]:
 
 
 def tokenize(text: str) -> list[str]:
-    """Lower-cased word tokens in reading order, punctuation as separate tokens, sentence by sentence."""
-    tokens: list[str] = []
-    for sentence in split_sentences(text.lower()):
-        tokens.extend(_TOKEN.findall(_CLITIC.sub(r" \1", sentence)))
-    return tokens
+    """Lower-cased word tokens in reading order, punctuation as separate tokens."""
+    return [token for token, _, _ in token_spans(text)]
+
+
+def token_spans(text: str) -> list[tuple[str, int, int]]:
+    """(token, start, end) per token of `tokenize`, with the token's character span in the original text.
+
+    Tokens never cross white space, so splitting into sentences first would give the same tokens; the
+    text is lower-cased one character at a time so that every character of the lowered text knows where
+    it came from."""
+    if text.isascii():  # one character in, one out
+        flat, origin = text.lower(), list(range(len(text)))
+    else:
+        lowered: list[str] = []
+        origin = []
+        for i, ch in enumerate(text):
+            low = ch.lower()
+            lowered.append(low)
+            origin.extend([i] * len(low))
+        flat = "".join(lowered)
+    spaced: list[str] = []
+    where: list[int] = []
+    last = 0
+    for m in _CLITIC.finditer(flat):  # a clitic becomes its own token: a space goes before it
+        spaced.append(flat[last : m.start()] + " ")
+        where.extend(origin[last : m.start()] + [origin[m.start()]])
+        last = m.start()
+    spaced.append(flat[last:])
+    where.extend(origin[last:])
+    joined = "".join(spaced)
+    return [(m.group(), where[m.start()], where[m.end() - 1] + 1) for m in _TOKEN.finditer(joined)]
 
 
 def singularize(word: str) -> str:

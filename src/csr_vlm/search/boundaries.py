@@ -41,8 +41,7 @@ SPACED, FULL_WIDTH = "spaced", "full_width"
 CLOSERS = "\"'”’)]}»」』）】》〉›"
 """Characters that close a quotation or a bracket: after a delimiter they belong to the sentence."""
 
-ABBREVIATIONS = frozenset("""mr mrs ms dr prof sr jr st mt vs fig figs approx ca cf inc ltd co corp dept est
-jan feb mar apr jun jul aug sep sept oct nov dec""".split())
+ABBREVIATIONS = frozenset(["mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "mt", "vs", "fig", "figs", "approx", "ca", "cf", "inc", "ltd", "co", "corp", "dept", "est", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec"])
 """Words that a "." follows without ending the sentence (lower case, without the dot). Dotted initials ("e.g.",
 "U.S.", "a.m.") are recognised by their shape instead."""
 
@@ -93,7 +92,7 @@ class SentenceBoundaries:
         special = set(tokenizer.all_special_ids)
         kinds = {d: delimiter_kind(d) for d in delimiters if d}
         eos = frozenset(eos_ids)
-        decode = lambda ids: tokenizer.decode(list(ids), skip_special_tokens=True)  # noqa: E731
+        decode = lambda ids: tokenizer.decode(list(ids), skip_special_tokens=True)
         if rule == "token":
             ends = frozenset(i for i, t in enumerate(texts) if i not in special and _token_rule_end(t, kinds))
             return cls(rule, ends, eos_ids=eos, decode=decode)
@@ -152,7 +151,7 @@ def token_texts(tokenizer) -> list[str]:
     head = tokenizer.decode(anchor)
     decoded = tokenizer.batch_decode([anchor + [i] for i in range(len(tokenizer))], skip_special_tokens=False,
                                      clean_up_tokenization_spaces=False)
-    return [t[len(head):] if t.startswith(head) else t for t in decoded]
+    return [t.removeprefix(head) for t in decoded]
 
 
 def _token_rule_end(text: str, kinds: dict[str, str]) -> bool:

@@ -8,8 +8,8 @@ a `BeamState` is one partial answer: its keys/values in a batched `DynamicCache`
 is not yet in the cache. `expand` feeds the B last tokens once, repeats the cache K times
 (`batch_repeat_interleave`) and decodes all B*K candidate sentences together with its own token loop,
 so R_T comes from the raw (untempered) logits and stops are exact: a sentence end (boundaries.py: by text, with
-one token of look-ahead whose cache column is dropped again when it confirms the end), an EOS, or
-`max_new_tokens` (with `search.offer_end` the K-th candidate of each row is EOS itself). `select`
+one token of look-ahead; when it confirms the end, the look-ahead token is dropped and the delimiter stays in the
+cache with the logits after it, so the next expand does not feed it again), an EOS, or `max_new_tokens` (with `search.offer_end` the K-th candidate of each row is EOS itself). `select`
 keeps the surviving rows (`batch_select_indices`) and `crop`s trailing columns no survivor uses.
 Nothing is ever re-encoded. `prefill` installs kvcache.py's layers: new tokens are written in place
 (no `torch.cat` per token) and the image + prompt keys/values are kept once per prompt, not once per
@@ -46,8 +46,10 @@ class BeamState:
 
     cache: Any
     mask: torch.Tensor  # (rows, cache_len) 1 = real token, 0 = hole
-    last: torch.Tensor  # (rows,) last token id, not yet in the cache
+    last: torch.Tensor  # (rows,) last token id, not yet in the cache (unless `fed` says it is)
     pos: torch.Tensor  # (rows,) position id of `last`
+    fed: torch.Tensor | None = None  # (rows,) bool: `last` is in the cache already and `next_logits` follow it
+    next_logits: torch.Tensor | None = None  # (rows, V) raw logits after `last`, where `fed`
 
     @property
     def rows(self) -> int:
@@ -174,8 +176,7 @@ def expand_groups(policy, state: BeamState, cfg: SearchConfig, stops: SentenceBo
     for g in groups:  # row ranges after the K-fold repeat
         bounds_of_blocks.append((start * k, (start + g.rows) * k))
         start += g.rows
-    logits = _forward(policy, state, state.last, torch.ones_like(state.last, dtype=torch.bool), state.pos)
-    _count_forward(groups, 1)
+    logits = _first_logits(policy, state, groups)
     state.cache.batch_repeat_interleave(k)
     state.mask = state.mask.repeat_interleave(k, dim=0)
     logits = logits.repeat_interleave(k, dim=0)  # (B*K, V)
@@ -185,6 +186,8 @@ def expand_groups(policy, state: BeamState, cfg: SearchConfig, stops: SentenceBo
     running = torch.ones(rows, dtype=torch.bool, device=device)
     live_rows = [True] * rows
     pending: list[str | None] = [None] * rows  # a row whose last token may end its sentence (look-ahead)
+    fed = torch.zeros(rows, dtype=torch.bool, device=device)  # confirmed ends: their delimiter is in the cache
+    after_fed = None  # (rows, V) the logits after those delimiters
     last = torch.zeros(rows, dtype=torch.long, device=device)
     bias = suppress_bias(suppress_ids, logits)
     for step in range(cfg.max_new_tokens):
@@ -197,11 +200,13 @@ def expand_groups(policy, state: BeamState, cfg: SearchConfig, stops: SentenceBo
         picked = logp.gather(1, tokens[:, None]).squeeze(1).tolist()  # one device sync per step, not per row
         chosen = tokens.tolist()
         stopped, confirmed = _take_tokens(bounds, cands, chosen, picked, live_rows, pending)
-        if confirmed:  # their look-ahead token is dropped: the delimiter, fed last step, is fed again next expand
+        if confirmed:  # their look-ahead token is dropped; the delimiter (fed last step) and the logits after it stay
             index = torch.tensor(confirmed, device=device)
-            state.mask[index, -1] = 0
             pos[index] -= 1
             tokens[index] = torch.tensor([cands[r].tokens[-1] for r in confirmed], device=device)
+            fed[index] = True
+            after_fed = torch.zeros_like(logits) if after_fed is None else after_fed
+            after_fed[index] = logits[index]
         last = tokens
         still = running & ~torch.tensor(stopped, device=device)
         live_rows = still.tolist()
@@ -218,9 +223,26 @@ def expand_groups(policy, state: BeamState, cfg: SearchConfig, stops: SentenceBo
             cands[r].stop = "delimiter"
     for (a, b), g in zip(bounds_of_blocks, groups):
         g.counter.generated += sum(len(c.tokens) for c in cands[a:b])
-    state.last = last
-    state.pos = pos
+    state.last, state.pos = last, pos
+    state.fed, state.next_logits = (fed, after_fed) if after_fed is not None else (None, None)
     return cands
+
+
+def _first_logits(policy, state: BeamState, groups: list[RowBlock]) -> torch.Tensor:
+    """The logits after each row's last token: fed now, or kept from the look-ahead that confirmed its end."""
+    if state.fed is None:
+        _count_forward(groups, 1)
+        return _forward(policy, state, state.last, torch.ones_like(state.last, dtype=torch.bool), state.pos)
+    fresh = ~state.fed
+    rows = fresh.tolist()
+    start = 0
+    for g in groups:
+        g.counter.forwarded += sum(rows[start: start + g.rows])
+        start += g.rows
+    if not any(rows):
+        return state.next_logits
+    logits = _forward(policy, state, state.last, fresh, state.pos)
+    return torch.where(state.fed[:, None], state.next_logits, logits)
 
 
 def _take_tokens(bounds: SentenceBoundaries, cands: list[Candidate], tokens: list[int], logprobs: list[float],
@@ -324,5 +346,7 @@ def select(state: BeamState, rows: list[int]) -> BeamState:
     if extra > 0:
         state.cache.crop(-extra)
         mask = mask[:, :width]
+    fed = state.fed.index_select(0, index) if state.fed is not None else None
+    after = state.next_logits.index_select(0, index) if fed is not None and bool(fed.any()) else None
     return BeamState(cache=state.cache, mask=mask, last=state.last.index_select(0, index),
-                     pos=state.pos.index_select(0, index))
+                     pos=state.pos.index_select(0, index), fed=fed if after is not None else None, next_logits=after)

@@ -8,9 +8,9 @@
    processes: arm "csr" (calibrated reward, lam 0.9) and arm "lam0" (reward.lam=0: the model
    rewards itself with its own likelihood only); every round is evaluated on test, the round is
    picked on dev CHAIR_i;
-3. runs `csr report` on each arm and prints one table: per round CHAIR_i / CHAIR_s / recall /
-   POPE F1 / dup rate / well-formed on test, and the ground-truth CHAIR_i of that round's chosen
-   and rejected answers (are the pairs DPO learns from cleaner than the model?);
+3. runs `csr report` on each arm (report.md, and report.html with every test caption and pair) and prints one
+   table: per round CHAIR_i / CHAIR_s / recall / POPE F1 / dup rate / well-formed on test, and the ground-truth
+   CHAIR_i of that round's chosen and rejected answers (are the pairs DPO learns from cleaner than the model?);
 4. bootstraps (2,000 paired per-image resamples, seeded) the change in test CHAIR_i and in test POPE F1
    from the base to each arm's selected round;
 5. writes <out>/summary.json ({"arms", "selected_round", "delta_chair_i", "delta_pope_f1", "seed", "seconds", ...}).
@@ -38,8 +38,9 @@ log = logging.getLogger(__name__)
 # (end_self_score=false) and no image term, ending would outscore every sentence.
 # It keeps every pair too, and rejects the search's lowest answer (curate.require_doubt and
 # curate.rejected=hardest ask CLIP which answers are wrong).
+# Sentence-level pairs, too, ask CLIP which sentences are wrong: lam0 pairs whole answers.
 ARMS = {"csr": [], "lam0": ["reward.lam=0", "reward.end_self_score=true", "curate.require_doubt=false",
-                            "curate.rejected=lowest"]}
+                            "curate.rejected=lowest", "curate.pair_level=response"]}
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 COLUMNS = ("chair_i", "chair_s", "recall", "pope_f1", "dup_rate", "wellformed", "pair_chosen_chair_i",
            "pair_rejected_chair_i")
@@ -275,7 +276,7 @@ csr = calibrated self-reward (CLIP image relevance, lam 0.9); lam0 = the model r
 
 
 def cli(argv: list[str]) -> int:
-    """`csr demo [--quick] [--seed N] [--out DIR] [--world DIR] [--jobs J]`."""
+    """`csr demo [--quick] [--seed N] [--out DIR] [--world DIR] [--jobs J] [--arms csr,lam0]`."""
     parser = argparse.ArgumentParser(prog="csr demo", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
     parser.add_argument("--seed", type=int, default=0, help="world and CSR seed")
@@ -284,13 +285,17 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--config", help="loop config (default configs/toy.yaml or configs/toy-quick.yaml)")
     parser.add_argument("--jobs", type=int, default=2, help="arms run in parallel (one thread each)")
     parser.add_argument("--verbose", action="store_true", help="also print TRL's per-step log dicts")
+    parser.add_argument("--arms", default=",".join(ARMS), help=f"arms to run, comma-separated (default {','.join(ARMS)})")
     args = parser.parse_args(argv)
+    arms = [a for a in args.arms.split(",") if a]
+    if not arms or any(a not in ARMS for a in arms):
+        parser.error(f"--arms: choose from {', '.join(ARMS)}, got {args.arms!r}")
     config = Path(args.config) if args.config else CONFIG_DIR / ("toy-quick.yaml" if args.quick else "toy.yaml")
     if not config.is_file():
         raise InputError(f"--config: {config} not found")
     world = Path(args.world or f"worlds/toy-seed{args.seed}{'-quick' if args.quick else ''}")
     out = Path(args.out)
-    summary = run_demo(config, world, out, args.seed, args.quick, args.jobs)
+    summary = run_demo(config, world, out, args.seed, args.quick, args.jobs, arms)
     from .build import summary_text
 
     print("\n" + summary_text(read_json(world / "world.json")) + "\n")
@@ -300,25 +305,28 @@ def cli(argv: list[str]) -> int:
     return 0
 
 
-def run_demo(config: Path, world: Path, out: Path, seed: int, quick: bool, jobs: int = 2) -> dict:
-    """Build (or reuse) the world, run both arms, report them, bootstrap the change; returns summary.json's content."""
+def run_demo(config: Path, world: Path, out: Path, seed: int, quick: bool, jobs: int = 2,
+             arms: list[str] | None = None) -> dict:
+    """Build (or reuse) the world, run the arms (default both), report them, bootstrap the change; returns
+    summary.json's content."""
     from .build import build
 
     start = time.time()
     build(world, seed=seed, quick=quick)
     out.mkdir(parents=True, exist_ok=True)
-    args = [(str(config), str(world), str(out), seed, arm, jobs <= 1) for arm in ARMS]
-    print(f"running the arms {' and '.join(ARMS)} ({'side by side' if jobs > 1 else 'one after the other'}); "
+    arms = arms or list(ARMS)
+    args = [(str(config), str(world), str(out), seed, arm, jobs <= 1 or len(arms) == 1) for arm in arms]
+    print(f"running the arms {' and '.join(arms)} ({'side by side' if jobs > 1 else 'one after the other'}); "
           "each line names its arm", flush=True)
-    if jobs > 1:
-        with ProcessPoolExecutor(max_workers=min(jobs, len(ARMS)), mp_context=get_context("spawn")) as pool:
+    if jobs > 1 and len(arms) > 1:
+        with ProcessPoolExecutor(max_workers=min(jobs, len(arms)), mp_context=get_context("spawn")) as pool:
             list(pool.map(run_arm, *zip(*args)))
     else:
         for a in args:
             run_arm(*a)
     summary = {"arms": {}, "selected_round": {}, "seed": seed, "quick": quick, "world": str(world),
                "config": str(config)}
-    for arm in ARMS:
+    for arm in arms:
         run_report(out / arm, world)
         summary["arms"][arm] = arm_rows(out / arm, world)
         summary["selected_round"][arm] = read_json(out / arm / "best.json")["round"]
