@@ -49,6 +49,8 @@ class ControlTokens:
         if known is not None and known[0] is processor:
             return known[1]
         tokens = cls._build(processor)
+        if len(_OF) >= 4:  # a loop loads a processor per round: keep the last few, not all of them
+            _OF.pop(next(iter(_OF)))
         _OF[id(processor)] = (processor, tokens)
         return tokens
 
