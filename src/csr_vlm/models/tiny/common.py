@@ -92,6 +92,7 @@ def write_sample_prompts(out: Path, n: int = 8, seed: int = 0) -> Path:
     from PIL import Image, ImageDraw
 
     rng = random.Random(seed)
+    _seed_pillow_noise(seed)
     (out / "images").mkdir(parents=True, exist_ok=True)
     questions = ["Describe this image.", "What do you see happening in this image?", "Describe the following image."]
     lines = []
@@ -105,3 +106,15 @@ def write_sample_prompts(out: Path, n: int = 8, seed: int = 0) -> Path:
         lines.append(json.dumps({"id": f"{i:03d}", "image": f"images/{i:03d}.png", "prompt": questions[i % 3]}))
     (out / "prompts.jsonl").write_text("\n".join(lines) + "\n")
     return out / "prompts.jsonl"
+
+
+def _seed_pillow_noise(seed: int) -> None:
+    """Seed the C library's rand(), which Image.effect_noise draws from: unseeded, the images of a second model built in
+    one process differed from the first's (and so did every result on them: a test's outcome hung on which tests ran
+    before it). srand(1 + seed) is the state a fresh process starts in for seed 0, so those images are unchanged."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).srand(1 + seed)
+    except (OSError, AttributeError):  # no C library to reach (not Linux/macOS): the images stay unseeded
+        pass
