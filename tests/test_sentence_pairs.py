@@ -126,3 +126,18 @@ def test_generate_then_train_on_sentence_pairs(tiny_llava, tmp_path):
     assert main(["train", f"model.path={d / 'policy'}", f"out={tmp_path / 'train'}",
                  f"train.pairs={gen / 'pairs.jsonl'}", *TINY_TRAIN]) == 0
     assert json.loads((tmp_path / "train" / "DONE").read_text())["steps"] == len(pairs)
+
+
+def test_ending_the_answer_is_a_sibling_and_can_be_chosen(chat):
+    """After the clean prefix "a red circle.": the end (EOS alone, R_I = tau = 60, R 0.0), "a table." (61, R -0.1),
+    "a dog." (45, R -1.5). The trusted siblings are the end and "a table."; the end has the higher R, so the pair is
+    "stop here" (the EOS token's text, "</s>") against "a dog."."""
+    root = Answer()
+    red = _grow(chat, root, "a red circle.", 70, 1.0)
+    eos = chat.tokenizer.eos_token_id
+    end = Answer(sentences=red.sentences + [Sentence(text="", r_t=-0.5, r_i=TAU, r=0.0, end=True)],
+                 tokens=red.tokens + [eos], ended=True)
+    children = [end, _grow(chat, red, "a table.", 61, -0.1), _grow(chat, red, "a dog.", 45, -1.5)]
+    result = SearchResult("paper", [], None, None, {}, siblings=[Siblings(1, red, children)])
+    (pair,) = sentence_pairs(RECORD, 1, result, CurateConfig(), TAU, chat)
+    assert (pair["chosen"], pair["rejected"], pair["margin"]) == (chat.tokenizer.eos_token, " a dog.", 1.5)

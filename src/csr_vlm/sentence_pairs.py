@@ -7,7 +7,11 @@ trusted: R_I >= tau and no repeat), two of its siblings make a context-aware pai
 trusted sibling (the one with the highest R), rejected a sibling the reward doubts (R_I below tau, or a
 repeat), picked as `curate.rejected` picks whole answers (lowest R, hardest = highest R, likeliest = highest
 R_T). Only the next sentence is contrasted, so DPO learns where the hallucination starts, not a whole answer's
-length or style. At most `curate.max_sentence_pairs` per prompt, earliest depths first.
+length or style. Ending the answer is a sibling like any other (with `search.offer_end` every set has one; its
+R_I is the neutral value, tau under `reward.normalize=center`): where it outscores every true next sentence,
+the pair is "stop here" against the hallucination, and the end is its EOS token. Without it, sentence pairs
+would only ever teach the model to go on. At most `curate.max_sentence_pairs` per prompt, earliest depths
+first.
 
 Format: TRL's standard prompt / chosen / rejected with `images`: the prompt is the model's own chat-template text
 (image placeholder included) with the assistant turn left open and the prefix written in it, chosen and
@@ -49,7 +53,10 @@ class ChatText:
         return chat_prompt(self.processor, question) + self.decode(prefix)
 
     def continuation(self, prefix: list[int], tokens: list[int]) -> str:
-        """The text of `tokens` after `prefix`: prompt(q, prefix) + continuation = the answer's text so far."""
+        """The text of `tokens` after `prefix`: prompt(q, prefix) + continuation = the answer's text so far. The end
+        of the answer (EOS alone) is the EOS token's own text ("</s>", "<|im_end|>"), which TRL tokenizes back."""
+        if tokens and all(t in self.tokenizer.all_special_ids for t in tokens):
+            return self.tokenizer.decode(tokens, skip_special_tokens=False)
         head, full = self.decode(prefix), self.decode(prefix + tokens)
         return full[len(head):] if full.startswith(head) else self.decode(tokens)
 
@@ -86,7 +93,7 @@ def sentence_pairs(rec: PromptRecord, round: int, result: SearchResult, curate: 
             break
         if not all(trusted(s, tau) for s in group.prefix.sentences):
             continue
-        options = [c for c in group.children if not c.sentences[-1].end and c.sentences[-1].text]
+        options = [c for c in group.children if c.sentences[-1].end or c.sentences[-1].text]
         good = [c for c in options if trusted(c.sentences[-1], tau)]
         bad = [c for c in options if not trusted(c.sentences[-1], tau)]
         if not good or not bad:
