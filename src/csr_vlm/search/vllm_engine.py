@@ -208,6 +208,8 @@ class VLLMEngine:
                     cands.append(Candidate(parent=row, tokens=list(tokens), logprobs=list(logprobs),
                                            stop=self._stop(tokens)))
         self._settle(batch, cands)
+        for c in cands:  # the sentences' own tokens (look-ahead tokens that confirmed an end are not in them)
+            batch.prompts[batch.rows[c.parent][0]].counter.generated += len(c.tokens)
         batch.rows = [(batch.rows[c.parent][0], batch.rows[c.parent][1] + c.tokens) for c in cands]
         return cands
 
@@ -347,7 +349,6 @@ class VLLMEngine:
         if not prompt.seen:
             prompt.counter.prompt += n_prompt
             prompt.seen = True
-        prompt.counter.generated += generated
         prompt.counter.forwarded += n_prompt - cached + generated
 
 
