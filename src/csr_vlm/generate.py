@@ -330,27 +330,25 @@ def _check_chars(tokens: ControlTokens, prompt: str, context: int | None, cfg: R
     """InputError when the prompt's characters alone prove it too long (before any tokenization: a 50 MB line is
     refused in microseconds)."""
     least = tokens.min_tokens(prompt)
-    answer = cfg.search.max_sentences * cfg.search.max_new_tokens
-    if cfg.data.max_prompt_tokens is not None and least > cfg.data.max_prompt_tokens:
-        raise InputError(f"prompt too long ({len(prompt)} characters, at least {least} tokens > "
-                         f"data.max_prompt_tokens={cfg.data.max_prompt_tokens})")
-    if context is not None and least + answer > context:
-        raise InputError(f"prompt too long ({len(prompt)} characters, at least {least} tokens + up to {answer} "
-                         f"answer tokens > the model's context of {context})")
+    _refuse_if_too_long(least, f"{len(prompt)} characters, at least {least} tokens", context, cfg)
 
 
 def _check_length(engine, image, prompt: str, cfg: RunConfig) -> None:
     """InputError when image + prompt tokens, plus the longest answer the search may write, exceed the model's
     context, or the prompt alone exceeds data.max_prompt_tokens."""
     n = engine.prompt_tokens(image, prompt)
+    _refuse_if_too_long(n, f"{n} tokens with the image", engine.context_length, cfg)
+
+
+def _refuse_if_too_long(n: int, counted: str, context: int | None, cfg: RunConfig) -> None:
+    """InputError when n prompt tokens exceed data.max_prompt_tokens, or n plus the longest answer the search may
+    write exceed the model's context; `counted` says how n was counted."""
     answer = cfg.search.max_sentences * cfg.search.max_new_tokens
-    context = engine.context_length
     if cfg.data.max_prompt_tokens is not None and n > cfg.data.max_prompt_tokens:
-        raise InputError(f"prompt too long ({n} tokens with the image > data.max_prompt_tokens="
-                         f"{cfg.data.max_prompt_tokens})")
+        raise InputError(f"prompt too long ({counted} > data.max_prompt_tokens={cfg.data.max_prompt_tokens})")
     if context is not None and n + answer > context:
-        raise InputError(f"prompt too long ({n} tokens with the image + up to {answer} answer tokens > the model's "
-                         f"context of {context})")
+        raise InputError(f"prompt too long ({counted} + up to {answer} answer tokens > the model's context of "
+                         f"{context})")
 
 
 def _free_memory() -> None:
