@@ -256,3 +256,27 @@ def test_training_killed_mid_way_resumes_from_its_checkpoint(tiny_llava, tmp_pat
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     assert not list((out / "trainer").glob("checkpoint-*"))  # resume points are gone once the stage is done
     shutil.rmtree(ref, ignore_errors=True)
+
+
+def _write_many(path: str) -> None:
+    from csr_vlm.data import write_jsonl
+
+    for i in range(200):
+        write_jsonl(path, [{"i": i, "pad": "x" * 1000}] * 20)
+
+
+def test_two_processes_writing_one_file_do_not_collide(tmp_path):
+    """Two `csr demo` runs starting on one world both write its files: each writer renames its own tmp file into
+    place (a shared `x.tmp` let one process rename the other's away: "No such file or directory")."""
+    import multiprocessing
+
+    path = tmp_path / "questions.jsonl"
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_write_many, args=(str(path),)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    lines = path.read_text().splitlines()
+    assert len(lines) == 20 and not list(tmp_path.glob("*.tmp"))

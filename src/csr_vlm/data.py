@@ -44,20 +44,20 @@ class PromptRecord:
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
-    """Write JSON atomically (tmp file + rename)."""
+    """Write JSON atomically (a tmp file of this process + rename: two processes writing one file never collide)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
     tmp.replace(path)
     return path
 
 
 def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> Path:
-    """Write JSONL atomically (tmp file + rename)."""
+    """Write JSONL atomically (a tmp file of this process + rename: two processes writing one file never collide)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     with tmp.open("w") as fh:
         for rec in records:
             fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
