@@ -205,17 +205,10 @@ _CONTROL_TOKEN = re.compile(r"<[^<>\s]+>|\[[A-Z_]+\d*\]")
 
 
 def sentence_end_ids(tokenizer, delimiters: list[str]) -> list[int]:
-    """Scan the vocabulary for tokens that end a sentence under the given delimiter characters."""
-    special = set(tokenizer.all_special_ids)
-    ids = []
-    for i in range(len(tokenizer)):
-        if i in special:
-            continue
-        text = tokenizer.decode([i])
-        cut = max((text.rfind(d) + len(d) for d in delimiters if d and d in text), default=-1)
-        if cut > 0 and not text[cut:].strip():
-            ids.append(i)
-    return ids
+    """The tokens that end a sentence under the official token rule (search/boundaries.py, `search.boundary=token`)."""
+    from ..search.boundaries import SentenceBoundaries
+
+    return SentenceBoundaries.build(tokenizer, delimiters, [], "token").stop_ids
 
 
 def load_policy(cfg: ModelConfig, path: str | None = None, device: str | None = None) -> Policy:
