@@ -66,6 +66,10 @@ def test_demo_quick_end_to_end(quick_demo):
         assert (out / arm / "report.html").stat().st_size > 10_000 and f"{out / arm / 'report.html'}" in printed
     assert "CHAIR_i" in printed and "(selected on dev)" in printed and "summary.json" in printed
     assert "dCHAIR_i vs base [95% CI]" in printed
+    world = json.loads((Path(summary["world"]) / "world.json").read_text())
+    weak_clip = world["clip"]["auc_all"] < 0.7  # health.MIN_AUC
+    assert any("separates present from absent" in line for line in summary["health"]) == weak_clip
+    assert all(line in printed for line in summary["health"])
 
 
 def test_paired_bootstrap_by_hand():

@@ -116,7 +116,8 @@ class _FakeScorer:
 
 def test_estimate_tau_is_true_mean_minus_sd(tmp_path):
     """present R_I [30, 28, 26]: mean 28, sample sd 2 -> tau (sd 3) = 28 - 6 = 22.
-    absent [25, -4 -> clamped 0]: 25 >= 22 passes -> pass rate 1/2; no true sentence is below 22."""
+    absent [25, -4 -> clamped 0]: 25 >= 22 passes -> pass rate 1/2; no true sentence is below 22.
+    AUC: every present score (26 the lowest) beats both absent ones (25, 0) -> 6 / 6 = 1."""
     Image.new("RGB", (8, 8), (1, 1, 1)).save(tmp_path / "a.png")
     Image.new("RGB", (8, 8), (2, 2, 2)).save(tmp_path / "b.png")
     a, b = (1, 1, 1), (2, 2, 2)
@@ -129,6 +130,7 @@ def test_estimate_tau_is_true_mean_minus_sd(tmp_path):
     tau, stats = estimate_tau(scorer, records, sd=3.0)
     assert tau == pytest.approx(22.0)
     assert stats["miss_rate_true"] == 0.0 and stats["pass_rate_false"] == 0.5 and stats["mean_false"] == 12.5
+    assert stats["auc"] == 1.0
 
 
 def test_pick_tau_youden_cuts_where_tpr_minus_fpr_peaks():

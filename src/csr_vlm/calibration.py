@@ -108,6 +108,7 @@ def estimate_tau(scorer, records: list[dict], sd: float = 3.0, max_pixels: int =
         "mean_false": sum(false_scores) / len(false_scores) if false_scores else None,
         "miss_rate_true": sum(v < tau for v in true_scores) / len(true_scores),
         "pass_rate_false": sum(v >= tau for v in false_scores) / len(false_scores) if false_scores else None,
+        "auc": auc(true_scores, false_scores),
     }
     return tau, stats
 

@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import health
 from .config import save_config, to_dict
 from .console import bar_name, bars_off, commonest_skip
 from .curate import shard_line
@@ -148,6 +149,8 @@ def _resolve_reward(cfg: RunConfig, scorer) -> tuple[RewardConfig, dict | None]:
     calib = read_calibration(cfg.reward.tau_calibration)
     tau, stats = estimate_tau(scorer, calib, cfg.reward.tau_sd, cfg.data.max_image_pixels, cfg.reward.tau_rule)
     log.info("generate: tau = %.3f (%s) estimated from %s", tau, cfg.reward.tau_rule, cfg.reward.tau_calibration)
+    if line := health.scorer_line(stats["auc"], cfg.reward.tau_calibration):
+        log.warning(line)
     return dataclasses.replace(cfg.reward, tau=tau), stats
 
 

@@ -21,6 +21,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from . import health
 from .calibration import clip_summary
 from .data import read_jsonl, write_json
 from .errors import InputError
@@ -242,6 +243,9 @@ def score_pairs(args) -> dict:
         cols += ["sentence_n_pairs", "sentence_chosen_chair_i", "sentence_rejected_chair_i",
                  "sentence_chosen_cleaner_rate"]
     _print_table([[name] + [r.get(c, "") for c in cols] for name, r in result.items()], ["round"] + cols)
+    for name, r in result.items():
+        if r.get("n_pairs") and (line := health.pairs_line(name, r.get("chosen_chair_i"), r.get("rejected_chair_i"))):
+            print(line)
     return result
 
 
@@ -264,4 +268,6 @@ def score_clip(args) -> dict:
     if args.tau is not None:
         rows.append([f"FPR at tau={args.tau}", out["fpr_at_tau"]])
     _print_table(rows, ["measure", "value"])
+    if line := health.scorer_line(out["auc"], args.calibration):
+        print(line)
     return out

@@ -268,6 +268,18 @@ def verdict(summary: dict) -> list[str]:
     return out
 
 
+def health_lines(summary: dict, world_info: dict) -> list[str]:
+    """The reward health lines (health.py) of this demo: the toy CLIP's AUC on the world's own calibration
+    sentences, and per arm and round whether the pairs' chosen answers were cleaner than the rejected ones."""
+    from .. import health
+
+    lines = [health.scorer_line(world_info.get("clip", {}).get("auc_all"), "the world's calibration sentences")]
+    for arm, rows in summary["arms"].items():
+        lines += [health.pairs_line(f"{arm} round {r['round']}", r["pair_chosen_chair_i"], r["pair_rejected_chair_i"])
+                  for r in rows]
+    return [line for line in lines if line]
+
+
 EXPLAIN = """CHAIR_i: share of object mentions that name an object not in the image (lower is better).
 CHAIR_s: share of answers with at least one such mention. recall: share of the image's objects named.
 POPE F1: yes/no questions "Is there a X in the image?". dup: mentions repeating an object already named.
@@ -300,7 +312,7 @@ def cli(argv: list[str]) -> int:
 
     print("\n" + summary_text(read_json(world / "world.json")) + "\n")
     print(table(summary))
-    print("\n".join(["", *verdict(summary), "", EXPLAIN]))
+    print("\n".join(["", *verdict(summary), *summary["health"], "", EXPLAIN]))
     print(f"\nsummary: {out / 'summary.json'} ({summary['seconds']:.0f} s)")
     return 0
 
@@ -335,6 +347,7 @@ def run_demo(config: Path, world: Path, out: Path, seed: int, quick: bool, jobs:
                                              paired_bootstrap)
     summary["delta_pope_f1"] = delta_vs_base(out, selected, seed, "pope_questions.jsonl", pope_answers,
                                              pope_f1_bootstrap)
+    summary["health"] = health_lines(summary, read_json(world / "world.json"))
     summary["seconds"] = round(time.time() - start, 1)
     write_json(out / "summary.json", summary)
     return summary
