@@ -16,6 +16,6 @@ def test_pairs_line_when_chosen_is_not_cleaner():
     0.1 against 0.3 is healthy, and so are pairs in which neither side names an absent object (0 and 0)."""
     line = health.pairs_line("csr round 1", 0.958, 0.867)
     assert "csr round 1" in line and "0.958 >= rejected 0.867" in line
-    assert health.pairs_line("r", 0.5, 0.5) is not None
+    assert health.pairs_line("r", 0.5, 0.5) is not None and health.pairs_line("r", 1.0, 0.0) is not None
     assert health.pairs_line("r", 0.1, 0.3) is None and health.pairs_line("r", 0.0, 0.0) is None
     assert health.pairs_line("r", None, 0.3) is None

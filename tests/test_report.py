@@ -7,7 +7,7 @@ import json
 import pytest
 
 from csr_vlm.cli import main
-from csr_vlm.data import write_json, write_jsonl
+from csr_vlm.data import read_jsonl, write_json, write_jsonl
 from csr_vlm.report import collect, round_table
 
 
@@ -92,7 +92,7 @@ def test_report_on_empty_dir(tmp_path, capsys):
     assert "No round_<k>/ directories found." in (tmp_path / "report.md").read_text()
 
 
-def test_score_pairs_cli(run_dir, tmp_path):
+def test_score_pairs_cli(run_dir, tmp_path, capsys):
     """Round 2 vs GT: chosen "A man." 0/1, "A cat." 0/1 -> 0; rejected "A cat." on 1.jpg 1/1, "A dog." on 2.jpg 1/1
     -> 1; chosen cleaner 2/2. A third, yes/no pair names no object: left out (counted), so still 2/2, not 2/3.
     Greedy file: "A dog and a cat." on 1.jpg (1/2) and "A cat." on 2.jpg (0/1):
@@ -112,6 +112,13 @@ def test_score_pairs_cli(run_dir, tmp_path):
     assert m["round_2"]["chosen_cleaner_rate"] == 1.0
     assert (m["round_2"]["n_pairs"], m["round_2"]["n_yes_no_pairs"]) == (2, 1)
     assert m["round_1"]["chosen_cleaner_than_greedy_rate"] == 0.5
+    printed = capsys.readouterr().out  # chosen cleaner in both rounds (0.25 < 0.333, 0 < 1): no health line
+    assert "reward health" not in printed
+    swapped = [dict(p, chosen=p["rejected"], rejected=p["chosen"]) for p in read_jsonl(run_dir / "round_2/generate/pairs.jsonl")]
+    write_jsonl(run_dir / "round_2/generate/pairs.jsonl", swapped)  # now chosen 1.0, rejected 0.0
+    assert main(["score", "pairs", str(run_dir), "--instances", str(tmp_path / "inst.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "reward health: round_2's pairs" in printed and "round_1's pairs" not in printed
 
 
 def test_clip_summary_hand_worked():

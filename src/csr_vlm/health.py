@@ -26,7 +26,7 @@ def pairs_line(name: str, chosen_chair_i: float | None, rejected_chair_i: float 
     """'reward health: ...' when NAME's chosen answers hallucinate as much as or more than its rejected ones (pairs
     in which neither side hallucinates are healthy: there was nothing to separate)."""
     if chosen_chair_i is None or rejected_chair_i is None or chosen_chair_i < rejected_chair_i \
-            or rejected_chair_i == 0:
+            or chosen_chair_i == rejected_chair_i == 0:
         return None
     return (f"reward health: {name}'s pairs prefer answers that hallucinate as much or more (ground-truth CHAIR_i "
             f"chosen {chosen_chair_i:.3f} >= rejected {rejected_chair_i:.3f}): the reward does not separate here, "
