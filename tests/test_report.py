@@ -114,8 +114,9 @@ def test_score_pairs_cli(run_dir, tmp_path, capsys):
     assert m["round_1"]["chosen_cleaner_than_greedy_rate"] == 0.5
     printed = capsys.readouterr().out  # chosen cleaner in both rounds (0.25 < 0.333, 0 < 1): no health line
     assert "reward health" not in printed
-    swapped = [dict(p, chosen=p["rejected"], rejected=p["chosen"]) for p in read_jsonl(run_dir / "round_2/generate/pairs.jsonl")]
-    write_jsonl(run_dir / "round_2/generate/pairs.jsonl", swapped)  # now chosen 1.0, rejected 0.0
+    round_2 = run_dir / "round_2/generate/pairs.jsonl"
+    write_jsonl(round_2, [dict(p, chosen=p["rejected"], rejected=p["chosen"]) for p in read_jsonl(round_2)])
+    # now chosen 1.0, rejected 0.0
     assert main(["score", "pairs", str(run_dir), "--instances", str(tmp_path / "inst.json")]) == 0
     printed = capsys.readouterr().out
     assert "reward health: round_2's pairs" in printed and "round_1's pairs" not in printed

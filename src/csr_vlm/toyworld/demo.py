@@ -275,8 +275,8 @@ def health_lines(summary: dict, world_info: dict) -> list[str]:
 
     lines = [health.scorer_line(world_info.get("clip", {}).get("auc_all"), "the world's calibration sentences")]
     for arm, rows in summary["arms"].items():
-        lines += [health.pairs_line(f"{arm} round {r['round']}", r["pair_chosen_chair_i"], r["pair_rejected_chair_i"])
-                  for r in rows]
+        lines += [health.pairs_line(f"{arm} round {r['round']}", r["pair_chosen_chair_i"],
+                                    r["pair_rejected_chair_i"]) for r in rows]
     return [line for line in lines if line]
 
 
