@@ -83,19 +83,33 @@ def build_models(root: Path, geometry: dict) -> Path:
     return root
 
 
-def load_models(root: Path):
+def load_models(root: Path, ragged: bool = False):
+    """The policy and CLIP; on the uniform tree no sentence may stop before max_new_tokens (see module docstring),
+    on the ragged one sentences end only at RAGGED ids (`ragged_ends`)."""
     from csr_vlm.config import ModelConfig
-    from csr_vlm.models import ClipScorer, load_policy
+    from csr_vlm.models import ClipScorer, load_policy, sentence_end_ids
 
     policy = load_policy(ModelConfig(path=str(root / "policy"), device="cpu", dtype="float32"))
     scorer = ClipScorer(str(root / "clip"), device="cpu", dtype="float32")
-    # Same work on both sides: no sentence may stop before max_new_tokens (see module docstring).
-    from csr_vlm.models import sentence_end_ids
-
-    forced = sorted(set(type(policy).suppressed_ids(policy)) | set(policy.eos_ids)
-                    | set(sentence_end_ids(policy.tokenizer, [".", "!", "?", "\n"])))
+    forced = set(type(policy).suppressed_ids(policy)) | set(policy.eos_ids) \
+        | set(sentence_end_ids(policy.tokenizer, [".", "!", "?", "\n"]))
+    if ragged:
+        forced -= set(ragged_ends(policy))
+    forced = sorted(forced)
     policy.suppressed_ids = lambda: forced  # instance attribute: the search asks the policy what to suppress
     return policy, scorer
+
+
+RAGGED = dict(end_every=12, max_new_tokens=40)
+"""The ragged tree: one token id in 12 ends a sentence, so on random weights sentence lengths are geometric with a
+mean near 12 tokens, capped at 40 (COCO captions: 5 to 40 tokens a sentence), and every row of a step ends at its
+own time, as on real trees."""
+
+
+def ragged_ends(policy) -> list[int]:
+    """The ids that end a sentence on the ragged tree (the same set on both sides)."""
+    special = set(type(policy).suppressed_ids(policy)) | set(policy.eos_ids)
+    return [i for i in range(len(policy.tokenizer)) if i % RAGGED["end_every"] == 0 and i not in special]
 
 
 def make_image(size: int, seed: int = 0):
@@ -118,11 +132,13 @@ def make_cfg(k: int = 5, keep_top: int = 1, keep_bottom: int = 2, sentences: int
 # ---------------------------------------------------------------------------- the two searches
 
 
-def run_ours(policy, scorer, image, cfg, seed: int) -> dict:
+def run_ours(policy, scorer, image, cfg, seed: int, ends: list[int] | None = None) -> dict:
     from csr_vlm.search.driver import search_prompt
     from csr_vlm.search.hf_engine import HFEngine
 
     engine = HFEngine(policy, cfg.search)  # scans the vocabulary for sentence ends once, outside the timing
+    if ends is not None:
+        engine.bounds = ends  # a plain id list: a sentence ends at these tokens (the ragged tree)
     t0 = time.perf_counter()
     result = search_prompt(engine, scorer, image, PROMPT, cfg.search, cfg.reward, seed)
     wall = time.perf_counter() - t0
@@ -147,13 +163,15 @@ def run_ours_batch(policy, scorer, image, cfg, seed: int, batch: int) -> dict:
             "tokens_generated": sum(r.stats["tokens_generated"] for r in results)}
 
 
-def run_baseline(policy, clip, clip_proc, image, cfg, seed: int) -> dict:
-    """The official code's cost structure: one generate per node on the re-encoded prefix, CLIP per sentence."""
+def run_baseline(policy, clip, clip_proc, image, cfg, seed: int, ends: list[int] | None = None) -> dict:
+    """The official code's cost structure: one generate per node on the re-encoded prefix, CLIP per sentence.
+    With `ends` (the ragged tree) sentences stop at those ids; a finished row pads until the longest one ends."""
     s = cfg.search
     tok = policy.tokenizer
+    stop_at = dict(eos_token_id=ends) if ends is not None else \
+        dict(min_new_tokens=s.max_new_tokens, eos_token_id=policy.eos_ids + policy.delimiter_ids(s.delimiters))
     gen_kwargs = dict(do_sample=True, temperature=s.temperature, top_p=s.top_p, num_return_sequences=s.num_candidates,
-                      max_new_tokens=s.max_new_tokens, min_new_tokens=s.max_new_tokens,
-                      eos_token_id=policy.eos_ids + policy.delimiter_ids(s.delimiters),
+                      max_new_tokens=s.max_new_tokens, **stop_at,
                       suppress_tokens=policy.suppressed_ids(), pad_token_id=tok.pad_token_id,
                       output_logits=True, return_dict_in_generate=True)
     torch.manual_seed(seed)
@@ -170,12 +188,13 @@ def run_baseline(policy, clip, clip_proc, image, cfg, seed: int) -> dict:
             prefix = batch["input_ids"].shape[1]
             new = out.sequences[:, prefix:]
             forwarded += new.shape[0] * (prefix + new.shape[1] - 1)  # prefix expanded K times, last token not fed
-            generated += new.numel()
             logp = torch.stack(out.logits, 1).float().log_softmax(-1).gather(-1, new[..., None])[..., 0]
             for row in range(new.shape[0]):
-                sent = tok.decode(new[row], skip_special_tokens=True)
+                n = _until_end(new[row].tolist(), stop_at["eos_token_id"])  # padding after the end is not generated
+                generated += n
+                sent = tok.decode(new[row, :n], skip_special_tokens=True)
                 all_sentences.append(sent)
-                children.append((text + sent, cum + float(logp[row].mean())))
+                children.append((text + sent, cum + float(logp[row, :n].mean())))
         if depth == s.max_sentences - 1:
             break
         children.sort(key=lambda c: -c[1])
@@ -192,6 +211,12 @@ def run_baseline(policy, clip, clip_proc, image, cfg, seed: int) -> dict:
     clip_s = time.perf_counter() - t1
     return {"wall_s": time.perf_counter() - t0, "generate_s": gen_s, "clip_s": clip_s, "calls": calls,
             "tokens_forwarded": forwarded, "tokens_generated": generated, "sentences": len(all_sentences)}
+
+
+def _until_end(tokens: list[int], ends: list[int]) -> int:
+    """Tokens of a generated row up to and including its first end token (all of them if none)."""
+    stop = set(ends)
+    return next((i + 1 for i, t in enumerate(tokens) if t in stop), len(tokens))
 
 
 # ---------------------------------------------------------------------------- memory (subprocess)
@@ -261,6 +286,8 @@ def main(argv=None) -> dict:
                     help="peak-memory subprocesses (default: on, off with --quick)")
     ap.add_argument("--batch", type=int, default=4, help="prompts searched together for the batched row (0: skip)")
     ap.add_argument("--profile", action="store_true", help="add torch.profiler top ops of our search")
+    ap.add_argument("--ragged", action=argparse.BooleanOptionalAction, default=True,
+                    help="also the ragged tree (sentences of random lengths, RAGGED)")
     ap.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/search_bench.json)")
     ap.add_argument("--_memory", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--_root", default=None, help=argparse.SUPPRESS)
@@ -283,6 +310,7 @@ def main(argv=None) -> dict:
                           run_baseline(policy, scorer.model, scorer.processor, image, cfg, seed=i)))
             if args.batch:
                 batched.append(run_ours_batch(policy, scorer, image, cfg, seed=i, batch=args.batch))
+        ragged = run_ragged(root, image, repeats) if args.ragged else None
         want_memory = args.memory if args.memory is not None else not args.quick
         memory = measure_memory(root, args.quick, args.threads) if want_memory else None
         prof = profile_ours(policy, scorer, image, cfg) if args.profile else None
@@ -293,11 +321,51 @@ def main(argv=None) -> dict:
                              "wall_ratio": statistics.median(p[1]["wall_s"] / b["per_prompt_s"]
                                                              for p, b in zip(pairs, batched)),
                              "tokens_generated": batched[0]["tokens_generated"], "runs": batched}
+    if ragged:
+        result["ragged"] = ragged
     result["env"] = env_info()
     result["command"] = "python bench/search_bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
     print_table(result)
     write_result("search_bench", result, args.out)
     return result
+
+
+def run_ragged(root: Path, image, repeats: int) -> dict:
+    """The ragged tree: ours (finished rows leave the batch, search/ragged.py), ours with every row forwarded to
+    the step's end (as before), and the official cost structure; each tree is drawn afresh per seed, so the
+    ratios are medians over seeds."""
+    from csr_vlm.search import ragged as compaction
+
+    policy, scorer = load_models(root, ragged=True)
+    ends = ragged_ends(policy)
+    cfg = make_cfg(tokens=RAGGED["max_new_tokens"])
+    run_ours(policy, scorer, image, cfg, seed=1000, ends=ends)  # warm-up
+    runs = []
+    for i in range(repeats):
+        ours = run_ours(policy, scorer, image, cfg, seed=i, ends=ends)
+        saved, compaction.COMPACT_AT = compaction.COMPACT_AT, float("inf")
+        try:
+            whole = run_ours(policy, scorer, image, cfg, seed=i, ends=ends)
+        finally:
+            compaction.COMPACT_AT = saved
+        base = run_baseline(policy, scorer.model, scorer.processor, image, cfg, seed=i, ends=ends)
+        runs.append({"ours": ours, "ours_whole_rows": whole, "baseline": base})
+    med = statistics.median
+
+    def ratio(run, kind):
+        return run[kind]["tokens_forwarded"] / run[kind]["tokens_minimal"]
+
+    return {"end_every": RAGGED["end_every"], "max_new_tokens": RAGGED["max_new_tokens"],
+            "mean_sentence_tokens": med(r["ours"]["tokens_generated"] / r["ours"]["sentences"] for r in runs),
+            "ours_forwarded_over_minimal": med(ratio(r, "ours") for r in runs),
+            "whole_rows_forwarded_over_minimal": med(ratio(r, "ours_whole_rows") for r in runs),
+            "wall_s": {"ours": med(r["ours"]["wall_s"] for r in runs),
+                       "ours_whole_rows": med(r["ours_whole_rows"]["wall_s"] for r in runs),
+                       "baseline": med(r["baseline"]["wall_s"] for r in runs)},
+            "wall_ratio": med(r["baseline"]["wall_s"] / r["ours"]["wall_s"] for r in runs),
+            "wall_ratio_per_token": med((r["baseline"]["wall_s"] / r["baseline"]["tokens_generated"])
+                                        / (r["ours"]["wall_s"] / r["ours"]["tokens_generated"]) for r in runs),
+            "targets": {"forwarded_over_minimal_max": 1.05}, "runs": runs}
 
 
 def summarize(pairs, geometry, cfg, memory, prof) -> dict:
@@ -354,6 +422,13 @@ def print_table(r: dict) -> None:
     print(f"|{'-' * 30}|{'-' * 16}|{'-' * 16}|{'-' * 42}|")
     for name, a, b, note in rows:
         print(f"| {name:<28} | {a!s:>14} | {b!s:>14} | {note:<40} |")
+    if r.get("ragged"):
+        g = r["ragged"]
+        print(f"ragged tree (a sentence ends at 1 token id in {g['end_every']}, cap {g['max_new_tokens']}; mean "
+              f"{g['mean_sentence_tokens']:.1f} tokens): forwarded/minimal {g['ours_forwarded_over_minimal']:.3f} "
+              f"(every row to the step's end: {g['whole_rows_forwarded_over_minimal']:.3f}; target <= 1.05); wall "
+              f"{g['wall_s']['ours']:.3f} s vs {g['wall_s']['ours_whole_rows']:.3f} s, official cost structure "
+              f"{g['wall_s']['baseline']:.3f} s: {g['wall_ratio']:.1f}x ({g['wall_ratio_per_token']:.1f}x per token)")
     if r.get("profile_ours"):
         print("torch.profiler, our search, top self-CPU ops:")
         for e in r["profile_ours"]:

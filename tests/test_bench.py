@@ -63,6 +63,19 @@ def test_search_bench_same_tree_for_both(runs):
     assert data["geometry"]["image_tokens"] == 64
 
 
+def test_search_bench_ragged_tree_forwards_the_rows_still_writing(runs):
+    """The ragged tree (a sentence ends at 1 token id in 12): finished rows leave the batch, so the tokens
+    forwarded are within 5 % of the minimal count, where forwarding every row to the step's end costs more
+    (token counts, not times)."""
+    text, data = _ok(runs, "search_bench")
+    g = data["ragged"]
+    assert "ragged tree" in text and 1 < g["mean_sentence_tokens"] < g["max_new_tokens"]
+    assert g["ours_forwarded_over_minimal"] <= 1.05 < g["whole_rows_forwarded_over_minimal"]
+    for run in g["runs"]:  # compaction changes which rows go through the model, not what the search writes
+        assert run["ours"]["tokens_generated"] == run["ours_whole_rows"]["tokens_generated"]
+        assert run["ours"]["tokens_minimal"] == run["ours_whole_rows"]["tokens_minimal"]
+
+
 def test_scaling_bench_rows(runs):
     """Sentences S with K=5, keep 1 + 2, 20 tokens: (5 + 15 * (S - 1)) * 20 -> S=2: 400, S=4: 1000, S=6: 1600.
     K=2, S=6: 1 row -> 2 (all kept), 2 rows -> 4 (keep 3), then 3 rows -> 6 at depths 3..6:

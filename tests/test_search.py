@@ -94,7 +94,8 @@ def test_cached_continuation_equals_reencoding(loaded, family):
 def test_offer_end_makes_every_kth_candidate_the_end_with_its_real_logprob(loaded):
     """Two partial answers, 4 candidates each with offer_end: candidates 3 and 7 are EOS alone (stop "eos"),
     each with log p(EOS | image, prompt, that answer) as a full re-encode computes it; the other three per
-    answer are the very sentences sampling draws without offer_end (same generator, same draws)."""
+    answer are the very sentences sampling draws without offer_end (same generator, same draws; log-probs equal
+    to float rounding: the EOS rows stop at once and leave the batch, so the others go through in a smaller one)."""
     policy, _, image = loaded["llava"]
     suppress, eos = policy.suppressed_ids(), policy.eos_ids
     stops = sorted({i for i in range(len(policy.tokenizer)) if i % 5 == 0} | set(eos))
@@ -109,7 +110,8 @@ def test_offer_end_makes_every_kth_candidate_the_end_with_its_real_logprob(loade
     batch = policy.encode([image], [PROMPT])
     for k, (a, b) in enumerate(zip(plain, offered)):
         if k % 4 != 3:
-            assert (a.tokens, a.logprobs, a.stop) == (b.tokens, b.logprobs, b.stop)
+            assert (a.tokens, a.stop) == (b.tokens, b.stop)  # the EOS rows leave the cache (ragged.py): other
+            assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5)  # batch shapes, so float rounding differs
             continue
         assert b.tokens == [eos[0]] and b.stop == "eos"
         inputs = dict(batch)

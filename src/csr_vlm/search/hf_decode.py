@@ -28,6 +28,7 @@ diversity_penalty times the number of earlier groups that chose that token at th
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +38,7 @@ import torch
 from ..schema import SearchConfig
 from .boundaries import CLOSE_END, CLOSE_PENDING, CONFIRM, END, PENDING, SentenceBoundaries
 from .kvcache import SharedPrefixLayer, install, shared_prefix_mode
+from .ragged import RaggedRows
 from .types import Candidate, TokenCounter
 
 
@@ -134,11 +136,18 @@ def _pad_left(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
     return torch.cat([t.new_zeros(shape), t], dim=dim)
 
 
-def _forward(policy, state: BeamState, tokens: torch.Tensor, live: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    """Feed one token per row (holes where `live` is False); returns the raw next-token logits (rows, V)."""
+def _forward(policy, state: BeamState, tokens: torch.Tensor, live: torch.Tensor, pos: torch.Tensor,
+             rows: torch.Tensor | None = None) -> torch.Tensor:
+    """Feed one token per row (holes where `live` is False); returns the raw next-token logits (rows, V).
+
+    With `rows` (ragged.py) the cache holds only those rows: only they go through the model, and the logits are
+    theirs, in that order."""
     state.mask = torch.cat([state.mask, live.long()[:, None]], dim=1)
+    mask = state.mask if rows is None else state.mask.index_select(0, rows)
+    if rows is not None:
+        tokens, pos = tokens.index_select(0, rows), pos.index_select(0, rows)
     with torch.inference_mode(), shared_prefix_mode(policy.model, state.cache):
-        out = policy.model(input_ids=tokens[:, None], attention_mask=state.mask, position_ids=pos[:, None],
+        out = policy.model(input_ids=tokens[:, None], attention_mask=mask, position_ids=pos[:, None],
                            cache=state.cache, use_cache=True)
     state.cache = out.cache
     return out.logits[:, -1, :].float()
@@ -190,6 +199,7 @@ def expand_groups(policy, state: BeamState, cfg: SearchConfig, stops: SentenceBo
     after_fed = None  # (rows, V) the logits after those delimiters
     last = torch.zeros(rows, dtype=torch.long, device=device)
     bias = suppress_bias(suppress_ids, logits)
+    ragged = RaggedRows(state.cache, rows)
     for step in range(cfg.max_new_tokens):
         logp = torch.log_softmax(logits, dim=-1)  # raw, untempered: R_T
         blocks = [(a, b, g.generator) for (a, b), g in zip(bounds_of_blocks, groups) if any(live_rows[a:b])]
@@ -213,11 +223,17 @@ def expand_groups(policy, state: BeamState, cfg: SearchConfig, stops: SentenceBo
         if not any(live_rows) or step == cfg.max_new_tokens - 1:
             running = still
             break
-        # Rows that stopped keep their final token out of the cache (it is fed by the next expand).
-        logits = _forward(policy, state, tokens, still, pos)
-        _count_forward(groups, k)
+        # Rows that stopped keep their final token out of the cache (it is fed by the next expand); once enough
+        # have stopped, they leave the cache until the loop ends (ragged.py).
+        ragged.shrink(state.cache, live_rows)
+        if ragged.index is None:
+            logits = _forward(policy, state, tokens, still, pos)
+        else:
+            logits = logits.index_copy(0, ragged.index, _forward(policy, state, tokens, still, pos, ragged.index))
+        _count_forward(groups, k, ragged.active)
         pos = pos + still.long()
         running = still
+    ragged.restore(state.cache)
     for r in range(rows):
         if pending[r] and live_rows[r]:  # cut by max_new_tokens right after a delimiter
             cands[r].stop = "delimiter"
@@ -282,9 +298,14 @@ def _take_tokens(bounds: SentenceBoundaries, cands: list[Candidate], tokens: lis
     return stopped, confirmed
 
 
-def _count_forward(groups: list[RowBlock], repeat: int) -> None:
+def _count_forward(groups: list[RowBlock], repeat: int, in_cache: list[int] | None = None) -> None:
+    """Count the rows that went through the model: all of them, or the batch rows `in_cache` (sorted)."""
+    start = 0
     for g in groups:
-        g.counter.forwarded += g.rows * repeat
+        end = start + g.rows * repeat
+        g.counter.forwarded += end - start if in_cache is None else \
+            bisect.bisect_left(in_cache, end) - bisect.bisect_left(in_cache, start)
+        start = end
 
 
 def suppress_bias(suppress_ids: list[int], logits: torch.Tensor) -> torch.Tensor | None:
