@@ -24,9 +24,16 @@ vision tower and projector stay frozen, and an explicit frozen deep copy is pass
 
 Output: `checkpoint/` (LoRA merged with `merge_and_unload`, processor and chat template saved;
 `train.merge=false` keeps the adapter only), written to `checkpoint.tmp/` and renamed when complete;
-`train_metrics.jsonl` (TRL's logged metrics plus "step"), `config.yaml`, and `DONE` last. Under
-`torchrun --nproc_per_node N -m csr_vlm train ...` it trains as DDP (gloo on CPU via `use_cpu`);
-rank 0 writes the files.
+`train_metrics.jsonl` (TRL's logged metrics plus "step"), `config.yaml`, and `DONE` last. The checkpoint is
+read back before it replaces the last one (checkpoint.py: tensors non-empty and finite, loads with the Auto
+classes). `train.lora_dropout` is put back on the adapter after TRL's disable_dropout turned it off.
+
+Engines (docs/scaling.md): under `torchrun --nproc_per_node N -m csr_vlm train ...` it trains as DDP (gloo on
+CPU via `use_cpu`); under `python -m accelerate.commands.launch --config_file configs/accelerate/<engine>.yaml`
+as DDP, DeepSpeed ZeRO-2/3 or FSDP2. The DPOConfig is made before the policy loads, so ZeRO-3 loads it sharded;
+a launch that asks for sharding the Trainer does not set up is refused (distributed.py); under ZeRO-3 and FSDP
+every rank gathers the full weights and rank 0 merges and saves them (checkpoint.py). Rank 0 writes the files;
+DONE records the engine.
 
 Resume: with `train.save_steps` N > 0 the Trainer writes `trainer/checkpoint-<step>` every N optimizer
 steps (keeping `train.save_total_limit`), and with any N it writes one at the last step; a killed stage,
