@@ -4,6 +4,7 @@
 #   bash scripts/setup.sh            .venv: csr-vlm with its test extras (what `csr demo` needs)
 #   bash scripts/setup.sh --lmms     + lmms-eval in .venv (the `lmms` extra: eval.lmms_tasks)
 #   bash scripts/setup.sh --vllm     + .venv-vllm: csr-vlm with vLLM (search.engine=vllm; its own csr)
+#   bash scripts/setup.sh --deepspeed + DeepSpeed in .venv (the `deepspeed` extra: ZeRO-2/3, docs/scaling.md)
 #   bash scripts/setup.sh --test     all of the above, and Chromium: everything the full test suite runs
 #   bash scripts/setup.sh --latest   (with any of the above) .venv takes the newest releases, not constraints.txt
 #
@@ -20,14 +21,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-lmms=0; vllm=0; chromium=0; latest=${CSR_LATEST:-0}
+lmms=0; vllm=0; ds=0; chromium=0; latest=${CSR_LATEST:-0}
 for arg in "$@"; do
   case "$arg" in
     --lmms) lmms=1 ;;
     --vllm) vllm=1 ;;
-    --test) lmms=1; vllm=1; chromium=1 ;;
+    --deepspeed) ds=1 ;;
+    --test) lmms=1; vllm=1; ds=1; chromium=1 ;;
     --latest) latest=1 ;;
-    *) echo "setup.sh: unknown option $arg (use --lmms, --vllm, --test or --latest)" >&2; exit 2 ;;
+    *) echo "setup.sh: unknown option $arg (use --lmms, --vllm, --deepspeed, --test or --latest)" >&2; exit 2 ;;
   esac
 done
 pins=(-c constraints.txt); [ "$latest" = 1 ] && pins=()
@@ -46,11 +48,12 @@ fresh() {  # fresh VENV KEY: true when VENV's install stamp does not match KEY (
 }
 key() { cat pyproject.toml scripts/setup.sh scripts/torchvision_cpu_ops.py constraints.txt | sha256sum | cut -d' ' -f1; }
 
-main_key="$(key)-lmms$lmms-latest$latest"
+main_key="$(key)-lmms$lmms-ds$ds-latest$latest"
 if fresh .venv "$main_key"; then
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-  extras=test; [ "$lmms" = 1 ] && extras=test,lmms
-  if ! .venv/bin/python -m pip install -q "$torch_spec" -e ".[$extras]" ${pins[@]+"${pins[@]}"}; then
+  extras=test; [ "$lmms" = 1 ] && extras="$extras,lmms"; [ "$ds" = 1 ] && extras="$extras,deepspeed"
+  # DS_BUILD_OPS=0: DeepSpeed installs as Python source (seconds); its ops compile when first used
+  if ! DS_BUILD_OPS=0 .venv/bin/python -m pip install -q "$torch_spec" -e ".[$extras]" ${pins[@]+"${pins[@]}"}; then
     [ "$latest" = 1 ] || echo "setup.sh: installing with constraints.txt failed; if a requirement conflicts with a pinned" \
       "version, update constraints.txt or run with --latest" >&2
     exit 1
@@ -59,6 +62,12 @@ if fresh .venv "$main_key"; then
     # lmms-eval pulls torchvision; PyPI's build for torch 2.13 is a CUDA one that breaks transformers' image
     # code beside CPU torch (transformers uses its PIL image processors without it)
     .venv/bin/python -m pip uninstall -q -y torchvision
+  fi
+  if [ "$ds" = 1 ] && [ "$gpu" = 0 ]; then
+    # on CPUs DeepSpeed compiles its shared-memory collectives when a process group first starts (minutes on 2
+    # cores): once here (into torch's extension cache), not inside the first test that launches ZeRO
+    .venv/bin/python -c "from deepspeed.accelerator import get_accelerator; \
+get_accelerator().create_op_builder('ShareMemCommBuilder').load()" >/dev/null
   fi
   echo "$main_key" > .venv/.csr-installed
 fi

@@ -1,11 +1,8 @@
-"""csr train: DPO + LoRA on the tiny LLaVA (TRL unpatched), merged checkpoint, resume, DDP on 2 CPU ranks."""
+"""csr train: DPO + LoRA on the tiny LLaVA (TRL unpatched), merged checkpoint, resume (2 ranks: test_scaling.py)."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -154,19 +151,3 @@ def test_missing_or_empty_pairs_is_a_one_line_error(tiny_llava, tmp_path, capsys
     assert train.pairs_path(cfg) == tmp_path / "round_1" / "train" / "pairs.jsonl"
     gen = write_pairs(tmp_path / "round_1" / "generate" / "pairs.jsonl", tiny_llava / "images")
     assert train.pairs_path(cfg) == gen
-
-
-@pytest.mark.slow
-def test_two_rank_ddp_on_cpu(tiny_llava, tmp_path):
-    pairs = write_pairs(tmp_path / "pairs.jsonl", tiny_llava / "images", n=4)
-    out = tmp_path / "ddp"
-    torchrun = Path(sys.executable).with_name("torchrun")
-    cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "csr_vlm", "train",
-           f"model.path={tiny_llava / 'policy'}", f"out={out}", f"train.pairs={pairs}", *TINY]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    done = json.loads((out / "DONE").read_text())
-    assert (done["world_size"], done["steps"]) == (2, 2)  # 4 pairs / (2 ranks x batch 1) = 2 steps
-    assert (out / "checkpoint" / "model.safetensors").is_file()
-    assert len([line for line in (out / "train_metrics.jsonl").read_text().splitlines() if '"loss"' in line]) == 2

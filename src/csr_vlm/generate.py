@@ -39,6 +39,7 @@ from . import health
 from .config import save_config, to_dict
 from .console import bar_name, bars_off, commonest_skip
 from .curate import shard_line
+from .distributed import check_shared_out
 from .data import (append_jsonl, file_sha256, is_done, load_image, mark_done, read_json, read_jsonl, read_prompts,
                    repair_jsonl, write_json)
 from .sentence_pairs import ChatText
@@ -77,6 +78,7 @@ def run(cfg: RunConfig, round: int = 1) -> Path:
         if rank == 0:
             _prepare_dir(out, dataclasses.replace(cfg, reward=reward), fingerprint)
         _barrier(dist)
+        check_shared_out(out, dist)  # a node with its own `out` would search into files rank 0 never merges
         started = time.perf_counter()
         try:
             searched = _search_shard(cfg, reward, round, records, engine, scorer, out, rank, world)
@@ -87,11 +89,12 @@ def run(cfg: RunConfig, round: int = 1) -> Path:
         if rank == 0:
             wall = time.perf_counter() - started
             merge(cfg, reward, round, out, records, input_skips, tau_stats, wall, searched, world)
-            if read_json(out / "stats.json")["counts"]["pairs"]:
+            counts = read_json(out / "stats.json")["counts"]
+            if counts["pairs"] and not counts.get("missing"):  # DONE only when every prompt has its line
                 mark_done(out, {"round": round})
             log.info("generate: %d prompts -> %s", len(records), out)
         _barrier(dist)
-        check_produced(out)  # a stage that made no pair ends here, on every rank, without DONE
+        check_produced(out)  # a stage that made no pair, or lost prompts, ends here, on every rank, without DONE
     if dist is not None and _OWN_GROUP:
         dist.destroy_process_group()  # a later stage (DPO on GPUs) sets up its own backend
     return out

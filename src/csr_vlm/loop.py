@@ -41,6 +41,7 @@ from typing import Any
 from .config import changed_settings, save_config
 from .console import block, label
 from .data import DONE_MARKER, is_done, read_json, write_json
+from .distributed import init_group, is_main, world_size
 from .errors import ConfigError, InputError
 from .eval.registry import lower_is_better
 from .lock import output_lock
@@ -110,20 +111,40 @@ def clear_from(out: Path, from_round: int, manifest: Manifest) -> None:
     manifest.forget_from(from_round)
 
 
-def do_stage(cfg: RunConfig, k: int, stage: str, manifest: Manifest) -> Path:
-    """Run one stage of round k unless its DONE marker is there; print one summary line."""
+def do_stage(cfg: RunConfig, k: int, stage: str, manifest: Manifest, dist=None) -> Path:
+    """Run one stage of round k unless its DONE marker is there; print one summary line (rank 0).
+
+    Under torchrun (`dist`) every rank runs generate and train; an evaluation is not split across ranks, so rank 0
+    runs it while the others wait. Rank 0 decides whether the stage is done, for all ranks."""
     scfg = stage_cfg(cfg, k, stage)
     sdir, name = Path(scfg.out), f"round_{k}/{stage}"
-    if is_done(sdir) and not cfg.overwrite:
+    if agreed(dist, is_done(sdir) and not cfg.overwrite):
         manifest.skipped(name, sdir)
-        print(summary_line(name, None, key_numbers(sdir)), flush=True)
+        if is_main():
+            print(summary_line(name, None, key_numbers(sdir)), flush=True)
         return sdir
+    alone = dist is not None and stage in ("eval", "dev_eval")
     with manifest.stage(name, sdir) as entry:
-        stage_runner(stage)(scfg, k)
+        if is_main() or not alone:
+            stage_runner(stage)(scfg, k)
+        if alone:
+            dist.barrier()
     entry["numbers"] = key_numbers(sdir)
+    if stage == "train" and (sdir / DONE_MARKER).is_file():
+        entry["engine"] = read_json(sdir / DONE_MARKER, "DONE").get("engine")
     manifest.save()
-    print(summary_line(name, entry["seconds"], entry["numbers"]), flush=True)
+    if is_main():
+        print(summary_line(name, entry["seconds"], entry["numbers"]), flush=True)
     return sdir
+
+
+def agreed(dist, value):
+    """Rank 0's value on every rank (one process: the value itself)."""
+    if dist is None:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def dev_metrics(cfg: RunConfig, k: int) -> dict[str, float]:
@@ -214,13 +235,21 @@ def run(cfg: RunConfig, from_round: int | None = None) -> Path:
     """Run (or resume) the loop in cfg.out; returns the loop directory."""
     check(cfg, from_round)
     out = Path(cfg.out)
-    with output_lock(out):  # a second loop on this out stops here, before any stage
+    dist = init_group()  # under torchrun: every stage on every rank; rank 0 owns the lock, manifest and summaries
+    with output_lock(out, enabled=is_main()):  # a second loop on this out stops here, before any stage
         check_same_config(cfg, from_round)
-        manifest = Manifest(out, cfg)
-        if from_round is not None:
-            clear_from(out, from_round, manifest)
-        save_config(cfg, out / "config.yaml")
-        _rounds(cfg, out, manifest)
+        if dist is not None:
+            dist.barrier()  # rank 0 holds the lock before any rank goes on
+        manifest = Manifest(out, cfg, write=is_main())
+        manifest.data["distributed"] = {"world_size": world_size(),
+                                        "backend": dist.get_backend() if dist is not None else None}
+        if is_main():
+            if from_round is not None:
+                clear_from(out, from_round, manifest)
+            save_config(cfg, out / "config.yaml")
+        if dist is not None:
+            dist.barrier()
+        _rounds(cfg, out, manifest, dist)
     return out
 
 
@@ -242,24 +271,24 @@ def check_same_config(cfg: RunConfig, from_round: int | None) -> None:
                 from_round, listed, from_round)
 
 
-def _rounds(cfg: RunConfig, out: Path, manifest: Manifest) -> None:
+def _rounds(cfg: RunConfig, out: Path, manifest: Manifest, dist=None) -> None:
     """Round 0's evaluations, then generate -> train -> eval per round, selection, best.json and the table."""
     select = bool(cfg.loop.select_on)
     dev: dict[int, dict[str, float]] = {}
     if cfg.loop.evaluate:
-        do_stage(cfg, 0, "eval", manifest)
+        do_stage(cfg, 0, "eval", manifest, dist)
     if select:
-        do_stage(cfg, 0, "dev_eval", manifest)
+        do_stage(cfg, 0, "dev_eval", manifest, dist)
         dev[0] = dev_metrics(cfg, 0)
     best, last = (0 if select else None), 0
     for k in range(1, cfg.loop.rounds + 1):
         for stage in ("generate", "train"):
-            do_stage(cfg, k, stage, manifest)
+            do_stage(cfg, k, stage, manifest, dist)
         if cfg.loop.evaluate:
-            do_stage(cfg, k, "eval", manifest)
+            do_stage(cfg, k, "eval", manifest, dist)
         last = k
         if select:
-            do_stage(cfg, k, "dev_eval", manifest)
+            do_stage(cfg, k, "dev_eval", manifest, dist)
             dev[k] = dev_metrics(cfg, k)
             bounds = guard_bounds(dev, cfg.loop.guards, cfg.loop.relative_guards)
             best, since = pick_best(dev, cfg.loop.select_on, bounds)
@@ -270,8 +299,10 @@ def _rounds(cfg: RunConfig, out: Path, manifest: Manifest) -> None:
                       f"round(s) (patience {cfg.loop.patience})", flush=True)
                 break
     best = best if select else last
-    write_best(cfg, best, dev[best][cfg.loop.select_on] if best in dev else None)
     manifest.finish(best)
+    if not is_main():
+        return
+    write_best(cfg, best, dev[best][cfg.loop.select_on] if best in dev else None)
     rows = [round_row(cfg, k, dev, best) for k in range(0 if (cfg.loop.evaluate or select) else 1, last + 1)]
     print(block(text_table(*dict_rows(rows))), flush=True)
     print(f"{label('loop')} best round: {best} -> {out / 'best.json'}", flush=True)

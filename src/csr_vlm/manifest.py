@@ -48,8 +48,8 @@ def peak_rss_mb() -> float:
 class Manifest:
     """manifest.json of a loop directory; keeps stage entries of earlier runs so resumes add to them."""
 
-    def __init__(self, out: Path, cfg: RunConfig):
-        self.path = out / "manifest.json"
+    def __init__(self, out: Path, cfg: RunConfig, write: bool = True):
+        self.path, self.write = out / "manifest.json", write  # under torchrun only rank 0 writes it
         old = json.loads(self.path.read_text()) if self.path.is_file() else {}
         self.data: dict[str, Any] = {
             "config": to_dict(cfg), "versions": versions(), "seeds": {"seed": cfg.seed},
@@ -59,7 +59,8 @@ class Manifest:
         self.save()
 
     def save(self) -> None:
-        write_json(self.path, self.data)
+        if self.write:
+            write_json(self.path, self.data)
 
     def forget_from(self, round_k: int) -> None:
         """Drop the stage and round entries of round_k and later (they are being redone)."""

@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 from .curate import balance_yes_no
+from .distributed import SHARED_OUT
 from .console import commonest_skip, reason_kind, skip_summary
 from .data import read_json, read_jsonl, write_json, write_jsonl
 from .errors import InputError
@@ -21,8 +22,14 @@ log = logging.getLogger(__name__)
 
 
 def check_produced(out: Path) -> None:
-    """InputError when the merged stage holds no pair: one line with the commonest skip reason and its count."""
+    """InputError when a prompt has no line in any shard (the stage is then not done), or when the merged stage holds
+    no pair: one line with the commonest skip reason and its count."""
     stats = read_json(out / "stats.json", "stats.json")
+    missing = stats["counts"].get("missing", 0)
+    if missing:
+        raise InputError(f"generate: {missing} of {stats['counts']['prompts_valid']} prompts are in no shard of "
+                         f"{out / 'shards'} and not in skipped.jsonl (first: {stats['first_missing']}); the stage is "
+                         f"not done. Re-run the same command to search them; on several nodes, {SHARED_OUT}")
     if stats["counts"]["pairs"]:
         return
     skipped = list(read_jsonl(out / "skipped.jsonl"))
@@ -39,8 +46,6 @@ def merge(cfg: RunConfig, reward: RewardConfig, round: int, out: Path, records, 
             lines.setdefault(line["id"], line)
     ordered = [lines[r.id] for r in records if r.id in lines]
     missing = [r.id for r in records if r.id not in lines]
-    if missing:
-        log.warning("generate: %d prompts have no result (first: %s)", len(missing), missing[0])
     skipped = list(input_skips) + [ln["skip"] for ln in ordered if ln["skip"]]
     pairs = [p for ln in ordered for p in ([ln["pair"]] if ln["pair"] else []) + ln.get("sentence_pairs", [])]
     if cfg.curate.balance_yes_no:
@@ -52,8 +57,10 @@ def merge(cfg: RunConfig, reward: RewardConfig, round: int, out: Path, records, 
     summary = skip_summary("generate", skipped, len(records) + len(input_skips), out / "skipped.jsonl")
     if summary:
         log.warning(summary)
-    write_json(out / "stats.json", _stats(cfg, reward, round, ordered, input_skips, skipped, pairs, tau_stats, wall,
-                                          searched, world, len(records), _engine_stats(out)))
+    stats = _stats(cfg, reward, round, ordered, input_skips, skipped, pairs, tau_stats, wall, searched, world,
+                   len(records), _engine_stats(out))
+    stats["counts"]["missing"], stats["first_missing"] = len(missing), (missing or [None])[0]
+    write_json(out / "stats.json", stats)
 
 
 def _engine_stats(out: Path) -> dict:

@@ -24,9 +24,16 @@ vision tower and projector stay frozen, and an explicit frozen deep copy is pass
 
 Output: `checkpoint/` (LoRA merged with `merge_and_unload`, processor and chat template saved;
 `train.merge=false` keeps the adapter only), written to `checkpoint.tmp/` and renamed when complete;
-`train_metrics.jsonl` (TRL's logged metrics plus "step"), `config.yaml`, and `DONE` last. Under
-`torchrun --nproc_per_node N -m csr_vlm train ...` it trains as DDP (gloo on CPU via `use_cpu`);
-rank 0 writes the files.
+`train_metrics.jsonl` (TRL's logged metrics plus "step"), `config.yaml`, and `DONE` last. The checkpoint is
+read back before it replaces the last one (checkpoint.py: tensors non-empty and finite, loads with the Auto
+classes). `train.lora_dropout` is put back on the adapter after TRL's disable_dropout turned it off.
+
+Engines (docs/scaling.md): under `torchrun --nproc_per_node N -m csr_vlm train ...` it trains as DDP (gloo on
+CPU via `use_cpu`); under `python -m accelerate.commands.launch --config_file configs/accelerate/<engine>.yaml`
+as DDP, DeepSpeed ZeRO-2/3 or FSDP2. The DPOConfig is made before the policy loads, so ZeRO-3 loads it sharded;
+a launch that asks for sharding the Trainer does not set up is refused (distributed.py); under ZeRO-3 and FSDP
+every rank gathers the full weights and rank 0 merges and saves them (checkpoint.py). Rank 0 writes the files;
+DONE records the engine.
 
 Resume: with `train.save_steps` N > 0 the Trainer writes `trainer/checkpoint-<step>` every N optimizer
 steps (keeping `train.save_total_limit`), and with any N it writes one at the last step; a killed stage,
@@ -52,9 +59,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from .checkpoint import gather_full_weights, model_to_save, verify_checkpoint
 from .config import check_reusable, save_config, to_dict
 from .console import quiet_trainer, reason_kind
 from .data import file_sha256, is_done, load_image, mark_done, read_jsonl, write_json, write_jsonl
+from .distributed import (check_engine, check_wrap_classes, device_args, engine_check_callback, engine_record,
+                          is_main, requested, running, set_up, sharded_parameters)
 from .errors import InputError
 from .lock import output_lock
 from .pairs import drop_control_tokens, read_pairs, to_dataset
@@ -109,8 +119,17 @@ def lora_targets(model) -> str:
 
 def to_trl_args(cfg: RunConfig, model=None):
     """Our TrainConfig -> (trl.DPOConfig, peft.LoraConfig or None). `model` resolves default LoRA targets."""
+    return dpo_config(cfg), lora_config(cfg, model)
+
+
+def dpo_config(cfg: RunConfig):
+    """Our TrainConfig -> trl.DPOConfig. Built before the policy loads: under ZeRO-3 its DeepSpeed settings make
+    transformers load the policy already sharded (zero.Init).
+
+    Raises:
+        InputError: train.trl_args holds a key DPOConfig does not know.
+    """
     import torch
-    from peft import LoraConfig
     from trl import DPOConfig
 
     t = cfg.train
@@ -122,22 +141,43 @@ def to_trl_args(cfg: RunConfig, model=None):
         warmup_steps=t.warmup_ratio, num_train_epochs=t.num_train_epochs,
         per_device_train_batch_size=t.per_device_train_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps, max_length=t.max_length, bf16=bf16,
-        use_cpu=not cuda, activation_checkpointing=t.gradient_checkpointing, report_to=list(t.report_to) or "none",
-        seed=cfg.seed, logging_steps=1, remove_unused_columns=False,
+        activation_checkpointing=t.gradient_checkpointing, report_to=list(t.report_to) or "none",
+        seed=cfg.seed, logging_steps=1, remove_unused_columns=False, **device_args(cuda),
         # save_steps=0 still saves once, at the last step (the Trainer always saves there): that checkpoint is kept
         # until the merged model is written, so a failed final save costs the merge, not the training
         save_strategy="steps", save_steps=t.save_steps or 10**9, save_total_limit=t.save_total_limit,
     )
     args.update(t.trl_args)
-    lora = None
-    if t.use_lora:
-        targets = t.lora_target_modules or (lora_targets(model) if model is not None else "all-linear")
-        lora = LoraConfig(r=t.lora_r, lora_alpha=t.lora_alpha, lora_dropout=t.lora_dropout, bias="none",
-                          target_modules=targets, task_type="CAUSAL_LM")
     try:
-        return DPOConfig(**args), lora
+        return DPOConfig(**args)
     except TypeError as exc:
         raise InputError(f"train.trl_args: {exc}") from None
+
+
+def lora_config(cfg: RunConfig, model=None):
+    """peft.LoraConfig of the train section (None with train.use_lora=false); `model` resolves default targets."""
+    from peft import LoraConfig
+
+    t = cfg.train
+    if not t.use_lora:
+        return None
+    targets = t.lora_target_modules or (lora_targets(model) if model is not None else "all-linear")
+    return LoraConfig(r=t.lora_r, lora_alpha=t.lora_alpha, lora_dropout=t.lora_dropout, bias="none",
+                      target_modules=targets, task_type="CAUSAL_LM")
+
+
+def restore_lora_dropout(model, p: float) -> int:
+    """TRL's disable_dropout (on by default) sets every nn.Dropout to 0, LoRA's too; put train.lora_dropout back
+    on the adapter's dropout layers only (the model's own dropouts stay off, as TRL means them to). Returns how
+    many layers it set."""
+    import torch
+
+    count = 0
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Dropout) and ".lora_dropout." in f".{name}.":
+            module.p = p
+            count += 1
+    return count
 
 
 def metrics_logger(path: Path):
@@ -166,34 +206,42 @@ def load_model(cfg: RunConfig):
     return load_policy(replace(cfg.model, device="cpu", dtype=dtype))
 
 
-def build_trainer(cfg: RunConfig, policy, dataset, metrics_path: Path):
-    """DPOTrainer over the pairs: LoRA (reference = adapter disabled) or full LM with a frozen copy as reference."""
+def build_trainer(cfg: RunConfig, policy, dataset, metrics_path: Path, args=None, callbacks=()):
+    """DPOTrainer over the pairs: LoRA (reference = adapter disabled) or full LM with a frozen copy as reference.
+    `args`: the DPOConfig made before the policy loaded (dpo_config(cfg) when None)."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
     from trl import DPOTrainer
 
     model = policy.model
-    args, lora = to_trl_args(cfg, model)
+    args = args if args is not None else dpo_config(cfg)
+    lora = lora_config(cfg, model)
     ref_model = None
     if not cfg.train.use_lora:
         trainable = language_model_prefix(model) + "."
         head = {id(p) for p in model.get_output_embeddings().parameters()}
         for name, p in model.named_parameters():
             p.requires_grad_(name.startswith(trainable) or id(p) in head)
-        ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+        # a sharded policy cannot be deep-copied: the reference is loaded again, sharded the same way
+        ref = load_model(cfg).model if is_deepspeed_zero3_enabled() else copy.deepcopy(model)
+        ref_model = ref.eval().requires_grad_(False)
     trainer = DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=dataset,
-                         processing_class=policy.processor, peft_config=lora, callbacks=[metrics_logger(metrics_path)])
+                         processing_class=policy.processor, peft_config=lora,
+                         callbacks=[metrics_logger(metrics_path), *callbacks])
+    if lora is not None and cfg.train.lora_dropout:
+        restore_lora_dropout(trainer.model, cfg.train.lora_dropout)
     quiet_trainer(trainer)  # TRL's log dicts: train_metrics.jsonl only (--verbose prints them too)
     return trainer
 
 
-def save_checkpoint(trainer, processor, out: Path, merge: bool) -> Path:
-    """Write the checkpoint to <out>/checkpoint.tmp and rename it to <out>/checkpoint once complete."""
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    if merge and hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
+def save_checkpoint(trainer, processor, out: Path, merge: bool, full=None, trust_remote_code: bool = False) -> Path:
+    """Write the checkpoint to <out>/checkpoint.tmp, verify it, and rename it to <out>/checkpoint (rank 0).
+    `full`: the gathered weights of a sharded model (checkpoint.gather_full_weights), else None."""
+    model = model_to_save(trainer, full, merge)
     final, tmp, old = out / "checkpoint", out / "checkpoint.tmp", out / "checkpoint.old"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     processor.save_pretrained(tmp)
+    verify_checkpoint(tmp, trust_remote_code)  # a checkpoint that does not read back is never put in place
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():  # a redo: keep the previous checkpoint until the new one is in place
         final.rename(old)
@@ -224,26 +272,37 @@ def run(cfg: RunConfig, round: int = 1) -> Path:
     start = time.time()
     max_pixels = cfg.data.max_image_pixels
     rows, skipped = read_pairs(pairs, max_pixels)  # shape and images: a file with no usable pair fails here
-    with output_lock(out, enabled=os.environ.get("RANK", "0") == "0"):  # a second run on this out stops here
+    with output_lock(out, enabled=is_main()):  # a second run on this out stops here
         resume = _resume_point(cfg, out, pairs)
+        args = dpo_config(cfg)
+        asked = requested(args)
+        args.device  # noqa: B018 - starts the process group: ZeRO-3 and FSDP load the policy sharded from here
+        check_engine(asked, set_up(args, asked))  # e.g. FSDP asked for on CPUs: stop before loading anything
         policy = load_model(cfg)
+        check_wrap_classes(policy.model)
+        loaded_sharded = sharded_parameters(policy.model) > 0
         rows, skipped = drop_control_tokens(rows, skipped, ControlTokens.of(policy.processor),
                                             getattr(policy.processor, "image_token", None))
         _check_max_length(cfg, policy, rows[0], max_pixels)
-        if skipped and os.environ.get("RANK", "0") == "0":
+        if skipped and is_main():
             write_jsonl(out / "skipped.jsonl", skipped)
-        trainer = build_trainer(cfg, policy, to_dataset(rows, max_pixels), out / "train_metrics.jsonl")
+        trainer = build_trainer(cfg, policy, to_dataset(rows, max_pixels), out / "train_metrics.jsonl", args)
+        engine = running(trainer)
+        check_engine(asked, engine)  # sharding asked for and not set up: stop before the first step
+        trainer.add_callback(engine_check_callback(engine))
         trainer.accelerator.wait_for_everyone()
         result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         trainer.accelerator.wait_for_everyone()
+        full = gather_full_weights(trainer, engine)  # every rank takes part; rank 0 gets the whole model
         if trainer.is_world_process_zero():
             info = {"round": round, "pairs": len(rows), "skipped": len(skipped),
                     "skipped_by_reason": dict(Counter(reason_kind(s["reason"]) for s in skipped)),
                     "steps": trainer.state.global_step,
                     "train_loss": _whole_loss(out / "train_metrics.jsonl", trainer.state.global_step, result),
                     "world_size": trainer.accelerator.num_processes,
+                    "engine": engine_record(trainer, engine, loaded_sharded),
                     "resumed_from_step": int(resume.name.rsplit("-", 1)[1]) if resume else None}
-            save(cfg, trainer, policy.processor, info, start)
+            save(cfg, trainer, policy.processor, info, start, full)
         trainer.accelerator.wait_for_everyone()
     return out
 
@@ -329,13 +388,14 @@ def _keep_metrics_until(path: Path, step: int) -> None:
         write_jsonl(path, [r for r in read_jsonl(path) if r.get("step", 0) <= step])
 
 
-def save(cfg: RunConfig, trainer, processor, info: dict[str, Any], start: float) -> None:
+def save(cfg: RunConfig, trainer, processor, info: dict[str, Any], start: float, full=None) -> None:
     """Checkpoint, config.yaml, then DONE (with the run's numbers); rank 0 only. The Trainer checkpoints go only
     once the merged checkpoint is in place: a save that fails (a full disk) leaves the last one, and the re-run
     resumes there and redoes only the save."""
     out = Path(cfg.out)
     try:
-        save_checkpoint(trainer, processor, out, cfg.train.merge and cfg.train.use_lora)
+        save_checkpoint(trainer, processor, out, cfg.train.merge and cfg.train.use_lora, full,
+                        cfg.model.trust_remote_code)
     except OSError as exc:
         kept = sorted((out / "trainer").glob("checkpoint-*"), key=lambda d: int(d.name.rsplit("-", 1)[1]))
         where = f"the training is kept in {kept[-1]}; " if kept else ""

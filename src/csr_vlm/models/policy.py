@@ -241,5 +241,7 @@ def load_policy(cfg: ModelConfig, path: str | None = None, device: str | None = 
         raise InputError(f"model.path: {path} has no processor with a tokenizer and a chat template")
     if processor.tokenizer.pad_token_id is None:
         processor.tokenizer.pad_token = processor.tokenizer.eos_token
-    model.to(device).eval()
+    if not any(p.is_meta for p in model.parameters()):  # FSDP's rank-0 loading: the other ranks hold no weights
+        model.to(device)
+    model.eval()
     return Policy(model=model, processor=processor, path=str(path))

@@ -36,7 +36,9 @@ class TrainConfig:
     lora_alpha: int = 256
     """LoRA alpha (paper: 256)."""
     lora_dropout: float = 0.05
-    """LoRA dropout."""
+    """Dropout on the LoRA adapter's input (paper: 0.05). Applied: TRL's disable_dropout turns every dropout of the
+    model off, and csr train sets the adapter's back to this value (the model's own stay off). Dropout draws
+    differ between runs on different numbers of ranks; 0 makes those runs comparable weight for weight."""
     lora_target_modules: list[str] | None = None
     """LoRA targets; None = every nn.Linear of the language model (not vision tower, projector or lm_head)."""
     learning_rate: float = 1e-7
