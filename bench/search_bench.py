@@ -181,7 +181,8 @@ def run_baseline(policy, clip, clip_proc, image, cfg, seed: int, ends: list[int]
     for depth in range(s.max_sentences):
         children = []
         for text, cum in nodes:
-            batch = policy.processor(images=[[image]], text=[policy.prompt_text(PROMPT, text)], return_tensors="pt")
+            batch = policy.processor(images=[[image]], text=[policy.prompt_text(PROMPT, text)],
+                                     return_tensors="pt").to(policy.model.device)
             with torch.inference_mode():
                 out = policy.model.generate(**batch, **gen_kwargs)
             calls += 1
@@ -205,7 +206,7 @@ def run_baseline(policy, clip, clip_proc, image, cfg, seed: int, ends: list[int]
     t1 = time.perf_counter()
     for sent in all_sentences:  # official score.py: processor(text, image) -> logits_per_image, one at a time
         inputs = clip_proc(text=[sent.strip() or " "], images=[image], return_tensors="pt", padding=True,
-                           truncation=True)
+                           truncation=True).to(clip.device)
         with torch.inference_mode():
             clip(**inputs).logits_per_image
     clip_s = time.perf_counter() - t1
