@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("csr_vlm.train", "stage", "DPO + LoRA on the pairs -> merged checkpoint"),
     "eval": ("csr_vlm.eval.evaluate", "stage", "generate with a model and score CHAIR / POPE"),
     "loop": ("csr_vlm.loop", "stage", "rounds of generate -> train -> eval, resumable"),
+    "plan": ("csr_vlm.plan", "tool", "dry run on a few prompts -> projected time, memory, tokens per stage and round"),
     "score": ("csr_vlm.score", "tool", "score existing outputs: chair, pope, pairs, clip (calibration)"),
     "calibrate": ("csr_vlm.calibrate", "tool", "a labelled tau calibration set from COCO-format annotations"),
     "questions": ("csr_vlm.questions", "tool", "yes/no prompts about the training images' objects (data.mix_prompts)"),

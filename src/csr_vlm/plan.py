@@ -1,0 +1,296 @@
+"""`csr plan`: what a run will cost, from a dry run of every stage on a few prompts, before paying for it.
+
+    csr plan --config F [key=value ...] [--ranks N] [--prompts P] [--pairs Q] [--images I] [--out plan.json]
+
+Dry run (in a temporary directory, or --work DIR): `csr generate` on the first P prompts (data.prompts and
+data.mix_prompts in their proportion; default: max(search.prompt_batch_size, 4)), `csr train` on the first Q of
+those pairs (default: one optimizer step's worth), and each evaluation the loop runs (eval, dev_eval) on I
+images. Each stage is split into a fixed part (model loading, saving: the stage's wall time minus its work)
+and a per-item part (the search's own wall time per prompt, the Trainer's train_runtime per pair, the time
+spent answering per eval job), then projected onto the whole data:
+
+    seconds = fixed + per_item * items / split
+
+with split = --ranks for generate and train (prompts and pairs are sharded over the ranks) and 1 for the
+evaluations (rank 0 evaluates alone). Items: every prompt of the config; pairs = pairs per prompt of the dry
+run x prompts, times train.num_train_epochs; eval jobs = jobs per image of the dry run x eval.num_images.
+A round is generate + train (+ eval when loop.evaluate, + dev_eval when loop.select_on); round 0 is the base
+model's evaluations. Peak memory is the dry run's (per rank; it does not grow with the data, only with the
+batch, so the dry run uses a full batch where the data allow). Tokens: generated tokens per prompt (per eval
+job) of the dry run x the items. Every later round is projected like round 1: the model's size is the same.
+
+Caveats: the projection is linear; answer lengths change from round to round (the trained policy may write
+longer or shorter answers), and a dry batch smaller than the configured one makes per-item times pessimistic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .config import load_config
+from .data import read_prompts, write_json
+from .schema import RunConfig
+
+READS = ("out", "seed", "model", "reward", "search", "vllm", "curate", "train", "eval", "data", "loop")
+"""The config sections the plan reads: it dry-runs every stage of the loop."""
+SPLIT = {"generate": True, "train": True, "eval": False, "dev_eval": False}
+"""Whether the stage's items are shared out over the ranks (the loop evaluates on rank 0 alone)."""
+
+
+@dataclasses.dataclass
+class Measure:
+    """One stage of the dry run: what it took and on how many items."""
+
+    stage: str
+    wall_s: float
+    """The whole stage: loading, work, saving."""
+    work_s: float
+    """The part that grows with the items (search, train loop, answering)."""
+    items: int
+    """Prompts searched, pairs trained (x epochs), or eval jobs answered in the dry run."""
+    tokens: int
+    """Tokens generated in the dry run (train: 0)."""
+    peak_mb: float
+    """Peak memory of the stage: CUDA when on a GPU, else the process's RSS."""
+    memory: str = "rss"
+
+
+def project(m: Measure, items: float, ranks: int) -> dict:
+    """The stage on `items` items and `ranks` ranks: fixed + per_item * items / split (module docstring)."""
+    fixed = max(m.wall_s - m.work_s, 0.0)
+    per_item = m.work_s / m.items if m.items else 0.0
+    split = ranks if SPLIT[m.stage] else 1
+    return {"seconds": fixed + per_item * items / split, "fixed_s": fixed, "per_item_s": per_item,
+            "items": items, "items_per_rank": items / split, "peak_mb": m.peak_mb, "memory": m.memory,
+            "tokens": m.tokens / m.items * items if m.items else 0.0,
+            "dry": {"items": m.items, "wall_s": m.wall_s, "work_s": m.work_s, "tokens": m.tokens}}
+
+
+def projection(measures: dict[str, Measure], full: dict[str, float], rounds: int, ranks: int) -> dict:
+    """Per stage (projected), per round (sums), and the whole run. `full`: items of each stage on the whole data."""
+    stages = {name: project(m, full[name], ranks) for name, m in measures.items()}
+    evals = [s for s in ("eval", "dev_eval") if s in stages]
+    per_round = ["generate", "train"] + evals
+
+    def total(names):
+        return {"seconds": sum(stages[n]["seconds"] for n in names),
+                "peak_mb": max((stages[n]["peak_mb"] for n in names), default=0.0),
+                "tokens": sum(stages[n]["tokens"] for n in names), "stages": names}
+
+    round_list = ([{"round": 0, **total(evals)}] if evals else []) + \
+        [{"round": k, **total(per_round)} for k in range(1, rounds + 1)]
+    return {"ranks": ranks, "stages": stages, "rounds": round_list,
+            "total": {"seconds": sum(r["seconds"] for r in round_list),
+                      "hours": sum(r["seconds"] for r in round_list) / 3600,
+                      "peak_mb": max(r["peak_mb"] for r in round_list),
+                      "tokens": sum(r["tokens"] for r in round_list)}}
+
+
+# ---------------------------------------------------------------------------- the dry run
+
+
+@contextlib.contextmanager
+def peak_memory(cuda: bool):
+    """Yields a dict that gets "peak_mb" (CUDA when on a GPU, else peak RSS since the start, Linux)."""
+    box: dict = {}
+    if cuda:
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+    clear = Path("/proc/self/clear_refs")
+    if not cuda and clear.exists():
+        with contextlib.suppress(OSError):
+            clear.write_text("5")  # reset VmHWM to the current RSS
+    yield box
+    if cuda:
+        import torch
+
+        box.update(peak_mb=torch.cuda.max_memory_allocated() / 2**20, memory="cuda")
+        return
+    import resource
+
+    status = Path("/proc/self/status")
+    hwm = [int(x.split()[1]) for x in status.read_text().splitlines() if x.startswith("VmHWM:")] \
+        if status.exists() else []
+    box.update(peak_mb=(hwm[0] if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024, memory="rss")
+
+
+def dry_generate(cfg: RunConfig, prompts: int, mix: int, out: Path, cuda: bool) -> Measure:
+    """`csr generate` on the first `prompts` + `mix` prompts; work = the search's own wall time (stats.json)."""
+    from . import generate
+
+    data = dataclasses.replace(cfg.data, max_prompts=prompts, max_mix_prompts=mix or None,
+                               mix_prompts=cfg.data.mix_prompts if mix else None)
+    t0 = time.perf_counter()
+    with peak_memory(cuda) as mem:
+        generate.run(dataclasses.replace(cfg, data=data, out=str(out), overwrite=True), 1)
+    wall = time.perf_counter() - t0
+    stats = json.loads((out / "stats.json").read_text())
+    return Measure("generate", wall, stats["wall_s"], stats["counts"]["prompts_searched"],
+                   stats["tokens"]["generated"], **mem)
+
+
+def dry_train(cfg: RunConfig, pairs: Path, n: int, out: Path, cuda: bool) -> Measure:
+    """`csr train` on the first n pairs; work = the Trainer's train_runtime; items = pairs x epochs."""
+    from . import train
+
+    lines = pairs.read_text().splitlines()[:n]
+    few = out.parent / "plan_pairs.jsonl"
+    few.write_text("".join(line + "\n" for line in lines))
+    t0 = time.perf_counter()
+    with peak_memory(cuda) as mem:
+        train.run(dataclasses.replace(cfg, out=str(out), overwrite=True,
+                                      train=dataclasses.replace(cfg.train, pairs=str(few))), 1)
+    wall = time.perf_counter() - t0
+    logs = [json.loads(x) for x in (out / "train_metrics.jsonl").read_text().splitlines()]
+    runtime = next(r["train_runtime"] for r in reversed(logs) if "train_runtime" in r)
+    return Measure("train", wall, runtime, round(len(lines) * cfg.train.num_train_epochs), 0, **mem)
+
+
+def dry_eval(cfg: RunConfig, stage: str, images: int, out: Path, cuda: bool) -> Measure:
+    """`csr eval` (stage eval or dev_eval) on `images` images; work = the time answering, items = jobs answered."""
+    from .eval import evaluate
+
+    ev = cfg.eval if stage == "eval" else cfg.dev_eval()
+    seen = {"s": 0.0, "jobs": 0, "tokens": 0}
+    answer_all = evaluate._answer_all
+
+    def timed(policy, jobs, *args):
+        t = time.perf_counter()
+        answers, skipped = answer_all(policy, jobs, *args)
+        seen["s"] += time.perf_counter() - t
+        seen["jobs"] += len(answers)
+        seen["tokens"] += sum(len(policy.tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers.values())
+        return answers, skipped
+
+    evaluate._answer_all = timed  # the answering loop is the stage's per-image work; restored below
+    try:
+        t0 = time.perf_counter()
+        with peak_memory(cuda) as mem:
+            evaluate.run(dataclasses.replace(cfg, out=str(out), overwrite=True,
+                                             eval=dataclasses.replace(ev, num_images=images)), 0)
+        wall = time.perf_counter() - t0
+    finally:
+        evaluate._answer_all = answer_all
+    return Measure(stage, wall, seen["s"], seen["jobs"], seen["tokens"], **mem)
+
+
+def count_prompts(cfg: RunConfig) -> tuple[int, int]:
+    """(prompts, mix prompts) the whole generate stage searches (data.max_prompts / max_mix_prompts applied)."""
+    main, _ = read_prompts(cfg.data.prompts, cfg.data.image_root, cfg.data.image_prefix)
+    n = len(main) if cfg.data.max_prompts is None else min(len(main), cfg.data.max_prompts)
+    mix = 0
+    if cfg.data.mix_prompts:
+        extra, _ = read_prompts(cfg.data.mix_prompts, cfg.data.image_root, cfg.data.image_prefix)
+        mix = len(extra) if cfg.data.max_mix_prompts is None else min(len(extra), cfg.data.max_mix_prompts)
+    return n, mix
+
+
+def dry_run(cfg: RunConfig, work: Path, sizes: dict) -> tuple[dict[str, Measure], dict[str, float]]:
+    """Every stage the loop runs, on a few items; (measures, items of each stage on the whole data)."""
+    cuda = cfg.model.device.startswith("cuda") or (cfg.model.device == "auto" and _has_cuda())
+    n, mix = count_prompts(cfg)
+    warm_imports(cfg)
+    p = min(n + mix, sizes["prompts"] or max(cfg.search.prompt_batch_size, 4))
+    p_mix = round(p * mix / (n + mix)) if n + mix else 0
+    measures = {"generate": dry_generate(cfg, p - p_mix, p_mix, work / "generate", cuda)}
+    g = measures["generate"]
+    pairs_file = work / "generate" / "pairs.jsonl"
+    pairs_dry = len(pairs_file.read_text().splitlines())
+    step = cfg.train.per_device_train_batch_size * cfg.train.gradient_accumulation_steps
+    measures["train"] = dry_train(cfg, pairs_file, sizes["pairs"] or max(step, 1), work / "train", cuda)
+    pairs_full = pairs_dry / g.items * (n + mix) if g.items else 0.0
+    full = {"generate": n + mix, "train": pairs_full * cfg.train.num_train_epochs}
+    evals = (["eval"] if cfg.loop.evaluate else []) + (["dev_eval"] if cfg.loop.select_on else [])
+    for stage in evals:
+        ev = cfg.eval if stage == "eval" else cfg.dev_eval()
+        images = min(ev.num_images, sizes["images"])
+        measures[stage] = dry_eval(cfg, stage, images, work / stage, cuda)
+        full[stage] = measures[stage].items / images * ev.num_images
+    return measures, full
+
+
+def warm_imports(cfg: RunConfig) -> None:
+    """Import what the stages import on first use (transformers' model class, TRL, PEFT), outside the timing: a
+    loop pays these once, not once per stage and round."""
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor  # noqa: F401
+
+    from . import generate, train  # noqa: F401
+    from .eval import evaluate  # noqa: F401
+
+    with contextlib.suppress(Exception):  # a model type this transformers cannot map fails later, in the stage
+        AutoModelForImageTextToText._model_mapping[type(AutoConfig.from_pretrained(cfg.model.path))]
+    with contextlib.suppress(ImportError):
+        import peft  # noqa: F401
+        from trl import DPOConfig, DPOTrainer  # noqa: F401
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+# ---------------------------------------------------------------------------- command
+
+
+def _hms(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.2f} h"
+
+
+def print_plan(plan: dict) -> None:
+    print(f"csr plan: {plan['ranks']} rank(s); dry run of {plan['dry_run_s']:.1f} s on "
+          + ", ".join(f"{s} {p['dry']['items']:g}" for s, p in plan["stages"].items()) + " items")
+    print(f"| {'stage':<9} | {'items':>9} | {'per rank':>9} | {'fixed s':>8} | {'s / item':>9} | {'projected':>10} | "
+          f"{'peak MiB':>9} | {'tokens':>10} |")
+    print("|" + "|".join("-" * w for w in (11, 11, 11, 10, 11, 12, 11, 12)) + "|")
+    for name, s in plan["stages"].items():
+        print(f"| {name:<9} | {s['items']:>9.0f} | {s['items_per_rank']:>9.0f} | {s['fixed_s']:>8.2f} | "
+              f"{s['per_item_s']:>9.4f} | {_hms(s['seconds']):>10} | {s['peak_mb']:>9.0f} | {s['tokens']:>10.0f} |")
+    for r in plan["rounds"]:
+        print(f"round {r['round']} ({' + '.join(r['stages'])}): {_hms(r['seconds'])}, peak {r['peak_mb']:.0f} MiB, "
+              f"{r['tokens']:.0f} tokens generated")
+    t = plan["total"]
+    print(f"whole run: {_hms(t['seconds'])} ({t['hours']:.2f} h), peak {t['peak_mb']:.0f} MiB per rank, "
+          f"{t['tokens']:.0f} tokens generated")
+
+
+def cli(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="csr plan", description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="\n".join(__doc__.splitlines()[4:22]))
+    ap.add_argument("--config", help="YAML config file")
+    ap.add_argument("--ranks", type=int, default=1, help="ranks (GPUs) the run will use; default 1")
+    ap.add_argument("--prompts", type=int, default=0, help="prompts in the dry run (default: max(search.prompt_batch_size, 4))")
+    ap.add_argument("--pairs", type=int, default=0, help="pairs trained in the dry run (default one optimizer step)")
+    ap.add_argument("--images", type=int, default=8, help="images per evaluation in the dry run; default 8")
+    ap.add_argument("--work", type=Path, default=None, help="keep the dry run's stage directories here")
+    ap.add_argument("--out", type=Path, default=None, help="also write the plan as JSON")
+    ap.add_argument("overrides", nargs="*", help="section.key=value")
+    args = ap.parse_args(argv)
+    if args.ranks < 1 or min(args.prompts, args.pairs) < 0 or args.images < 1:
+        ap.error("--ranks and --images must be >= 1, --prompts and --pairs >= 0")
+    cfg = load_config(args.config, args.overrides)
+    cfg.validate_loop()
+    sizes = {"prompts": args.prompts, "pairs": args.pairs, "images": args.images}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.work or Path(tmp)
+        t0 = time.perf_counter()
+        measures, full = dry_run(cfg, work, sizes)
+        plan = {"config": args.config, "overrides": args.overrides, "dry_run_s": time.perf_counter() - t0,
+                **projection(measures, full, cfg.loop.rounds, args.ranks)}
+    print_plan(plan)
+    if args.out:
+        write_json(args.out, plan)
+        print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
