@@ -5,6 +5,10 @@ configs/toy-quick.yaml: round_0 eval + dev_eval (the base model), then round_1 g
 dev_eval. --quick: random-weight tiny llava (csr_vlm.models.tiny.build_tiny), 2 prompts, generate -> train only
 (no evaluation data), to exercise the script in seconds.
 
+Plan against measured (default mode): `csr plan` on the same config in a child process (a dry run on 8 of the
+prompts, one batch of pairs, 8 images per evaluation) projects round 1, which the loop then runs; the JSON's
+"plan" holds both per stage and the relative error (target: within 25 %).
+
 The world is built (or found built) by `csr toyworld build` in a child process. Peak memory is the manifest's
 `peak_rss_mb`: ru_maxrss of the loop process *so far*, so a stage's value is max(itself, every earlier stage);
 a stage that does not raise it used no more than the stages before it.
@@ -62,7 +66,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/round_bench.json)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    world_s = None
+    world_s, planned = None, None
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "loop"
         if args.quick:
@@ -73,6 +77,7 @@ def main(argv=None) -> dict:
                             "0", "--quick"], check=True)
             world_s = time.perf_counter() - t0
             cfg = toy_config(args.world, out)
+            planned = run_plan(out.parent / "toy-quick-bench.yaml", Path(tmp))
         from csr_vlm import loop
 
         t0 = time.perf_counter()
@@ -86,6 +91,8 @@ def main(argv=None) -> dict:
               "round_1_s": sum(e.get("seconds") or 0 for n, e in stages.items() if n.startswith("round_1/")),
               "versions": manifest.get("versions"), "env": env_info(),
               "command": "python bench/round_bench.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+    if planned:
+        result["plan"] = compare(planned, stages)
     print(f"round bench ({result['mode']}): loop {total:.1f} s"
           + (f", world build/reuse {world_s:.1f} s" if world_s is not None else ""))
     print(f"| {'stage':<18} | {'status':<7} | {'wall s':>8} | {'peak RSS MiB (so far)':>22} |")
@@ -93,8 +100,42 @@ def main(argv=None) -> dict:
     for name, e in stages.items():
         seconds, peak = e.get("seconds") or 0, e.get("peak_rss_mb") or 0
         print(f"| {name:<18} | {e.get('status', ''):<7} | {seconds:>8.2f} | {peak:>22.0f} |")
+    if planned:
+        print_plan_vs_measured(result["plan"])
     write_result("round_bench", result, args.out)
     return result
+
+
+def run_plan(config: Path, tmp: Path) -> dict:
+    """`csr plan` of one round on the config, in a child process as a user runs it; its JSON plus its wall time."""
+    path = tmp / "plan.json"
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "csr_vlm", "plan", "--config", str(config), "loop.rounds=1",
+                    f"out={tmp / 'plan-out'}", "--out", str(path)], check=True)
+    return {**json.loads(path.read_text()), "command_s": time.perf_counter() - t0}
+
+
+def compare(plan: dict, stages: dict) -> dict:
+    """Projected against measured seconds, per stage of round 1 and for the round; error = projected / measured - 1."""
+    rows = {}
+    for name, p in plan["stages"].items():
+        measured = (stages.get(f"round_1/{name}") or {}).get("seconds")
+        rows[name] = {"projected_s": p["seconds"], "measured_s": measured, "projected_peak_mb": p["peak_mb"],
+                      "error": p["seconds"] / measured - 1 if measured else None}
+    round_1 = next(r for r in plan["rounds"] if r["round"] == 1)
+    measured = sum(r["measured_s"] or 0 for r in rows.values())
+    return {"stages": rows, "round_1": {"projected_s": round_1["seconds"], "measured_s": measured,
+                                        "error": round_1["seconds"] / measured - 1 if measured else None},
+            "dry_run_s": plan["dry_run_s"], "plan_command_s": plan["command_s"], "target_error": 0.25}
+
+
+def print_plan_vs_measured(c: dict) -> None:
+    print(f"csr plan (dry run {c['dry_run_s']:.1f} s, command {c['plan_command_s']:.1f} s) against the measured round 1:")
+    print(f"| {'stage':<9} | {'projected s':>11} | {'measured s':>10} | {'error':>7} |")
+    print(f"|{'-' * 11}|{'-' * 13}|{'-' * 12}|{'-' * 9}|")
+    for name, r in [*c["stages"].items(), ("round 1", c["round_1"])]:
+        err = "-" if r["error"] is None else f"{r['error']:+.0%}"
+        print(f"| {name:<9} | {r['projected_s']:>11.2f} | {(r['measured_s'] or 0):>10.2f} | {err:>7} |")
 
 
 if __name__ == "__main__":

@@ -19,11 +19,18 @@ def test_projection_by_hand():
     5 tokens a job). Whole data: 24 prompts, 24 pairs, 100 eval jobs, 2 ranks, 2 rounds.
     generate = 1 + 1 * 24 / 2 = 13 s, 1200 tokens; train = 1 + 0.5 * 24 / 2 = 7 s; eval (rank 0 alone, not
     split) = 1 + 0.1 * 100 = 11 s, 500 tokens. Round 0 = eval = 11 s; rounds 1, 2 = 13 + 7 + 11 = 31 s, 1700 tokens
-    each; whole run 11 + 2 * 31 = 73 s, 500 + 2 * 1700 = 3900 tokens; peak = the largest stage's, 900 MiB."""
+    each; whole run 11 + 2 * 31 = 73 s, 500 + 2 * 1700 = 3900 tokens; peak = the largest stage's, 900 MiB.
+
+    Per task (dev_eval: chair 4 jobs in 0.8 s, 40 tokens; pope 6 jobs in 0.2 s, 6 tokens; fixed 1 s), whole data
+    chair 60 + pope 108: 1 + 0.2 * 60 + (0.2 / 6) * 108 = 1 + 12 + 3.6 = 16.6 s, 10 * 60 + 1 * 108 = 708 tokens."""
     measures = {"generate": Measure("generate", 5.0, 4.0, 4, 200, 500.0),
                 "train": Measure("train", 3.0, 2.0, 4, 0, 900.0),
                 "eval": Measure("eval", 2.0, 1.0, 10, 50, 400.0)}
     plan = projection(measures, {"generate": 24, "train": 24, "eval": 100}, rounds=2, ranks=2)
+    dev = Measure("dev_eval", 2.0, 1.0, 10, 46, 400.0, parts={"chair": [0.8, 4, 40], "pope": [0.2, 6, 6]})
+    by_task = projection({"dev_eval": dev}, {"dev_eval": {"chair": 60, "pope": 108}}, rounds=1, ranks=8)
+    d = by_task["stages"]["dev_eval"]
+    assert d["seconds"] == pytest.approx(16.6) and d["tokens"] == pytest.approx(708) and d["items"] == 168
     s = plan["stages"]
     assert s["generate"]["seconds"] == pytest.approx(13) and s["generate"]["tokens"] == pytest.approx(1200)
     assert s["generate"]["items_per_rank"] == 12

@@ -13,7 +13,8 @@ spent answering per eval job), then projected onto the whole data:
 
 with split = --ranks for generate and train (prompts and pairs are sharded over the ranks) and 1 for the
 evaluations (rank 0 evaluates alone). Items: every prompt of the config; pairs = pairs per prompt of the dry
-run x prompts, times train.num_train_epochs; eval jobs = jobs per image of the dry run x eval.num_images.
+run x prompts, times train.num_train_epochs; eval jobs = each task's jobs on the whole evaluation (its plan, made
+without a model), each at its task's time per job in the dry run (a caption costs more than a yes/no answer).
 A round is generate + train (+ eval when loop.evaluate, + dev_eval when loop.select_on); round 0 is the base
 model's evaluations. Peak memory is the dry run's (per rank; it does not grow with the data, only with the
 batch, so the dry run uses a full batch where the data allow). Tokens: generated tokens per prompt (per eval
@@ -60,24 +61,39 @@ class Measure:
     peak_mb: float
     """Peak memory of the stage: CUDA when on a GPU, else the process's RSS."""
     memory: str = "rss"
+    parts: dict[str, list[float]] | None = None
+    """Evaluations: {task: [seconds, jobs, tokens]} of the dry run (a CHAIR caption costs more than a yes/no)."""
 
 
-def project(m: Measure, items: float, ranks: int) -> dict:
-    """The stage on `items` items and `ranks` ranks: fixed + per_item * items / split (module docstring)."""
+def project(m: Measure, items: float | dict[str, float], ranks: int) -> dict:
+    """The stage on `items` items and `ranks` ranks: fixed + per_item * items / split (module docstring).
+
+    `items` per task ({task: jobs}, evaluations): each task's jobs at its own dry-run time and tokens per job."""
     fixed = max(m.wall_s - m.work_s, 0.0)
-    per_item = m.work_s / m.items if m.items else 0.0
+    if isinstance(items, dict):
+        rate = {t: (s / n, k / n) for t, (s, n, k) in (m.parts or {}).items() if n}
+        mean = (m.work_s / m.items, m.tokens / m.items) if m.items else (0.0, 0.0)
+        work = sum(rate.get(t, mean)[0] * n for t, n in items.items())
+        tokens = sum(rate.get(t, mean)[1] * n for t, n in items.items())
+        by_task, items = dict(items), sum(items.values())
+    else:
+        work = m.work_s / m.items * items if m.items else 0.0
+        tokens = m.tokens / m.items * items if m.items else 0.0
+        by_task = None
     split = ranks if SPLIT[m.stage] else 1
-    return {"seconds": fixed + per_item * items / split, "fixed_s": fixed, "per_item_s": per_item,
-            "items": items, "items_per_rank": items / split, "peak_mb": m.peak_mb, "memory": m.memory,
-            "tokens": m.tokens / m.items * items if m.items else 0.0,
-            "dry": {"items": m.items, "wall_s": m.wall_s, "work_s": m.work_s, "tokens": m.tokens}}
+    out = {"seconds": fixed + work / split, "fixed_s": fixed, "per_item_s": work / items if items else 0.0,
+           "items": items, "items_per_rank": items / split, "peak_mb": m.peak_mb, "memory": m.memory,
+           "tokens": tokens, "dry": {"items": m.items, "wall_s": m.wall_s, "work_s": m.work_s, "tokens": m.tokens}}
+    if by_task is not None:
+        out.update(items_by_task=by_task, dry_by_task=m.parts)
+    return out
 
 
 def projection(measures: dict[str, Measure], full: dict[str, float], rounds: int, ranks: int) -> dict:
     """Per stage (projected), per round (sums), and the whole run. `full`: items of each stage on the whole data."""
     stages = {name: project(m, full[name], ranks) for name, m in measures.items()}
     evals = [s for s in ("eval", "dev_eval") if s in stages]
-    per_round = ["generate", "train"] + evals
+    per_round = [s for s in ("generate", "train", *evals) if s in stages]
 
     def total(names):
         return {"seconds": sum(stages[n]["seconds"] for n in names),
@@ -159,18 +175,22 @@ def dry_eval(cfg: RunConfig, stage: str, images: int, out: Path, cuda: bool) -> 
     from .eval import evaluate
 
     ev = cfg.eval if stage == "eval" else cfg.dev_eval()
-    seen = {"s": 0.0, "jobs": 0, "tokens": 0}
-    answer_all = evaluate._answer_all
+    parts: dict[str, list[float]] = {}
+    answer_part = evaluate._answer_part
 
-    def timed(policy, jobs, *args):
+    def timed(policy, part, cap, skipped):
         t = time.perf_counter()
-        answers, skipped = answer_all(policy, jobs, *args)
-        seen["s"] += time.perf_counter() - t
-        seen["jobs"] += len(answers)
-        seen["tokens"] += sum(len(policy.tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers.values())
-        return answers, skipped
+        done = answer_part(policy, part, cap, skipped)
+        seconds = time.perf_counter() - t
+        for job, _, _ in part:  # a batch's time is shared by its jobs
+            parts.setdefault(job["task"], [0.0, 0, 0])[0] += seconds / len(part)
+        for job, text in done:
+            row = parts[job["task"]]
+            row[1] += 1
+            row[2] += len(policy.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return done
 
-    evaluate._answer_all = timed  # the answering loop is the stage's per-image work; restored below
+    evaluate._answer_part = timed  # answering is the stage's per-job work; restored below
     try:
         t0 = time.perf_counter()
         with peak_memory(cuda) as mem:
@@ -178,8 +198,18 @@ def dry_eval(cfg: RunConfig, stage: str, images: int, out: Path, cuda: bool) -> 
                                              eval=dataclasses.replace(ev, num_images=images)), 0)
         wall = time.perf_counter() - t0
     finally:
-        evaluate._answer_all = answer_all
-    return Measure(stage, wall, seen["s"], seen["jobs"], seen["tokens"], **mem)
+        evaluate._answer_part = answer_part
+    total = [sum(p[i] for p in parts.values()) for i in range(3)]
+    return Measure(stage, wall, total[0], int(total[1]), int(total[2]), **mem, parts=parts)
+
+
+def eval_jobs(cfg: RunConfig, stage: str) -> dict[str, float]:
+    """{task: jobs} the whole evaluation asks (its tasks' plans, made without a model)."""
+    from .eval import evaluate
+
+    ev = cfg.eval if stage == "eval" else cfg.dev_eval()
+    plans = evaluate._plans(dataclasses.replace(cfg, eval=ev), [])
+    return {task: float(len(plan.jobs)) for task, plan in plans.items()}
 
 
 def count_prompts(cfg: RunConfig) -> tuple[int, int]:
@@ -213,7 +243,7 @@ def dry_run(cfg: RunConfig, work: Path, sizes: dict) -> tuple[dict[str, Measure]
         ev = cfg.eval if stage == "eval" else cfg.dev_eval()
         images = min(ev.num_images, sizes["images"])
         measures[stage] = dry_eval(cfg, stage, images, work / stage, cuda)
-        full[stage] = measures[stage].items / images * ev.num_images
+        full[stage] = eval_jobs(cfg, stage)
     return measures, full
 
 
