@@ -18,14 +18,15 @@ def test_projection_by_hand():
     3 s, 2 of them on 4 pairs (fixed 1 s, 0.5 s a pair); eval 2 s, 1 of them on 10 jobs (fixed 1 s, 0.1 s a job,
     5 tokens a job). Whole data: 24 prompts, 24 pairs, 100 eval jobs, 2 ranks, 2 rounds.
     generate = 1 + 1 * 24 / 2 = 13 s, 1200 tokens; train = 1 + 0.5 * 24 / 2 = 7 s; eval (rank 0 alone, not
-    split) = 1 + 0.1 * 100 = 11 s, 500 tokens. Round 0 = eval = 11 s; rounds 1, 2 = 13 + 7 + 11 = 31 s, 1700 tokens
-    each; whole run 11 + 2 * 31 = 73 s, 500 + 2 * 1700 = 3900 tokens; peak = the largest stage's, 900 MiB.
+    split) = 1 + 0.1 * 100 = 11 s, 500 tokens. First use: eval 1 s (round 0), train 2 s (round 1). Round 0 = eval
+    = 11 + 1 = 12 s; round 1 = 13 + 7 + 11 + 2 = 33 s, round 2 = 31 s, 1700 tokens each; whole run 12 + 33 + 31 =
+    76 s, 500 + 2 * 1700 = 3900 tokens; peak = the largest stage's, 900 MiB.
 
     Per task (dev_eval: chair 4 jobs in 0.8 s, 40 tokens; pope 6 jobs in 0.2 s, 6 tokens; fixed 1 s), whole data
     chair 60 + pope 108: 1 + 0.2 * 60 + (0.2 / 6) * 108 = 1 + 12 + 3.6 = 16.6 s, 10 * 60 + 1 * 108 = 708 tokens."""
     measures = {"generate": Measure("generate", 5.0, 4.0, 4, 200, 500.0),
-                "train": Measure("train", 3.0, 2.0, 4, 0, 900.0),
-                "eval": Measure("eval", 2.0, 1.0, 10, 50, 400.0)}
+                "train": Measure("train", 3.0, 2.0, 4, 0, 900.0, first_use_s=2.0),
+                "eval": Measure("eval", 2.0, 1.0, 10, 50, 400.0, first_use_s=1.0)}
     plan = projection(measures, {"generate": 24, "train": 24, "eval": 100}, rounds=2, ranks=2)
     dev = Measure("dev_eval", 2.0, 1.0, 10, 46, 400.0, parts={"chair": [0.8, 4, 40], "pope": [0.2, 6, 6]})
     by_task = projection({"dev_eval": dev}, {"dev_eval": {"chair": 60, "pope": 108}}, rounds=1, ranks=8)
@@ -37,16 +38,17 @@ def test_projection_by_hand():
     assert s["train"]["seconds"] == pytest.approx(7) and s["train"]["per_item_s"] == pytest.approx(0.5)
     assert s["eval"]["seconds"] == pytest.approx(11) and s["eval"]["items_per_rank"] == 100
     assert [r["round"] for r in plan["rounds"]] == [0, 1, 2]
-    assert plan["rounds"][0]["seconds"] == pytest.approx(11) and plan["rounds"][0]["stages"] == ["eval"]
-    assert plan["rounds"][1]["seconds"] == pytest.approx(31) and plan["rounds"][1]["tokens"] == pytest.approx(1700)
-    assert plan["total"]["seconds"] == pytest.approx(73) and plan["total"]["tokens"] == pytest.approx(3900)
+    assert plan["rounds"][0]["seconds"] == pytest.approx(12) and plan["rounds"][0]["stages"] == ["eval"]
+    assert plan["rounds"][1]["seconds"] == pytest.approx(33) and plan["rounds"][1]["tokens"] == pytest.approx(1700)
+    assert plan["rounds"][2]["seconds"] == pytest.approx(31)
+    assert plan["total"]["seconds"] == pytest.approx(76) and plan["total"]["tokens"] == pytest.approx(3900)
     assert plan["total"]["peak_mb"] == 900
 
 
 def test_plan_on_the_tiny_llava(tiny_llava, tmp_path, capsys):
     """8 prompts in the tiny prompts.jsonl, a dry run on 2, 2 ranks, 2 rounds, no evaluation: generate's items are 8
     (4 per rank) and its tokens 8 / 2 x the dry run's; train's items are the dry run's pairs per prompt x 8 x 1 epoch;
-    each stage is fixed + per_item * items / 2; a round is generate + train; the run is both rounds."""
+    each stage is fixed + per_item * items / 2; a round is generate + train, round 1 with their first-use costs."""
     out = tmp_path / "plan.json"
     rc = main(["plan", "--ranks", "2", "--prompts", "2", "--out", str(out), "--work", str(tmp_path / "dry"),
                f"model.path={tiny_llava / 'policy'}",
@@ -67,6 +69,8 @@ def test_plan_on_the_tiny_llava(tiny_llava, tmp_path, capsys):
         assert s["seconds"] == pytest.approx(s["fixed_s"] + s["per_item_s"] * s["items"] / 2)
         assert s["fixed_s"] >= 0 and s["per_item_s"] > 0 and s["peak_mb"] > 0
     assert [r["round"] for r in plan["rounds"]] == [1, 2]
-    assert plan["rounds"][0]["seconds"] == pytest.approx(g["seconds"] + t["seconds"])
-    assert plan["total"]["seconds"] == pytest.approx(2 * plan["rounds"][0]["seconds"])
+    first = g["first_use_s"] + t["first_use_s"]
+    assert plan["rounds"][1]["seconds"] == pytest.approx(g["seconds"] + t["seconds"])
+    assert plan["rounds"][0]["seconds"] == pytest.approx(plan["rounds"][1]["seconds"] + first)
+    assert plan["total"]["seconds"] == pytest.approx(plan["rounds"][0]["seconds"] + plan["rounds"][1]["seconds"])
     assert not (tmp_path / "run").exists()  # a dry run writes nothing into the run's out

@@ -16,7 +16,9 @@ evaluations (rank 0 evaluates alone). Items: every prompt of the config; pairs =
 run x prompts, times train.num_train_epochs; eval jobs = each task's jobs on the whole evaluation (its plan, made
 without a model), each at its task's time per job in the dry run (a caption costs more than a yes/no answer).
 A round is generate + train (+ eval when loop.evaluate, + dev_eval when loop.select_on); round 0 is the base
-model's evaluations. Peak memory is the dry run's (per rank; it does not grow with the data, only with the
+model's evaluations. Each stage runs once on one item first: what that warm-up takes beyond the stage's fixed and
+per-item cost (imports, first kernels, the file cache) is its first-use cost, paid once per process, in the first
+round that runs the stage (the loop's order: round 0 for the evaluations, round 1 for generate and train). Peak memory is the dry run's (per rank; it does not grow with the data, only with the
 batch, so the dry run uses a full batch where the data allow). Tokens: generated tokens per prompt (per eval
 job) of the dry run x the items. Every later round is projected like round 1: the model's size is the same.
 
@@ -37,6 +39,7 @@ from pathlib import Path
 
 from .config import load_config
 from .data import read_prompts, write_json
+from .errors import InputError
 from .schema import RunConfig
 
 READS = ("out", "seed", "model", "reward", "search", "vllm", "curate", "train", "eval", "data", "loop")
@@ -63,6 +66,8 @@ class Measure:
     memory: str = "rss"
     parts: dict[str, list[float]] | None = None
     """Evaluations: {task: [seconds, jobs, tokens]} of the dry run (a CHAIR caption costs more than a yes/no)."""
+    first_use_s: float = 0.0
+    """Paid once per process, by the first round that runs the stage (imports, first kernels): see `first_use`."""
 
 
 def project(m: Measure, items: float | dict[str, float], ranks: int) -> dict:
@@ -81,7 +86,7 @@ def project(m: Measure, items: float | dict[str, float], ranks: int) -> dict:
         tokens = m.tokens / m.items * items if m.items else 0.0
         by_task = None
     split = ranks if SPLIT[m.stage] else 1
-    out = {"seconds": fixed + work / split, "fixed_s": fixed, "per_item_s": work / items if items else 0.0,
+    out = {"seconds": fixed + work / split, "first_use_s": m.first_use_s, "fixed_s": fixed, "per_item_s": work / items if items else 0.0,
            "items": items, "items_per_rank": items / split, "peak_mb": m.peak_mb, "memory": m.memory,
            "tokens": tokens, "dry": {"items": m.items, "wall_s": m.wall_s, "work_s": m.work_s, "tokens": m.tokens}}
     if by_task is not None:
@@ -95,13 +100,15 @@ def projection(measures: dict[str, Measure], full: dict[str, float], rounds: int
     evals = [s for s in ("eval", "dev_eval") if s in stages]
     per_round = [s for s in ("generate", "train", *evals) if s in stages]
 
-    def total(names):
-        return {"seconds": sum(stages[n]["seconds"] for n in names),
+    def total(names, first):
+        return {"seconds": sum(stages[n]["seconds"] + (stages[n]["first_use_s"] if n in first else 0.0)
+                               for n in names),
                 "peak_mb": max((stages[n]["peak_mb"] for n in names), default=0.0),
                 "tokens": sum(stages[n]["tokens"] for n in names), "stages": names}
 
-    round_list = ([{"round": 0, **total(evals)}] if evals else []) + \
-        [{"round": k, **total(per_round)} for k in range(1, rounds + 1)]
+    # first-use costs: the evaluations' in round 0 (the loop evaluates the base model first), the rest in round 1
+    round_list = ([{"round": 0, **total(evals, evals)}] if evals else []) + \
+        [{"round": k, **total(per_round, ("generate", "train") if k == 1 else ())} for k in range(1, rounds + 1)]
     return {"ranks": ranks, "stages": stages, "rounds": round_list,
             "total": {"seconds": sum(r["seconds"] for r in round_list),
                       "hours": sum(r["seconds"] for r in round_list) / 3600,
@@ -223,43 +230,41 @@ def count_prompts(cfg: RunConfig) -> tuple[int, int]:
     return n, mix
 
 
-def dry_run(cfg: RunConfig, work: Path, sizes: dict) -> tuple[dict[str, Measure], dict[str, float]]:
-    """Every stage the loop runs, on a few items; (measures, items of each stage on the whole data)."""
+def dry_run(cfg: RunConfig, work: Path, sizes: dict) -> tuple[dict[str, Measure], dict]:
+    """Every stage the loop runs, in the loop's order, on a few items, each after a one-item warm-up (first_use);
+    (measures, items of each stage on the whole data)."""
     cuda = cfg.model.device.startswith("cuda") or (cfg.model.device == "auto" and _has_cuda())
     n, mix = count_prompts(cfg)
-    warm_imports(cfg)
+    measures: dict[str, Measure] = {}
+    full: dict = {}
+    for stage in (["eval"] if cfg.loop.evaluate else []) + (["dev_eval"] if cfg.loop.select_on else []):
+        ev = cfg.eval if stage == "eval" else cfg.dev_eval()
+        warm = dry_eval(cfg, stage, 1, work / "warm" / stage, cuda)
+        measures[stage] = first_use(dry_eval(cfg, stage, min(ev.num_images, sizes["images"]), work / stage, cuda), warm)
+        full[stage] = eval_jobs(cfg, stage)
     p = min(n + mix, sizes["prompts"] or max(cfg.search.prompt_batch_size, 4))
     p_mix = round(p * mix / (n + mix)) if n + mix else 0
-    measures = {"generate": dry_generate(cfg, p - p_mix, p_mix, work / "generate", cuda)}
-    g = measures["generate"]
+    warm = None
+    with contextlib.suppress(InputError):  # one prompt may make no pair; then the warm-up counts as none
+        warm = dry_generate(cfg, 1 if n else 0, 0 if n else 1, work / "warm" / "generate", cuda)
+    measures["generate"] = g = first_use(dry_generate(cfg, p - p_mix, p_mix, work / "generate", cuda), warm)
     pairs_file = work / "generate" / "pairs.jsonl"
     pairs_dry = len(pairs_file.read_text().splitlines())
     step = cfg.train.per_device_train_batch_size * cfg.train.gradient_accumulation_steps
-    measures["train"] = dry_train(cfg, pairs_file, sizes["pairs"] or max(step, 1), work / "train", cuda)
-    pairs_full = pairs_dry / g.items * (n + mix) if g.items else 0.0
-    full = {"generate": n + mix, "train": pairs_full * cfg.train.num_train_epochs}
-    evals = (["eval"] if cfg.loop.evaluate else []) + (["dev_eval"] if cfg.loop.select_on else [])
-    for stage in evals:
-        ev = cfg.eval if stage == "eval" else cfg.dev_eval()
-        images = min(ev.num_images, sizes["images"])
-        measures[stage] = dry_eval(cfg, stage, images, work / stage, cuda)
-        full[stage] = eval_jobs(cfg, stage)
+    warm = dry_train(cfg, pairs_file, 1, work / "warm" / "train", cuda)
+    measures["train"] = first_use(dry_train(cfg, pairs_file, sizes["pairs"] or step, work / "train", cuda), warm)
+    full["generate"] = n + mix
+    full["train"] = (pairs_dry / g.items * (n + mix) if g.items else 0.0) * cfg.train.num_train_epochs
     return measures, full
 
 
-def warm_imports(cfg: RunConfig) -> None:
-    """Import what the stages import on first use (transformers' model class, TRL, PEFT), outside the timing: a
-    loop pays these once, not once per stage and round."""
-    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor  # noqa: F401
-
-    from . import generate, train  # noqa: F401
-    from .eval import evaluate  # noqa: F401
-
-    with contextlib.suppress(Exception):  # a model type this transformers cannot map fails later, in the stage
-        AutoModelForImageTextToText._model_mapping[type(AutoConfig.from_pretrained(cfg.model.path))]
-    with contextlib.suppress(ImportError):
-        import peft  # noqa: F401
-        from trl import DPOConfig, DPOTrainer  # noqa: F401
+def first_use(m: Measure, warm: Measure | None) -> Measure:
+    """m with first_use_s: what the one-item warm-up took beyond m's fixed + per-item cost of one item (imports,
+    first kernels, file cache), paid once per process, in the first round that runs the stage."""
+    if warm is not None and m.items:
+        steady = (m.wall_s - m.work_s) + m.work_s / m.items * warm.items
+        m.first_use_s = max(0.0, warm.wall_s - steady)
+    return m
 
 
 def _has_cuda() -> bool:
