@@ -1,6 +1,6 @@
 """The bench/ scripts run in --quick mode, print their table and write their JSON (no timing is asserted).
 
-All four start together in subprocesses (one torch thread each) so the file takes about as long as the
+All five start together in subprocesses (one torch thread each) so the file takes about as long as the
 slowest script. Token counts are checked against the tree arithmetic in the docstrings below.
 
     .venv/bin/python -m pytest tests/test_bench.py
@@ -19,7 +19,7 @@ import pytest
 pytestmark = pytest.mark.slow  # subprocesses
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
-SCRIPTS = ("search_bench", "scaling_bench", "train_bench", "round_bench")
+SCRIPTS = ("search_bench", "scaling_bench", "train_bench", "round_bench", "gpu_bench")
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +108,19 @@ def test_round_bench_reads_the_manifest(runs):
     assert generate["status"] == train["status"] == "done"
     assert generate["numbers"]["prompts_searched"] == 2
     assert train["numbers"]["steps"] == train["numbers"]["pairs"] == generate["numbers"]["pairs"]
+
+
+def test_gpu_bench_quick_runs_the_gpu_code_on_the_cpu(runs):
+    """--quick: both families at tiny geometry on the CPU (same builders, search, DPO and projection code as on a
+    GPU). Hours of a round on g GPUs = (12,856 x s per prompt + 12,856 pairs / pairs per s) / g / 3600."""
+    text, data = _ok(runs, "gpu_bench")
+    assert "h, 8 GPUs" in text and data["device"] == "cpu" and data["round_prompts"] == 12856
+    assert [m["family"] for m in data["models"]] == ["llava", "qwen2_5_vl"]
+    for m in data["models"]:
+        assert set(m["search"]) == {"ours", "official"}  # vLLM only on a GPU run
+        assert m["dpo"]["lora"]["r"] == 128 and m["dpo"]["pairs_per_s"] > 0
+        for kind, s in m["search"].items():
+            assert s["s_per_prompt"] > 0 and s["tokens_per_prompt"] > 0 and s["peak_gpu_gib"] is None
+            one = (12856 * s["s_per_prompt"] + 12856 / m["dpo"]["pairs_per_s"]) / 3600
+            assert m["round_hours"][kind]["1_gpu"] == pytest.approx(one)
+            assert m["round_hours"][kind]["8_gpu"] == pytest.approx(one / 8)
