@@ -18,7 +18,7 @@ in 12, at most 40 tokens, 5 candidates, keep 1 + 2, 6 sentences):
 and prints the projected hours of one round of the paper's 12,856 prompts (one search and one pair each) on
 one GPU and on 8 (data parallel: each GPU searches and trains on 1/8 of the prompts and pairs).
 
-    python bench/gpu_bench.py                 # on a GPU: both models, 3 seeds each (a few minutes)
+    python bench/gpu_bench.py                 # on a GPU: both models, 2 seeds each (about 10 minutes, estimated)
     python bench/gpu_bench.py --quick         # on the CPU: tiny geometry, 2 sentences, 1 seed (CPU tests)
 """
 
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import importlib.util
 import statistics
 import sys
@@ -56,15 +57,16 @@ QWEN25_VL_7B = dict(pixels=448 * 448, vision=dict(depth=32, hidden_size=1280, in
 CLIP_L336 = dict(image_size=336, patch_size=14, hidden=1024, layers=24, projection_dim=768)
 QUICK = {"llava": dict(image_size=64, patch_size=8, vision=dict(hidden_size=64, num_hidden_layers=2,
                        num_attention_heads=2, intermediate_size=128, projection_dim=64),
-                       text=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-                                 intermediate_size=128, max_position_embeddings=2048, rms_norm_eps=1e-5), vocab=None),
+                       text=dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                 intermediate_size=256, max_position_embeddings=2048, rms_norm_eps=1e-5), vocab=None),
          "qwen2_5_vl": dict(pixels=112 * 112, vision=dict(depth=2, hidden_size=64, intermediate_size=128,
                             num_heads=2, fullatt_block_indexes=[1]),
-                            text=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                      num_key_value_heads=2, intermediate_size=128, max_position_embeddings=2048,
+                            text=dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                      num_key_value_heads=2, intermediate_size=256, max_position_embeddings=2048,
                                       rms_norm_eps=1e-6, rope_parameters={"rope_type": "default",
                                                                           "rope_theta": 1000000.0,
-                                                                          "mrope_section": [2, 3, 3]}), vocab=None)}
+                                                                          "mrope_section": [4, 6, 6]}), vocab=None)}
+"""Tiny geometry for --quick: head_dim 32 (vLLM's CPU attention has no kernel for 16)."""
 QUICK_CLIP = dict(image_size=64, patch_size=8, hidden=64, layers=2, projection_dim=32)
 
 
@@ -196,16 +198,18 @@ def vllm_costs(model, proc, scorer, root: Path, image, seeds: int) -> dict:
     from csr_vlm.search.vllm_engine import VLLMEngine
 
     path = root / "vllm-policy"  # config, tokenizer, processor; no weights (load_format=dummy)
+    model.config.architectures = [type(model).__name__]  # vLLM picks its model class (and runner) from it
     model.config.save_pretrained(path)
     model.generation_config.save_pretrained(path)
     proc.save_pretrained(path)
     cfg = make_cfg(tokens=RAGGED["max_new_tokens"])
-    vcfg = load_config(None, ["search.engine=vllm", "vllm.gpu_memory_utilization=0.5"]).vllm
-    vcfg.extra = {"load_format": "dummy"}
+    cuda = torch.cuda.is_available()
+    vcfg = load_config(None, ["vllm.gpu_memory_utilization=0.5", "vllm.extra={load_format: dummy}",
+                              f"vllm.enforce_eager={str(not cuda).lower()}"]).vllm
     from search_bench import PROMPT
 
     try:
-        engine = VLLMEngine(str(path), cfg.search, vcfg, dtype="bfloat16", seed=0)
+        engine = VLLMEngine(str(path), cfg.search, vcfg, dtype="bfloat16" if cuda else "float32", seed=0)
     except Exception as exc:  # noqa: BLE001 - reported, never fatal: the other numbers still stand
         return {"error": f"{type(exc).__name__}: {exc}"[:500]}
     runs = []
@@ -284,7 +288,7 @@ def round_hours(search: dict, pairs_per_s: float) -> dict:
 # ---------------------------------------------------------------------------- main
 
 
-def bench_family(family: str, quick: bool, root: Path, seeds: int, dpo_steps: int) -> dict:
+def bench_family(family: str, quick: bool, root: Path, seeds: int, dpo_steps: int, vllm: bool) -> dict:
     cuda = torch.cuda.is_available() and not quick
     device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
     geometry = QUICK[family] if quick else {"llava": LLAVA_7B, "qwen2_5_vl": QWEN25_VL_7B}[family]
@@ -296,7 +300,7 @@ def bench_family(family: str, quick: bool, root: Path, seeds: int, dpo_steps: in
     scorer = make_scorer(root, QUICK_CLIP if quick else CLIP_L336, device, "bfloat16" if cuda else "float32")
     image = make_image(geometry.get("image_size") or int(geometry["pixels"] ** 0.5))
     search = search_costs(policy, scorer, image, seeds, sentences=2 if quick else 6)
-    if not quick:
+    if vllm:
         search["vllm"] = vllm_costs(model, proc, scorer, root, image, seeds)
     del scorer
     dpo = dpo_step(model, proc, root, image.size[0], dpo_steps, cuda)
@@ -309,19 +313,21 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="CPU, tiny geometry, 1 seed, 1 DPO step")
     ap.add_argument("--families", default="llava,qwen2_5_vl", help="comma-separated: llava, qwen2_5_vl")
-    ap.add_argument("--seeds", type=int, default=None, help="searches per engine (default 3, quick 1)")
+    ap.add_argument("--seeds", type=int, default=None, help="searches per engine (default 2, quick 1)")
     ap.add_argument("--dpo-steps", type=int, default=None, help="timed DPO steps after one warm-up (default 3, quick 1)")
+    ap.add_argument("--vllm", action="store_true", help="with --quick: also the vLLM row (on the CPU; needs vllm)")
     ap.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/gpu_bench.json)")
     args = ap.parse_args(argv)
     if not args.quick and not torch.cuda.is_available():
         raise SystemExit("gpu_bench: no CUDA device; --quick runs the same code on the CPU with tiny geometry")
     if args.quick:
         torch.set_num_threads(1)
-    seeds, steps = args.seeds or (1 if args.quick else 3), args.dpo_steps or (1 if args.quick else 3)
+    seeds, steps = args.seeds or (1 if args.quick else 2), args.dpo_steps or (1 if args.quick else 3)
     results = []
     for family in args.families.split(","):
         with tempfile.TemporaryDirectory() as tmp:
-            results.append(bench_family(family, args.quick, Path(tmp), seeds, steps))
+            results.append(bench_family(family, args.quick, Path(tmp), seeds, steps, args.vllm or not args.quick))
+        gc.collect()  # the trainer's reference cycles hold the model until collected
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() and not args.quick else "cpu"
