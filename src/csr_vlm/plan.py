@@ -18,9 +18,10 @@ without a model), each at its task's time per job in the dry run (a caption cost
 A round is generate + train (+ eval when loop.evaluate, + dev_eval when loop.select_on); round 0 is the base
 model's evaluations. Each stage runs once on one item first: what that warm-up takes beyond the stage's fixed and
 per-item cost (imports, first kernels, the file cache) is its first-use cost, paid once per process, in the first
-round that runs the stage (the loop's order: round 0 for the evaluations, round 1 for generate and train). Peak memory is the dry run's (per rank; it does not grow with the data, only with the
-batch, so the dry run uses a full batch where the data allow). Tokens: generated tokens per prompt (per eval
-job) of the dry run x the items. Every later round is projected like round 1: the model's size is the same.
+round that runs the stage (the loop's order: round 0 for the evaluations, round 1 for generate and train).
+Peak memory is the dry run's (per rank; it does not grow with the data, only with the batch, so the dry run
+uses a full batch where the data allow). Tokens: generated tokens per prompt (per eval job) of the dry run x the
+items. Every later round is projected like round 1: the model's size is the same.
 
 Caveats: the projection is linear; answer lengths change from round to round (the trained policy may write
 longer or shorter answers), and a dry batch smaller than the configured one makes per-item times pessimistic.
@@ -243,10 +244,10 @@ def dry_run(cfg: RunConfig, work: Path, sizes: dict) -> tuple[dict[str, Measure]
         measures[stage] = first_use(dry_eval(cfg, stage, min(ev.num_images, sizes["images"]), work / stage, cuda), warm)
         full[stage] = eval_jobs(cfg, stage)
     p = min(n + mix, sizes["prompts"] or max(cfg.search.prompt_batch_size, 4))
-    p_mix = round(p * mix / (n + mix)) if n + mix else 0
+    p_mix = min(round(p * mix / (n + mix)), p - 1) if n and mix else 0  # at least one of data.prompts
     warm = None
     with contextlib.suppress(InputError):  # one prompt may make no pair; then the warm-up counts as none
-        warm = dry_generate(cfg, 1 if n else 0, 0 if n else 1, work / "warm" / "generate", cuda)
+        warm = dry_generate(cfg, 1, 0, work / "warm" / "generate", cuda)
     measures["generate"] = g = first_use(dry_generate(cfg, p - p_mix, p_mix, work / "generate", cuda), warm)
     pairs_file = work / "generate" / "pairs.jsonl"
     pairs_dry = len(pairs_file.read_text().splitlines())
@@ -302,7 +303,7 @@ def print_plan(plan: dict) -> None:
 def cli(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="csr plan", description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog="\n".join(__doc__.splitlines()[4:22]))
+                                 epilog=__doc__.split("\n", 2)[2])
     ap.add_argument("--config", help="YAML config file")
     ap.add_argument("--ranks", type=int, default=1, help="ranks (GPUs) the run will use; default 1")
     ap.add_argument("--prompts", type=int, default=0, help="prompts in the dry run (default: max(search.prompt_batch_size, 4))")
