@@ -29,6 +29,7 @@ from typing import Any
 from .data import PromptRecord
 from .schema.generation import CurateConfig
 from .search.types import Answer, SearchResult, Sentence
+from .search_reference import reference_fields
 
 
 class ChatText:
@@ -119,4 +120,6 @@ def _record(rec: PromptRecord, round: int, depth: int, prefix: Answer, chosen: A
         "chosen_reward": good.r, "rejected_reward": bad.r, "margin": good.r - bad.r,
         "chosen_r_i": good.r_i, "rejected_r_i": bad.r_i, "chosen_r_t": good.r_t, "rejected_r_t": bad.r_t,
         "rejected_repeat": bad.repeat, "round": round,
+        **reference_fields(prefix.tokens, (chosen.tokens[n:], chosen.logp - prefix.logp),
+                           (rejected.tokens[n:], rejected.logp - prefix.logp)),
     }
