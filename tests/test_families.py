@@ -348,8 +348,8 @@ def test_search_reference_equals_trls_reference_pass(family_dir, family, tmp_pat
     _clean_words_only(monkeypatch, load_policy(ModelConfig(path=str(d / "policy"), device="cpu")).processor)
     assert main(["generate", f"model.path={d / 'policy'}", f"reward.clip_path={d / 'clip'}", f"out={gen}",
                  f"data.prompts={d / 'prompts.jsonl'}", f"data.image_root={d}", "data.max_prompts=2",
-                 "search.num_candidates=3", "search.keep_top=1", "search.keep_bottom=1", "search.max_sentences=3",
-                 "search.max_new_tokens=6", "search.filters=[]", "search.temperature=1.5", "model.dtype=float32",
+                 "search.num_candidates=4", "search.keep_top=1", "search.keep_bottom=1", "search.max_sentences=2",
+                 "search.max_new_tokens=4", "search.filters=[]", "search.temperature=1.5", "model.dtype=float32",
                  "curate.pair_level=both", "reward.normalize=center", "reward.tau=0.0"]) == 0
     pairs = gen / "pairs.jsonl"
     cfg = load_config(None, [f"model.path={d / 'policy'}", f"out={tmp_path / 'train'}", f"train.pairs={pairs}",

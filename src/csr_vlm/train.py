@@ -21,6 +21,9 @@ round k loads round k-1's *merged* checkpoint as `model.path`, so "adapter disab
 round k-1's policy (the paper's pi_{theta_{t-1}}): each round starts a fresh adapter on the merged
 weights. With `train.use_lora=false` the language model (decoder + lm_head) is trained in full, the
 vision tower and projector stay frozen, and an explicit frozen deep copy is passed as `ref_model`.
+With `train.reference: search` (the default) the reference log-probs are the ones the search wrote into the
+pairs where TRL forwards the searched tokens, TRL's own (computed before training) elsewhere, and no reference
+forward runs while training (search_reference.py).
 
 Output: `checkpoint/` (LoRA merged with `merge_and_unload`, processor and chat template saved;
 `train.merge=false` keeps the adapter only), written to `checkpoint.tmp/` and renamed when complete;
