@@ -3,7 +3,9 @@
 Both train LoRA (same r / alpha / dropout, every nn.Linear of the language model), sigmoid DPO, beta 0.1,
 batch 1, one epoch, activation checkpointing off, fp32 on CPU, on the same pairs.jsonl and the same random-weight
 llava. pairs/s is the Trainer's own `train_samples_per_second` (one sample = one pair; model loading and saving
-are not included; `csr train`'s whole-stage wall time is reported beside it). Runs alternate ours / plain.
+are not included; `csr train`'s whole-stage wall time is reported beside it). A third arm is `csr train` with
+`train.reference: search` reading each pair's reference log-probs from the pairs (see `with_reference`), so no
+reference forward runs. Runs alternate ours / ours with the searched reference / plain.
 
     .venv/bin/python bench/train_bench.py            # LM 4x256, 256 image tokens, 16 pairs, 2 repeats
     .venv/bin/python bench/train_bench.py --quick
@@ -25,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from search_bench import QUICK, build_models, env_info, make_image, torch, write_result  # noqa: E402
 
 FULL = dict(image_size=128, patch_size=8, text_hidden=256, text_layers=4)  # 256 image tokens
-LORA = dict(r=16, alpha=32, dropout=0.05)
+LORA = dict(r=16, alpha=32, dropout=0.0)  # TRL turns dropout off (disable_dropout); csr train would put 0.05 back
 
 
 def write_pairs(root: Path, n: int, image_size: int) -> Path:
