@@ -365,3 +365,4 @@ def test_search_reference_equals_trls_reference_pass(family_dir, family, tmp_pat
     print(f"{family}: {len(exact)}/{len(rows)} pairs exact, max |search - TRL| {worst:.2e}, fallback {dict(reasons)}")
     assert worst < 1e-4
     assert set(reasons) <= {"TRL's tokenization differs from the searched tokens"}
+    assert exact or family.startswith("qwen")  # here the Qwen searches give whole-answer pairs only (never exact)
