@@ -3,7 +3,9 @@
 Both train LoRA (same r / alpha / dropout, every nn.Linear of the language model), sigmoid DPO, beta 0.1,
 batch 1, one epoch, activation checkpointing off, fp32 on CPU, on the same pairs.jsonl and the same random-weight
 llava. pairs/s is the Trainer's own `train_samples_per_second` (one sample = one pair; model loading and saving
-are not included; `csr train`'s whole-stage wall time is reported beside it). Runs alternate ours / plain.
+are not included; `csr train`'s whole-stage wall time is reported beside it). A third arm is `csr train` with
+`train.reference: search` reading each pair's reference log-probs from the pairs (see `with_reference`), so no
+reference forward runs. Runs alternate ours / ours with the searched reference / plain.
 
     .venv/bin/python bench/train_bench.py            # LM 4x256, 256 image tokens, 16 pairs, 2 repeats
     .venv/bin/python bench/train_bench.py --quick
@@ -25,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from search_bench import QUICK, build_models, env_info, make_image, torch, write_result  # noqa: E402
 
 FULL = dict(image_size=128, patch_size=8, text_hidden=256, text_layers=4)  # 256 image tokens
-LORA = dict(r=16, alpha=32, dropout=0.05)
+LORA = dict(r=16, alpha=32, dropout=0.0)  # TRL turns dropout off (disable_dropout); csr train would put 0.05 back
 
 
 def write_pairs(root: Path, n: int, image_size: int) -> Path:
@@ -69,6 +71,39 @@ def run_ours(root: Path, pairs: Path, out: Path) -> dict:
             "losses": [r["loss"] for r in logs if "loss" in r]}
 
 
+def with_reference(root: Path, pairs: Path) -> Path:
+    """The pairs with the reference fields csr generate writes (search_reference.py), their values TRL's own
+    reference (computed here once): the checked path needs the search's tokens to be TRL's, which this LLaVA
+    template never gives (the processor adds BOS, TRL's prompt has none), so `run_ours(..., reference=True)`
+    takes every pair as exact: it times the training loop with no reference forward."""
+    from csr_vlm import search_reference, train
+    from csr_vlm.config import load_config
+
+    cfg = load_config(None, [f"model.path={root / 'policy'}", f"out={root / 'ref'}", f"train.pairs={pairs}",
+                             f"train.lora_r={LORA['r']}", f"train.lora_alpha={LORA['alpha']}"])
+    dataset, _ = train.load_pairs(pairs)
+    trainer = train.build_trainer(cfg, train.load_model(cfg), dataset, root / "ref.jsonl")
+    values = search_reference._trl_reference(trainer, list(range(len(dataset))))
+    rows = [json.loads(line) for line in pairs.read_text().splitlines()]
+    for row, (c, r) in zip(rows, values):
+        row.update(search_reference.reference_fields([], ([], c), ([], r)))
+    out = pairs.with_name("pairs_ref.jsonl")
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return out
+
+
+def run_ours_reference(root: Path, pairs: Path, out: Path) -> dict:
+    """csr train with train.reference=search, every pair taken as exact (see with_reference)."""
+    from csr_vlm import search_reference
+
+    original = search_reference.why_not_exact
+    search_reference.why_not_exact = lambda row, record, processor: None
+    try:
+        return run_ours(root, pairs, out)
+    finally:
+        search_reference.why_not_exact = original
+
+
 def run_plain(root: Path, pairs: Path, out: Path) -> dict:
     """What a TRL user writes: load model + processor, a vision DPO dataset, DPOTrainer with a LoraConfig."""
     import datasets
@@ -105,21 +140,26 @@ def main(argv=None) -> dict:
     geometry = QUICK if args.quick else FULL
     n = args.pairs or (4 if args.quick else 16)
     repeats = args.repeats or (1 if args.quick else 2)
-    ours, plain = [], []
+    ours, plain, searched = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         root = build_models(Path(tmp), geometry)
         pairs = write_pairs(Path(tmp), n, geometry["image_size"])
+        pairs_ref = with_reference(root, pairs)
         for i in range(repeats):
             ours.append(run_ours(root, pairs, Path(tmp) / f"ours{i}"))
+            searched.append(run_ours_reference(root, pairs_ref, Path(tmp) / f"searched{i}"))
             plain.append(run_plain(root, pairs, Path(tmp) / f"plain{i}"))
     med = statistics.median
     result = {"geometry": geometry, "pairs": n, "repeats": repeats, "lora": LORA,
               "pairs_per_s": {"ours": med(r["pairs_per_s"] for r in ours),
+                              "ours_searched_reference": med(r["pairs_per_s"] for r in searched),
                               "plain_trl": med(r["pairs_per_s"] for r in plain)},
               "ours_stage_wall_s": med(r["stage_wall_s"] for r in ours),
-              "runs": {"ours": ours, "plain_trl": plain}, "env": env_info(),
+              "runs": {"ours": ours, "ours_searched_reference": searched, "plain_trl": plain}, "env": env_info(),
               "command": "python bench/train_bench.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     result["ratio"] = result["pairs_per_s"]["ours"] / result["pairs_per_s"]["plain_trl"]
+    result["ratio_searched_reference"] = result["pairs_per_s"]["ours_searched_reference"] / \
+        result["pairs_per_s"]["plain_trl"]
     print(f"train bench: {n} pairs, LM {geometry['text_layers']}x{geometry['text_hidden']}, "
           f"{(geometry['image_size'] // geometry['patch_size']) ** 2} image tokens, LoRA r={LORA['r']}, "
           f"median of {repeats}")
@@ -127,6 +167,8 @@ def main(argv=None) -> dict:
     print(f"|{'-' * 24}|{'-' * 12}|{'-' * 12}|{'-' * 18}|")
     print(f"| {'pairs/s (train loop)':<22} | {result['pairs_per_s']['ours']:>10.2f} | "
           f"{result['pairs_per_s']['plain_trl']:>10.2f} | {result['ratio']:>5.2f} (>= 1.0) |")
+    print(f"| {'pairs/s, searched ref.':<22} | {result['pairs_per_s']['ours_searched_reference']:>10.2f} | "
+          f"{result['pairs_per_s']['plain_trl']:>10.2f} | {result['ratio_searched_reference']:>5.2f} (>= 1.3) |")
     print(f"csr train whole stage (load, train, merge, save): {result['ours_stage_wall_s']:.1f} s")
     write_result("train_bench", result, args.out)
     return result

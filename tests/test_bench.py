@@ -97,6 +97,8 @@ def test_train_bench_trains_the_same_as_plain_trl(runs):
     assert ours["steps"] == plain["steps"] == 4
     assert ours["losses"][0] == pytest.approx(0.693147, abs=1e-5)
     assert ours["losses"] == pytest.approx(plain["losses"], abs=1e-5)
+    searched = data["runs"]["ours_searched_reference"][0]  # the reference read from the pairs: the same losses
+    assert searched["losses"] == pytest.approx(plain["losses"], abs=1e-5)
 
 
 def test_round_bench_reads_the_manifest(runs):

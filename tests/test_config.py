@@ -135,7 +135,7 @@ def test_the_enumerated_keys_are_the_ones_we_expect():
     assert keys == {"model.dtype", "reward.self_score", "reward.normalize", "reward.tau_rule", "reward.end_reward",
                     "search.engine", "search.mode", "search.sampler", "search.filters", "search.boundary",
                     "curate.rejected", "curate.pair_level",
-                    "train.loss_type",
+                    "train.loss_type", "train.reference",
                     "train.lr_scheduler_type",
                     "eval.tasks", "eval.pope_splits", "eval.pope_parser"}
 

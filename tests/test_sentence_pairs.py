@@ -66,11 +66,15 @@ def test_pairs_contrast_a_trusted_and_a_doubted_sibling_after_a_clean_prefix(cha
 
 def test_the_prompt_holds_the_prefix_as_an_open_assistant_turn(chat):
     """prompt + chosen is the chat template's text of the question with the answer "a red circle. a table." so far:
-    the assistant turn is open (no end-of-turn after the prefix), and the sentence continues it with its space."""
+    the assistant turn is open (no end-of-turn after the prefix), and the sentence continues it with its space.
+    The prompt starts with the BOS text that the search's encoding adds (TRL adds no special tokens)."""
     pair = sentence_pairs(RECORD, 1, _tree(chat), CurateConfig(max_sentence_pairs=5), TAU, chat)[1]
     template = chat.processor.apply_chat_template(
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe this image."}]}],
         add_generation_prompt=True, tokenize=False)
+    tok = chat.tokenizer
+    if tok(template).input_ids[0] == tok.bos_token_id and not template.startswith(tok.bos_token):
+        template = tok.bos_token + template
     assert pair["prompt"] == template + "a red circle."
     assert pair["prompt"] + pair["chosen"] == template + "a red circle. a table."
     assert pair["images"][0].endswith("img.png") and pair["rejected"] == " a dog."

@@ -151,3 +151,39 @@ def test_missing_or_empty_pairs_is_a_one_line_error(tiny_llava, tmp_path, capsys
     assert train.pairs_path(cfg) == tmp_path / "round_1" / "train" / "pairs.jsonl"
     gen = write_pairs(tmp_path / "round_1" / "generate" / "pairs.jsonl", tiny_llava / "images")
     assert train.pairs_path(cfg) == gen
+
+
+def test_reference_from_the_pairs_mixes_with_trls_and_trains_the_same(tiny_llava, tmp_path, monkeypatch):
+    """train.reference=search on two pairs, one with searched reference fields (here TRL's own values, taken as
+    exact) and one without: the second gets TRL's reference before training, no reference forward runs in
+    training (DONE says so), and every step's loss equals train.reference=model's."""
+    from csr_vlm import search_reference
+
+    torch.set_num_threads(1)
+    pairs = write_pairs(tmp_path / "pairs.jsonl", tiny_llava / "images", n=2)
+    cfg = make_cfg(tiny_llava, tmp_path, "train.max_length=null", "train.reference=model", pairs=pairs)
+    dataset, _ = train.load_pairs(pairs)
+    trainer = train.build_trainer(cfg, train.load_model(cfg), dataset, tmp_path / "m.jsonl")
+    (chosen, rejected), = search_reference._trl_reference(trainer, [0])
+    rows = [json.loads(x) for x in pairs.read_text().splitlines()]
+    rows[0].update(search_reference.reference_fields([], ([], chosen), ([], rejected)))
+    with_ref = tmp_path / "pairs_ref.jsonl"
+    with_ref.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    original = search_reference.why_not_exact
+    monkeypatch.setattr(search_reference, "why_not_exact",
+                        lambda row, rec, proc: None if "ref_tokens" in rec else original(row, rec, proc))
+    losses = {}
+    for how in ("model", "search"):
+        out = tmp_path / how
+        run_cfg = load_config(None, [f"model.path={tiny_llava / 'policy'}", f"out={out}", f"train.pairs={with_ref}",
+                                     *TINY, "train.max_length=null", f"train.reference={how}"])
+        train.run(run_cfg, 1)
+        losses[how] = [json.loads(x)["loss"] for x in (out / "train_metrics.jsonl").read_text().splitlines()
+                       if '"loss"' in x]
+        done = json.loads((out / "DONE").read_text())["reference"]
+        if how == "search":
+            assert (done["from_search"], done["fallback"], done["reference_pass"]) == (1, 1, "none")
+            assert done["fallback_by_reason"] == {"no searched log-probs": 1}
+        else:
+            assert done["reference_pass"] == "trl" and done["fallback_by_reason"] == {"train.reference=model": 2}
+    assert losses["search"] == pytest.approx(losses["model"], abs=1e-5)

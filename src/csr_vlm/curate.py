@@ -25,6 +25,7 @@ from .eval.pope import parse_answer, question_object
 from .reward import yes_no_relevance
 from .schema.generation import CurateConfig
 from .search.types import Answer, SearchResult
+from .search_reference import reference_fields, without_reference
 from .sentence_pairs import ChatText, sentence_pairs
 
 
@@ -84,6 +85,7 @@ def pair_record(rec: PromptRecord, round: int, chosen: Answer, rejected: Answer)
         "chosen": _reply(chosen.text), "rejected": _reply(rejected.text),
         "chosen_reward": chosen.reward, "rejected_reward": rejected.reward, "margin": chosen.reward - rejected.reward,
         "chosen_r_i": chosen.mean_r_i(), "rejected_r_i": rejected.mean_r_i(), "round": round,
+        **reference_fields([], (chosen.tokens, chosen.logp), (rejected.tokens, rejected.logp)),
     }
 
 
@@ -109,7 +111,7 @@ def other_verdict_pair(rec: PromptRecord, round: int, result: SearchResult, word
     if lam > 0 and (not judged or first_r_i == tau):
         return None
     other = "no" if verdict == "yes" else "yes"
-    record = pair_record(rec, round, sampled, sampled)
+    record = without_reference(pair_record(rec, round, sampled, sampled))  # one side is not searched
     written, kept = ("rejected", "chosen") if lam == 0 or first_r_i > tau else ("chosen", "rejected")
     record[written] = _reply(words[other])
     record[f"{written}_reward"], record["margin"], record["written"] = None, None, written
@@ -126,7 +128,7 @@ def anchor_record(rec: PromptRecord, round: int, result: SearchResult) -> dict[s
     if not said:
         return None
     likeliest = max(said, key=lambda a: sum(s.r_t for s in a.sentences if not s.end))
-    return {**pair_record(rec, round, likeliest, likeliest), "anchor": True}
+    return {**without_reference(pair_record(rec, round, likeliest, likeliest)), "anchor": True}
 
 
 def shard_line(rec: PromptRecord, round: int, result: SearchResult, curate: CurateConfig,

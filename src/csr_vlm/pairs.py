@@ -104,11 +104,12 @@ def drop_control_tokens(rows: list[dict], skipped: list[dict], tokens: ControlTo
     return keep, skipped
 
 
-def to_dataset(rows: list[dict], max_pixels: int = 50_000_000):
-    """A datasets.Dataset of the rows (TRL's columns) whose images are decoded by data.load_image on access."""
+def to_dataset(rows: list[dict], max_pixels: int = 50_000_000, extra: tuple[str, ...] = ()):
+    """A datasets.Dataset of the rows (TRL's columns, and `extra` ones) whose images are decoded by
+    data.load_image on access."""
     import datasets
 
-    ds = datasets.Dataset.from_list([{c: row[c] for c in COLUMNS} for row in rows])
+    ds = datasets.Dataset.from_list([{c: row[c] for c in COLUMNS + extra} for row in rows])
 
     def decode(batch: dict[str, list]) -> dict[str, list]:
         batch["images"] = [[load_image(p, max_pixels) for p in paths] for paths in batch["images"]]

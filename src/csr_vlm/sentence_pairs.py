@@ -29,6 +29,7 @@ from typing import Any
 from .data import PromptRecord
 from .schema.generation import CurateConfig
 from .search.types import Answer, SearchResult, Sentence
+from .search_reference import reference_fields
 
 
 class ChatText:
@@ -50,7 +51,16 @@ class ChatText:
         """The chat-template text of image + question with the assistant turn open and the prefix written."""
         from .models.policy import chat_prompt
 
-        return chat_prompt(self.processor, question) + self.decode(prefix)
+        return self.with_bos(chat_prompt(self.processor, question)) + self.decode(prefix)
+
+    def with_bos(self, text: str) -> str:
+        """The text with the BOS the search's encoding adds (the tokenizer's, when the template does not write it):
+        TRL tokenizes a standard row's prompt with no special tokens, so it scores the answer in the same context."""
+        tok = self.tokenizer
+        bos = tok.bos_token
+        if bos and not text.startswith(bos) and tok(text).input_ids[:1] == [tok.bos_token_id]:
+            return bos + text
+        return text
 
     def continuation(self, prefix: list[int], tokens: list[int]) -> str:
         """The text of `tokens` after `prefix`: prompt(q, prefix) + continuation = the answer's text so far. The end
@@ -67,6 +77,7 @@ class ChatText:
 
         rendered = apply_chat_template({k: pair[k] for k in ("prompt", "chosen", "rejected")}, self.processor)
         question = " ".join(c.get("text", "") for c in pair["prompt"][0]["content"] if c.get("type") == "text")
+        rendered["prompt"] = self.with_bos(rendered["prompt"])
         return {**pair, **rendered, "question": question, "level": "response"}
 
 
@@ -119,4 +130,6 @@ def _record(rec: PromptRecord, round: int, depth: int, prefix: Answer, chosen: A
         "chosen_reward": good.r, "rejected_reward": bad.r, "margin": good.r - bad.r,
         "chosen_r_i": good.r_i, "rejected_r_i": bad.r_i, "chosen_r_t": good.r_t, "rejected_r_t": bad.r_t,
         "rejected_repeat": bad.repeat, "round": round,
+        **reference_fields(prefix.tokens, (chosen.tokens[n:], chosen.logp - prefix.logp),
+                           (rejected.tokens[n:], rejected.logp - prefix.logp)),
     }

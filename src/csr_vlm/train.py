@@ -21,6 +21,9 @@ round k loads round k-1's *merged* checkpoint as `model.path`, so "adapter disab
 round k-1's policy (the paper's pi_{theta_{t-1}}): each round starts a fresh adapter on the merged
 weights. With `train.use_lora=false` the language model (decoder + lm_head) is trained in full, the
 vision tower and projector stay frozen, and an explicit frozen deep copy is passed as `ref_model`.
+With `train.reference: search` (the default) the reference log-probs are the ones the search wrote into the
+pairs where TRL forwards the searched tokens, TRL's own (computed before training) elsewhere, and no reference
+forward runs while training (search_reference.py).
 
 Output: `checkpoint/` (LoRA merged with `merge_and_unload`, processor and chat template saved;
 `train.merge=false` keeps the adapter only), written to `checkpoint.tmp/` and renamed when complete;
@@ -68,7 +71,9 @@ from .distributed import (check_engine, check_wrap_classes, device_args, engine_
 from .errors import InputError
 from .lock import output_lock
 from .pairs import drop_control_tokens, read_pairs, to_dataset
+from . import search_reference
 from .schema import RunConfig
+from .search_reference import ROW
 from .special_tokens import ControlTokens
 
 log = logging.getLogger(__name__)
@@ -286,9 +291,13 @@ def run(cfg: RunConfig, round: int = 1) -> Path:
         _check_max_length(cfg, policy, rows[0], max_pixels)
         if skipped and is_main():
             write_jsonl(out / "skipped.jsonl", skipped)
-        trainer = build_trainer(cfg, policy, to_dataset(rows, max_pixels), out / "train_metrics.jsonl", args)
+        refs, ref_reasons = search_reference.plan(cfg, rows, pairs, policy.processor)
+        dataset = to_dataset([{**r, ROW: i} for i, r in enumerate(rows)], max_pixels, (ROW,))
+        trainer = build_trainer(cfg, policy, dataset, out / "train_metrics.jsonl", args)
         engine = running(trainer)
         check_engine(asked, engine)  # sharding asked for and not set up: stop before the first step
+        reference = {**search_reference.install(trainer, refs, engine["engine"]),
+                     "fallback_by_reason": dict(ref_reasons)}
         trainer.add_callback(engine_check_callback(engine))
         trainer.accelerator.wait_for_everyone()
         result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
@@ -297,7 +306,7 @@ def run(cfg: RunConfig, round: int = 1) -> Path:
         if trainer.is_world_process_zero():
             info = {"round": round, "pairs": len(rows), "skipped": len(skipped),
                     "skipped_by_reason": dict(Counter(reason_kind(s["reason"]) for s in skipped)),
-                    "steps": trainer.state.global_step,
+                    "steps": trainer.state.global_step, "reference": reference,
                     "train_loss": _whole_loss(out / "train_metrics.jsonl", trainer.state.global_step, result),
                     "world_size": trainer.accelerator.num_processes,
                     "engine": engine_record(trainer, engine, loaded_sharded),

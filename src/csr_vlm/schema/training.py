@@ -29,6 +29,9 @@ class TrainConfig:
     """Weights of the loss types (TRL loss_weights); None = equal weights."""
     beta: float = 0.1
     """DPO beta."""
+    reference: str = field(default="search", metadata={"choices": ("search", "model")})
+    """DPO's reference log-probs: search = the sums the search wrote into each pair, where TRL forwards the same
+    tokens (TRL's reference, before training, for the others): no reference forward in training; model = TRL's."""
     use_lora: bool = True
     """Train LoRA adapters (true) or the full language model (false)."""
     lora_r: int = 128

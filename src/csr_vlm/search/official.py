@@ -43,6 +43,7 @@ class Node:
     rank: float | None = None
     clip_rank: float | None = None
     children: list[int] = field(default_factory=list)
+    logp: float = 0.0  # summed raw log-probs of `tokens`
 
     def to_dict(self) -> dict:
         return {"id": self.id, "parent": self.parent, "text": self.text, "r_t": self.r_t, "cum_r_t": self.cum,
@@ -92,7 +93,7 @@ def grow_tree(ctx) -> Generator[list[int] | None, list, list[Node]]:
             score = self_score(cand.logprobs, ctx.reward.self_score)
             node = Node(id=len(tree), parent=parent.id, text=ctx.decode(cand.tokens), tokens=cand.tokens,
                         r_t=score, cum=parent.cum + score, row=row, eos=cand.stop == "eos",
-                        final=cand.stop == "eos" or depth == scfg.max_sentences - 1)
+                        final=cand.stop == "eos" or depth == scfg.max_sentences - 1, logp=float(sum(cand.logprobs)))
             tree.append(node)
             parent.children.append(node.id)
             if not node.final:
@@ -145,4 +146,4 @@ def _answer(path: list[Node], lam: float) -> Answer:
                           end=not n.text) for n in path]
     tokens = [t for n in path for t in n.tokens]
     return Answer(sentences=sentences, tokens=tokens, reward=-value, ended=path[-1].eos,
-                  extra={"path_value": value, "node": path[-1].id})
+                  extra={"path_value": value, "node": path[-1].id}, logp=sum(n.logp for n in path))

@@ -99,7 +99,8 @@ def score_step(ctx, beams: list[Answer], cands: list[Candidate], image_emb) -> l
         parent = beams[cand.parent]
         sent = Sentence(text=text, r_t=r_t[k], r_i=filled[k], r=rewards[k], end=is_end, repeat=repeats[k])
         out.append(Answer(sentences=parent.sentences + [sent], tokens=parent.tokens + cand.tokens,
-                          reward=parent.reward + rewards[k], ended=cand.stop == "eos", row=row))
+                          reward=parent.reward + rewards[k], ended=cand.stop == "eos", row=row,
+                          logp=parent.logp + float(sum(cand.logprobs))))
     return out
 
 

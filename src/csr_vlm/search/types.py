@@ -61,6 +61,8 @@ class Answer:
     row: int = 0
     text: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    logp: float = 0.0
+    """The sum of the raw log-probs of `tokens` under the searching policy (a pair's reference log-prob)."""
 
     def says_something(self) -> bool:
         """Whether the answer has a sentence besides its end (an answer that ends at once is no answer)."""
