@@ -14,7 +14,7 @@ import pytest
 from csr_vlm.calibrate import labelled_sentences, present_and_absent
 from csr_vlm.cli import main
 from csr_vlm.data import read_prompts
-from csr_vlm.eval.chair import load_ground_truth
+from csr_vlm.benchmarks.chair import load_ground_truth
 from csr_vlm.questions import yes_no_prompts
 
 

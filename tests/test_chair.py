@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from csr_vlm.eval import chair
+from csr_vlm.benchmarks import chair
 from csr_vlm.cli import main
 
 

@@ -7,8 +7,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from csr_vlm.eval import chair, evaluate, pope
-from csr_vlm.eval.registry import flat_metrics
+from csr_vlm import evaluate
+from csr_vlm.benchmarks import chair, pope
+from csr_vlm import yes_no
+from csr_vlm.benchmarks.registry import flat_metrics
 from csr_vlm.config import ConfigError, load_config
 
 
@@ -57,7 +59,7 @@ def test_outputs_and_consistency(eval_run):
     qs = [json.loads(line) for line in (out / "pope_questions.jsonl").read_text().splitlines()]
     answered = {(s["image"].rsplit("/", 1)[-1], s["prompt"]): s["answer"] for s in samples if s["task"] == "pope"}
     rnd = [q for q in qs if q["category"] == "random" and (q["image"], q["text"] + cfg.eval.pope_suffix) in answered]
-    preds = [pope.parse_default(answered[(q["image"], q["text"] + cfg.eval.pope_suffix)]) for q in rnd]
+    preds = [yes_no.parse_default(answered[(q["image"], q["text"] + cfg.eval.pope_suffix)]) for q in rnd]
     assert pope.metrics([q["label"] for q in rnd], preds)["f1"] == m["pope"]["random"]["f1"]
     assert m["flat"] == flat_metrics(m, ["chair", "pope"]) and m["flat"]["pope_f1"] == m["pope"]["mean"]["f1"]
 
@@ -93,7 +95,7 @@ class _OraclePolicy:
         self.calls = getattr(self, "calls", 0) + len(questions)
         out = []
         for image, q in zip(images, questions):
-            obj = pope.question_object(q)
+            obj = yes_no.question_object(q)
             if obj is None:
                 out.append("A dog and a cat.")
             else:
@@ -129,7 +131,7 @@ def test_pipeline_numbers_with_fake_policy(tmp_path, monkeypatch):
     m = json.loads((evaluate.run(cfg, 1) / "metrics.json").read_text())
     assert m["chair"]["chair_i"] == pytest.approx(0.5) and m["chair"]["chair_s"] == pytest.approx(0.75)
     assert m["chair"]["recall"] == pytest.approx(4 / 13)
-    for split in pope.SPLITS:
+    for split in yes_no.SPLITS:
         r = m["pope"][split]
         assert (r["n"], r["accuracy"], r["f1"], r["yes_ratio"]) == (24, 1.0, 1.0, 0.5)
     assert m["flat"]["pope_f1"] == 1.0 and m["protocol"]["round"] == 1
@@ -188,7 +190,7 @@ TOY_TASK_MODULE = '''"""A toy benchmark: how many words a model uses to name one
 from pathlib import Path
 from types import SimpleNamespace
 
-from csr_vlm.eval.task import Metric, Plan, Task, job_key
+from csr_vlm.benchmarks.task import Metric, Plan, Task, job_key
 
 
 def plan(ev, seed, instances):
@@ -208,7 +210,7 @@ TASK = Task(name="words", label="colour answer", plan=plan, score=score, metrics
 
 @pytest.fixture
 def restore_registry():
-    from csr_vlm.eval import registry
+    from csr_vlm.benchmarks import registry
 
     saved = dict(registry.TASKS)
     yield registry

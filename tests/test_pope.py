@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from csr_vlm.eval import pope
+from csr_vlm.benchmarks import pope
+from csr_vlm import yes_no
 from csr_vlm.cli import main
 
 # first-seen order: person, dog, cat, car, bus, bench, apple
@@ -22,7 +23,7 @@ def _negatives(questions, image):
     return [q["object"] for q in questions if q["image"] == image and q["label"] == "no"]
 
 
-@pytest.mark.parametrize("split", pope.SPLITS)
+@pytest.mark.parametrize("split", yes_no.SPLITS)
 def test_split_shape(split):
     """3 images x (3 positives + 3 negatives) = 18 questions, alternating yes/no; positives = first three objects;
     a negative is never in the image nor asked twice for it."""
@@ -72,15 +73,15 @@ def test_sample_pool_and_template():
     qs = pope.build_questions(inst, 3, seed=1, splits=["popular"])["popular"]
     assert qs[0]["text"] == "Is there an apple in the image?" and qs[0]["image_id"] == pool[0]["image_id"]
     assert not any("imange" in q["text"] for q in qs)
-    assert pope.question_object("Is there an oven in the imange?") == "oven"
+    assert yes_no.question_object("Is there an oven in the imange?") == "oven"
 
 
 def test_parsers():
-    assert [pope.parse_llava(t) for t in ("Yes, there is.", "No.", "NO", "", "There is not.")] == \
+    assert [yes_no.parse_llava(t) for t in ("Yes, there is.", "No.", "NO", "", "There is not.")] == \
         ["yes", "no", "yes", "yes", "no"]
-    assert [pope.parse_vlmevalkit(t) for t in ("Yes.", "no!", "Yes and no", "maybe")] == \
+    assert [yes_no.parse_vlmevalkit(t) for t in ("Yes.", "no!", "Yes and no", "maybe")] == \
         ["yes", "no", "unknown", "unknown"]
-    assert [pope.parse_default(t) for t in ("Yes, no dog.", "NO.", "I see a dog")] == ["yes", "no", "unknown"]
+    assert [yes_no.parse_default(t) for t in ("Yes, no dog.", "NO.", "I see a dog")] == ["yes", "no", "unknown"]
 
 
 @pytest.mark.parametrize("parser, expected", [

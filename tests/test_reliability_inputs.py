@@ -223,7 +223,7 @@ def test_generate_eval_and_train_see_the_same_pixels(tmp_path):
     white, 65535 -> 255 and 32896 -> 32896 / 257 = 128, float 0.5 -> 0.5 x 255 = 127.5 -> 128; values of 1000 are
     refused with the reason (not clipped to white)."""
     from csr_vlm import data, generate, pairs
-    from csr_vlm.eval import evaluate
+    from csr_vlm import evaluate
 
     assert generate.load_image is data.load_image and evaluate.load_image is data.load_image
     paths = _odd_images(tmp_path / "img")

@@ -20,7 +20,7 @@ from helpers import report_run
 
 from csr_vlm.curate import pair_answers
 from csr_vlm.data import read_jsonl
-from csr_vlm.eval.chair import caption_mentions, load_vocabulary
+from csr_vlm.benchmarks.chair import caption_mentions, load_vocabulary
 from csr_vlm.report_html import write_html
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

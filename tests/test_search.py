@@ -14,7 +14,7 @@ from helpers import assert_close
 from csr_vlm.config import ModelConfig, RewardConfig, SearchConfig
 from csr_vlm.models import ClipScorer, load_policy
 from csr_vlm.search.driver import search_prompt, search_prompts
-from csr_vlm.search.filters import junk_reason
+from csr_vlm.filters import junk_reason
 from csr_vlm.search.hf_decode import _choose, expand, prefill, select
 from csr_vlm.search.hf_engine import HFEngine
 from csr_vlm.search.official import Node, path_answers, rank_tree

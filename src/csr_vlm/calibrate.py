@@ -25,10 +25,10 @@ from pathlib import Path
 
 from .console import skip_summary
 from .data import load_image, resolve_image, write_json, write_jsonl
-from .eval.pope import with_article
 from .errors import InputError
 from .schema import TAU_RULES
 from .tables import text_table
+from .yes_no import with_article
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def present_and_absent(instances: dict, gt: dict, image_root: str, n_images: int
     captions (gt, as CHAIR counts them) name: first the n_cooccurring that co-occur most with the present ones
     in this file (what a model hallucinates), then n_random others. Missing or unreadable images are skipped.
     """
-    from .eval.chair import norm_image_id
+    from .benchmarks.chair import norm_image_id
 
     names = {c["id"]: c["name"] for c in instances["categories"]}
     annotated: dict = defaultdict(set)
@@ -139,7 +139,7 @@ def summary_path(out: str | Path) -> Path:
 def calibrate(args) -> dict:
     """Write the labelled file, score it, print and write the summary; returns the summary."""
     from .calibration import calibration_scores, clip_summary
-    from .eval.chair import load_ground_truth
+    from .benchmarks.chair import load_ground_truth
     from .models import ClipScorer
 
     vocab, instances, gt = load_ground_truth(args.annotations, args.captions, args.synonyms)

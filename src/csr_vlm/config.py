@@ -1,9 +1,9 @@
 """Loading the typed configuration: defaults, YAML, `section.key=value` overrides, checks, saving.
 
 Precedence is dataclass default < YAML file < command-line overrides. Values are parsed as YAML
-(`3`, `0.9`, `true`, `[q_proj,v_proj]`) and checked against the field's type (schema.py). Unknown
-keys are errors that suggest the nearest valid key; every allowed value and rule between fields is
-checked (`RunConfig.validate`) before the config is returned. The resolved config is written beside
+(`3`, `0.9`, `true`, `[q_proj,v_proj]`) and checked against the field's type (the schema/ package).
+Unknown keys are errors that suggest the nearest valid key; every allowed value and rule between fields
+is checked (`validate`: the schema's rules, then the benchmark registry's) before the config is returned. The resolved config is written beside
 each stage's outputs (`save_config`), so every result can be traced to the exact settings behind it.
 
     cfg = load_config("configs/toy.yaml", ["search.num_candidates=6", "reward.lam=0.5"])
@@ -51,7 +51,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
     for item in overrides:
         _apply_override(raw, item)
-    return build_section(RunConfig, raw, prefix="").validate()
+    return validate(build_section(RunConfig, raw, prefix=""))
+
+
+def validate(cfg: RunConfig, loop: bool = False) -> RunConfig:
+    """Every rule of a config: the schema's (`RunConfig.validate`, or `validate_loop` for `csr loop`), then the
+    benchmark registry's (task and metric names, the annotations a task needs), which the schema does not read."""
+    from .benchmarks.registry import check_config
+
+    cfg.validate_loop() if loop else cfg.validate()
+    check_config(cfg, loop)
+    return cfg
 
 
 def with_overrides(cfg: RunConfig, overrides: list[str] | tuple[str, ...]) -> RunConfig:
@@ -59,7 +69,7 @@ def with_overrides(cfg: RunConfig, overrides: list[str] | tuple[str, ...]) -> Ru
     raw = to_dict(cfg)
     for item in overrides:
         _apply_override(raw, item)
-    return build_section(RunConfig, raw, prefix="").validate()
+    return validate(build_section(RunConfig, raw, prefix=""))
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> Path:

@@ -21,7 +21,7 @@ import os
 from typing import Any
 
 from .data import PromptRecord
-from .eval.pope import parse_answer, question_object
+from .yes_no import parse_answer, question_object
 from .reward import yes_no_relevance
 from .schema.generation import CurateConfig
 from .search.types import Answer, SearchResult

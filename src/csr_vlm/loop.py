@@ -38,11 +38,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .config import changed_settings, save_config
+from .config import changed_settings, save_config, validate
 from .console import block, label
 from .data import DONE_MARKER, is_done, read_json, write_json
 from .errors import ConfigError, InputError
-from .eval.registry import lower_is_better
+from .benchmarks.registry import lower_is_better
 from .lock import output_lock
 from .manifest import Manifest, key_numbers, summary_line
 from .schema import RunConfig
@@ -91,7 +91,7 @@ def stage_runner(stage: str):
     """The stage's run(cfg, round) -> Path, imported only when needed."""
     import importlib
 
-    module = {"generate": "generate", "train": "train", "eval": "eval.evaluate", "dev_eval": "eval.evaluate"}[stage]
+    module = {"generate": "generate", "train": "train", "eval": "evaluate", "dev_eval": "evaluate"}[stage]
     return importlib.import_module(f"csr_vlm.{module}").run
 
 
@@ -196,7 +196,7 @@ def round_row(cfg: RunConfig, k: int, dev: dict[int, dict[str, float]], best: in
 
 def check(cfg: RunConfig, from_round: int | None) -> None:
     """Everything that can be checked before the first stage: the config and the input paths."""
-    cfg.validate_loop()
+    validate(cfg, loop=True)
     if from_round is not None and not 0 <= from_round <= cfg.loop.rounds:
         raise InputError(f"--from-round must be between 0 and loop.rounds={cfg.loop.rounds}, got {from_round}")
     from .models import check_model_path

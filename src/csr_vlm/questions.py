@@ -23,9 +23,7 @@ from .calibrate import add_coco_args, present_and_absent
 from .console import skip_summary
 from .data import write_jsonl
 from .errors import InputError
-from .eval.pope import TEMPLATE, with_article
-
-SUFFIX = " Please answer yes or no."
+from .yes_no import SUFFIX, TEMPLATE, with_article
 
 
 def yes_no_prompts(rows: list, per_image: int, template: str, rng: random.Random, prefix: str = "yn") -> list[dict]:
@@ -40,7 +38,7 @@ def yes_no_prompts(rows: list, per_image: int, template: str, rng: random.Random
 
 def cli(argv: list[str]) -> int:
     """`csr questions ...` (see the module docstring); returns the exit code."""
-    from .eval.chair import load_ground_truth
+    from .benchmarks.chair import load_ground_truth
 
     parser = argparse.ArgumentParser(prog="csr questions", description="yes/no prompts about the objects of the "
                                      "training images (for data.mix_prompts)")

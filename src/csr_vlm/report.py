@@ -22,7 +22,7 @@ from typing import Any
 
 from .data import read_json, read_jsonl
 from .errors import InputError
-from .eval.registry import metrics as registered_metrics
+from .benchmarks.registry import metrics as registered_metrics
 from .tables import markdown_table
 
 log = logging.getLogger(__name__)
@@ -272,7 +272,7 @@ def _manifest_lines(manifest: Any) -> list[str]:
 
 
 def _pair_quality(run_dir: Path, instances: str, gt_captions: str | None, synonyms: str | None) -> list[str]:
-    from .eval.chair import load_ground_truth
+    from .benchmarks.chair import load_ground_truth
     from .score import file_ids, generate_dirs, pair_quality
 
     vocab, inst, gt = load_ground_truth(instances, gt_captions, synonyms)

@@ -5,7 +5,7 @@
   selects on, the guards' verdict, the selected round);
 - `images`: per test image of the CHAIR evaluation its ground-truth objects and, per round, the caption with
   every mention (character span, the synonym-table word that matched, its object, hallucinated or not) and the
-  objects it missed. The mentions are CHAIR's own (`eval.chair.caption_mentions`, with the run's synonym
+  objects it missed. The mentions are CHAIR's own (`benchmarks.chair.caption_mentions`, with the run's synonym
   table); round_<k>/eval/chair_captions.jsonl decides which are hallucinated;
 - `pairs`: per round, every preference pair with the per-sentence R_T / R_I / R of both answers (from
   candidates.jsonl), tau, and a seeded sample to show first (of the pairs that are no anchors, when there are).
@@ -130,7 +130,7 @@ def caption_entry(row: dict, gt: set[str], vocab, notes: set[str]) -> dict:
 
     The spans come from CHAIR's matching with the run's synonym table; when that does not give the objects the
     eval recorded (another table), the eval's own words are listed with no span (start = end = -1)."""
-    from .eval.chair import caption_mentions
+    from .benchmarks.chair import caption_mentions
 
     caption = str(row.get("caption") or "")
     recorded = _strings(row.get("mentioned"))
@@ -267,7 +267,7 @@ def pairs(run_dir: Path, ks: list[int], notes: list[str], sample: int = SAMPLE_P
 
 def page_data(run_dir: str | Path, synonyms: str | None = None, thumbs: bool = True) -> dict:
     """Everything report.html shows (see the module docstring); problems go to "notes", never raise."""
-    from .eval.chair import load_vocabulary
+    from .benchmarks.chair import load_vocabulary
 
     run_dir = Path(run_dir)
     notes: list[str] = []

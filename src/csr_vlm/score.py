@@ -24,9 +24,10 @@ from typing import Any
 from .calibration import clip_summary
 from .data import read_jsonl, write_json
 from .errors import InputError
-from .eval import chair, pope
+from .benchmarks import chair, pope
 from .schema import TAU_RULES
 from .tables import text_table
+from .yes_no import PARSERS, question_object
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def cli(argv: list[str]) -> int:
     p = sub.add_parser("pope", help="POPE metrics of answer files")
     p.add_argument("--questions", nargs="+", required=True, help="question JSONL file(s), one per split")
     p.add_argument("--answers", nargs="+", required=True, help="answer JSONL file(s), same order as --questions")
-    p.add_argument("--parser", default="default", choices=pope.PARSERS)
+    p.add_argument("--parser", default="default", choices=PARSERS)
     p.add_argument("--out", help="write the metrics as JSON here")
     p = sub.add_parser("pairs", help="preference pairs vs ground truth")
     p.add_argument("run_dir", help="a generate directory (pairs.jsonl) or a loop run directory (round_<k>/generate)")
@@ -168,7 +169,7 @@ def pair_quality(gen_dir: Path, gt: dict, vocab: chair.Vocabulary, files: dict, 
     rows: dict[str, list] = {"response": [], "sentence": []}
     unknown = yes_no = n_greedy = vs_greedy = 0
     for pair in read_jsonl(gen_dir / "pairs.jsonl"):
-        if pope.question_object(pair_question(pair)) is not None:
+        if question_object(pair_question(pair)) is not None:
             yes_no += 1
             continue
         key = image_key((pair.get("images") or [""])[0], files)

@@ -9,7 +9,8 @@ from typing import Any, Literal
 
 from ..coerce import check_positive, check_range
 from ..errors import ConfigError
-from ..search.filters import FILTERS
+from ..filters import FILTERS
+from ..yes_no import parse_answer
 
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 Normalize = Literal["none", "center", "zscore", "rank"]
@@ -246,8 +247,6 @@ class CurateConfig:
         check_positive(key, self, ("max_sentence_pairs",))
         if not self.yes_no_answers:
             return
-        from ..eval.pope import parse_answer
-
         if set(self.yes_no_answers) != {"yes", "no"}:
             hint = " (YAML reads a bare yes/no as true/false: quote the keys)" if any(
                 isinstance(k, bool) for k in self.yes_no_answers) else ""

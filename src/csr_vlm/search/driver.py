@@ -24,7 +24,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from ..eval.pope import parse_answer, question_object, with_article
+from ..yes_no import parse_answer, question_object, with_article
 from ..reward import image_relevance, object_names
 from ..schema import RewardConfig, SearchConfig
 from .engine import Engine, Group, PromptItem

@@ -21,7 +21,7 @@ from collections.abc import Generator
 from dataclasses import dataclass, field
 
 from ..reward import path_value, self_score, sibling_ranks, top_bottom
-from .filters import junk_reason
+from ..filters import junk_reason
 from .types import Answer, SearchResult, Sentence, Steps
 
 

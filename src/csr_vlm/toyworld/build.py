@@ -104,7 +104,7 @@ def write_extras(out: Path, seed: int) -> None:
     import random
 
     from ..calibrate import present_and_absent
-    from ..eval.chair import load_ground_truth
+    from ..benchmarks.chair import load_ground_truth
     from ..questions import SUFFIX, yes_no_prompts
 
     write_lmms_task(out, seed)

@@ -98,7 +98,7 @@ def pair_chair(pairs_path: Path, world: Path) -> tuple[float | None, float | Non
     """Ground-truth CHAIR_i of the chosen and of the rejected answers of a round's description pairs (the
     yes/no pairs of data.mix_prompts name no objects to count)."""
     from ..curate import pair_answers, pair_question
-    from ..eval.pope import question_object
+    from ..yes_no import question_object
     from .measure import score_answers
 
     if not pairs_path.is_file():
@@ -177,7 +177,7 @@ def paired_bootstrap(base: dict, new: dict, n: int = 2000, seed: int = 0) -> dic
 def pope_answers(eval_dir: Path) -> list[tuple[int, str, str, str]]:
     """(image_id, split, label, parsed answer) per POPE question of an eval (its questions and samples files); a
     question without an answer (its image skipped) reads "unknown", as POPE's own scoring counts it."""
-    from ..eval.pope import parse_answer
+    from ..yes_no import parse_answer
 
     metrics = read_json(eval_dir / "metrics.json")
     parser, suffix = metrics["pope"].get("parser", "default"), metrics["protocol"].get("pope_suffix", "")

@@ -14,34 +14,24 @@ draw picks among valid objects directly (the original redraws until valid), each
 own seeded generator, and vowel-initial objects get "an" without the original's "imange" typo
 (parsers still accept it). Question ids restart at 1 per split, as in the official files.
 
-Answer parsers (the conventions are incompatible; the one used is recorded with the metrics):
-- llava (original POPE / LLaVA eval_pope.py): text before the first ".", commas removed, split on
-  spaces; "No", "no" or "not" among the tokens -> no, else yes (empty answers are yes).
-- vlmevalkit (YOrN_Extraction): lower-case, punctuation to spaces, split; yes without no -> yes,
-  no without yes -> no, else unknown (scored as not-yes).
-- default: the first word of the lower-cased answer that is "yes" or "no" decides; no such word ->
-  unknown (scored as no). "Yes, there is no..." is yes; "There is a dog." is unknown.
+Answer parsers: yes_no.py.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-import re
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
 from ..data import read_records, resolve_image, write_jsonl
 from ..errors import InputError
+from ..yes_no import SPLITS, TEMPLATE, parse_answer, question_object, with_article
 from .task import Metric, Plan, Task, job_key
 
 log = logging.getLogger(__name__)
 
-TEMPLATE = "Is there a {} in the image?"
-SPLITS = ("random", "popular", "adversarial")
-PARSERS = ("default", "llava", "vlmevalkit")
-_OBJECT = re.compile(r"is there an? (.+?) in the ima?n?ge\??", re.IGNORECASE)
 
 
 # ---------------------------------------------------------------------------- building
@@ -57,13 +47,6 @@ def image_objects(instances: dict) -> list[dict]:
         if name is not None and name not in objects[ann["image_id"]]:
             objects[ann["image_id"]].append(name)
     return [{"image_id": i, "image": files.get(i, str(i)), "objects": objs} for i, objs in objects.items()]
-
-
-def with_article(template: str, name: str) -> str:
-    """The template with `name` in it, its "a {}" turned into "an {}" before a vowel ("Is there an apple ...")."""
-    if name[:1].lower() in ("a", "e", "i", "o", "u"):
-        template = template.replace("a {}", "an {}", 1).replace("A {}", "An {}", 1)
-    return template.format(name)
 
 
 def question(qid: int, im: dict, obj: str, label: str, split: str, template: str = TEMPLATE) -> dict:
@@ -121,48 +104,6 @@ def build_questions(instances: dict, num_images: int, seed: int, splits: list[st
     """The questions of each split over one seeded image pool: {split: [question records]}."""
     pool = sample_pool(instances, num_images, seed)
     return {split: build_split(pool, split, seed) for split in splits}
-
-
-# ---------------------------------------------------------------------------- parsing answers
-
-
-def parse_llava(text: str) -> str:
-    """LLaVA's eval_pope.py rule: 'no'/'not' before the first '.' means no, anything else yes."""
-    text = text.split(".")[0] if "." in text else text
-    words = text.replace(",", "").split(" ")
-    return "no" if ("No" in words or "not" in words or "no" in words) else "yes"
-
-
-def parse_vlmevalkit(text: str) -> str:
-    """VLMEvalKit's YOrN_Extraction: yes without no, no without yes, else unknown."""
-    words = re.sub(r"[^\w\s']", " ", text.lower()).split()
-    if "yes" in words and "no" not in words:
-        return "yes"
-    if "no" in words and "yes" not in words:
-        return "no"
-    return "unknown"
-
-
-def parse_default(text: str) -> str:
-    """The first word that is 'yes' or 'no' decides; none: unknown (scored as no)."""
-    for word in re.findall(r"[a-z]+", text.lower()):
-        if word in ("yes", "no"):
-            return word
-    return "unknown"
-
-
-def parse_answer(text: str, parser: str = "default") -> str:
-    """'yes', 'no' or 'unknown' for an answer text under the named parser."""
-    funcs = {"default": parse_default, "llava": parse_llava, "vlmevalkit": parse_vlmevalkit}
-    if parser not in funcs:
-        raise InputError(f"unknown POPE parser {parser!r}; choose from {', '.join(PARSERS)}")
-    return funcs[parser](text or "")
-
-
-def question_object(text: str) -> str | None:
-    """The object asked about ("Is there an apple in the imange?" -> apple)."""
-    m = _OBJECT.search(text or "")
-    return m.group(1) if m else None
 
 
 # ---------------------------------------------------------------------------- metrics

@@ -9,7 +9,9 @@ report share; a metric no registered task reports is an error, not a guess.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
+from ..coerce import check_choice, did_you_mean
 from ..errors import ConfigError
 from . import chair, pope
 from .task import Metric, Task
@@ -61,3 +63,36 @@ def flat_metrics(sections: dict, tasks: Iterable[str]) -> dict[str, float]:
         if name in TASKS and isinstance(sections.get(name), dict):
             flat.update(TASKS[name].flat(sections[name]))
     return flat
+
+
+def check_config(cfg: Any, loop: bool = False) -> None:
+    """The config rules that need the registry (the schema reads no benchmark); a ConfigError names the key.
+
+    eval.tasks and loop.dev's tasks name registered tasks; loop.select_on and the guards name metrics of the
+    dev tasks; with `loop`, a loop that evaluates has the eval.annotations its tasks need.
+    """
+    dev = cfg.dev_eval()
+    for key, ev in (("eval", cfg.eval), ("loop.dev", dev)):
+        check_choice(f"{key}.tasks", ev.tasks, tuple(TASKS))
+        if not ev.tasks and not ev.lmms_tasks:
+            raise ConfigError(f"{key}.tasks and {key}.lmms_tasks are empty; choose from {', '.join(TASKS)} (or "
+                              "name lmms-eval tasks)")
+    _check_selection(cfg.loop, dev)
+    if loop and (cfg.loop.evaluate or cfg.loop.select_on):
+        needing = [t for t in cfg.eval.tasks if TASKS[t].needs_annotations(cfg.eval)]
+        if needing and not cfg.eval.annotations:
+            raise ConfigError(f"eval.annotations is not set, but loop.evaluate/select_on evaluate "
+                              f"{', '.join(needing)} (set loop.evaluate=false to train without evaluating)")
+
+
+def _check_selection(loop: Any, dev: Any) -> None:
+    """select_on and the guards must name metrics that the dev evaluation's tasks produce."""
+    known = metric_names(dev.tasks)
+    lmms = tuple(f"lmms_{t}_" for t in dev.lmms_tasks)  # lmms-eval's metric names are known once it has run
+    wanted = [("loop.select_on", loop.select_on)] if loop.select_on else []
+    wanted += [("loop.guards", m) for m in loop.guards]
+    wanted += [("loop.relative_guards", m) for m in loop.relative_guards]
+    for key, metric in wanted:
+        if metric not in known and not (lmms and metric.startswith(lmms)):
+            raise ConfigError(f"{key}: {metric!r} is not a metric of the dev tasks ({', '.join(dev.tasks)})"
+                              f"{did_you_mean(metric, known)}")

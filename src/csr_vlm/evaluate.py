@@ -2,7 +2,7 @@
 
     csr eval --config F [key=value ...]      (or --model DIR)
 
-Setup: each task of `eval.tasks` (registry.py) plans its jobs from the eval section, the seed and
+Setup: each task of `eval.tasks` (benchmarks/registry.py) plans its jobs from the eval section, the seed and
 `eval.annotations` (CHAIR: one caption per sampled image; POPE: its yes/no questions), loading what
 its scoring needs first, so a bad file fails before the model loads. Work: every job is answered
 greedily in batches of `eval.batch_size`; each prompt and answer is appended to samples.jsonl as it
@@ -19,19 +19,19 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ..config import check_reusable, save_config
-from ..console import bar_name, bars_off, commonest_skip, skip_summary
-from ..data import (DONE_MARKER, append_jsonl, file_sha256, is_done, load_image, mark_done, read_json, read_jsonl,
+from .config import check_reusable, save_config
+from .console import bar_name, bars_off, commonest_skip, skip_summary
+from .data import (DONE_MARKER, append_jsonl, file_sha256, is_done, load_image, mark_done, read_json, read_jsonl,
                     repair_jsonl, write_json, write_jsonl)
-from ..errors import InputError
-from ..lock import output_lock
-from ..models.policy import one_line
-from ..schema import RunConfig
-from ..special_tokens import ControlTokens
-from . import lmms
-from .chair import load_instances
-from .registry import TASKS, flat_metrics
-from .task import Plan, job_key
+from .errors import InputError
+from .lock import output_lock
+from .models.policy import one_line
+from .schema import RunConfig
+from .special_tokens import ControlTokens
+from .benchmarks import lmms
+from .benchmarks.chair import load_instances
+from .benchmarks.registry import TASKS, flat_metrics
+from .benchmarks.task import Plan, job_key
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def run(cfg: RunConfig, round: int = 0) -> Path:
     input_skips: list[dict] = []
     plans = _plans(cfg, input_skips) if ev.tasks else {}
 
-    from ..models import load_policy
+    from .models import load_policy
 
     with output_lock(out):  # a second run on this out stops here
         if cfg.overwrite:  # a killed redo must not leave the old DONE / metrics behind
@@ -75,7 +75,7 @@ def run(cfg: RunConfig, round: int = 0) -> Path:
         _check_answered(cfg, plans, answers, skipped)
         metrics: dict[str, Any] = {name: TASKS[name].score(plan, answers, ev, out) for name, plan in plans.items()}
         if ev.lmms_tasks:
-            from ..models import resolve_device
+            from .models import resolve_device
 
             metrics["lmms"] = lmms.run(cfg.model.path, ev, out, resolve_device(cfg.model.device))
         _save(cfg, round, out, metrics, skipped, input_skips, inputs)
