@@ -120,11 +120,12 @@ def make_cfg(k: int = 5, keep_top: int = 1, keep_bottom: int = 2, sentences: int
 
 def run_ours(policy, scorer, image, cfg, seed: int) -> dict:
     from csr_vlm.search.driver import search_prompt
+    from csr_vlm.search.types import Query
     from csr_vlm.search.hf_engine import HFEngine
 
     engine = HFEngine(policy, cfg.search)  # scans the vocabulary for sentence ends once, outside the timing
     t0 = time.perf_counter()
-    result = search_prompt(engine, scorer, image, PROMPT, cfg.search, cfg.reward, seed)
+    result = search_prompt(engine, scorer, Query(image, PROMPT, seed), cfg.search, cfg.reward)
     wall = time.perf_counter() - t0
     st = result.stats
     sentences = st["events"].get("candidates", 0)
@@ -136,12 +137,13 @@ def run_ours(policy, scorer, image, cfg, seed: int) -> dict:
 def run_ours_batch(policy, scorer, image, cfg, seed: int, batch: int) -> dict:
     """search_prompts over `batch` prompts at once (search.prompt_batch_size in `csr generate`); per-prompt time."""
     from csr_vlm.search.driver import search_prompts
+    from csr_vlm.search.types import Query
     from csr_vlm.search.hf_engine import HFEngine
 
     engine = HFEngine(policy, cfg.search)
     t0 = time.perf_counter()
-    results = search_prompts(engine, scorer, [image] * batch, [PROMPT] * batch, cfg.search, cfg.reward,
-                             [seed * 1000 + i for i in range(batch)])
+    results = search_prompts(engine, scorer, [Query(image, PROMPT, seed * 1000 + i) for i in range(batch)], cfg.search,
+                             cfg.reward)
     wall = time.perf_counter() - t0
     return {"wall_s": wall, "per_prompt_s": wall / batch, "batch": batch,
             "tokens_generated": sum(r.stats["tokens_generated"] for r in results)}

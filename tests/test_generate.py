@@ -139,11 +139,12 @@ def test_balance_yes_no_keeps_as_many_yes_as_no_pairs():
     ask = "Is there a dog in the image? Please answer yes or no."
     pairs = [pair("y3", ask, "yes .", 3.0), pair("cap", "Describe the image.", "a dog .", 0.5),
              pair("y1", ask, "yes .", 1.0), pair("n5", ask, "no .", 5.0), pair("y2", ask, "Yes, there is.", 2.0)]
-    kept, dropped = balance_yes_no(pairs)
+    questions = {"y3", "y1", "n5", "y2"}  # the records' task, read with the prompts
+    kept, dropped = balance_yes_no(pairs, questions)
     assert [p["id"] for p in kept] == ["y3", "cap", "n5"]
     assert [d["id"] for d in dropped] == ["y1", "y2"]
     assert dropped[0]["reason"] == "curate.balance_yes_no (chosen 'yes': 3 pairs, the other answer 1)"
-    kept, dropped = balance_yes_no(pairs[:2])  # no pair chooses "no": min is 0, so the "yes" one goes too
+    kept, dropped = balance_yes_no(pairs[:2], questions)  # no pair chooses "no": min is 0, so the "yes" one goes too
     assert [p["id"] for p in kept] == ["cap"] and [d["id"] for d in dropped] == ["y3"]
 
 
@@ -164,7 +165,7 @@ def test_unanimous_yes_no_question_pairs_with_the_other_verdict():
                    for t in texts]
         return SearchResult(mode="paper", answers=answers, chosen=0, rejected=1, stats={})
 
-    ask = PromptRecord(id="q", image="a.png", prompt="Is there a dog in the image? Please answer yes or no.")
+    ask = PromptRecord.of("q", "a.png", "Is there a dog in the image? Please answer yes or no.")
     words = {"yes": "Yes.", "no": "No."}
     backed = other_verdict_pair(ask, 1, result(70.0), words, 60.0, 0.9)
     assert backed["chosen"][0]["content"][0]["text"] == "yes." and backed["rejected"][0]["content"][0]["text"] == "No."
@@ -174,7 +175,7 @@ def test_unanimous_yes_no_question_pairs_with_the_other_verdict():
     assert doubted["chosen"][0]["content"][0]["text"] == "No."
     assert doubted["rejected"][0]["content"][0]["text"] == "yes."
     assert (doubted["written"], doubted["chosen_r_i"], doubted["chosen_reward"]) == ("chosen", 65.0, None)
-    caption = PromptRecord(id="c", image="a.png", prompt="Describe the image.")
+    caption = PromptRecord.of("c", "a.png", "Describe the image.")
     assert other_verdict_pair(caption, 1, result(70.0), words, 60.0, 0.9) is None
     assert other_verdict_pair(ask, 1, result(70.0, ("yes.", "no.")), words, 60.0, 0.9) is None
     assert other_verdict_pair(ask, 1, result(60.0), words, 60.0, 0.9) is None
@@ -216,7 +217,7 @@ def test_curate_rejected_picks_the_lowest_hardest_or_likeliest_doubted_answer():
                _answer("a dog. a bird.", [80.0, 50.0], reward=1.0, r_t=-0.1),
                _answer("a dog.", [80.0], reward=1.8, r_t=-0.05),
                _answer("", [], reward=0.0)]
-    caption = PromptRecord(id="c", image="a.png", prompt="Describe the image.")
+    caption = PromptRecord.of("c", "a.png", "Describe the image.")
     result = SearchResult(mode="paper", answers=answers, chosen=0, rejected=1, stats={})
     for rule, expected in {"lowest": 1, "hardest": 2, "likeliest": 3}.items():
         line = shard_line(caption, 1, result, CurateConfig(rejected=rule), 60.0)
@@ -243,7 +244,7 @@ def test_require_doubt_keeps_only_pairs_whose_rejected_answer_the_reward_doubts(
     chosen = _answer("a dog. a cat.", [80.0, 75.0], reward=2.0)
     rejected = {"true": _answer("a dog.", [80.0]), "untrue": _answer("a dog. a bird.", [80.0, 50.0]),
                 "repeat": _answer("a dog. a dog.", [80.0, 80.0], repeats=(1,))}
-    caption = PromptRecord(id="c", image="a.png", prompt="Describe the image.")
+    caption = PromptRecord.of("c", "a.png", "Describe the image.")
     kept = {}
     for name, worse in rejected.items():
         result = SearchResult(mode="paper", answers=[chosen, worse], chosen=0, rejected=1, stats={})
@@ -266,7 +267,7 @@ def test_yes_no_anchor_replays_the_likeliest_answer_on_both_sides():
     from csr_vlm.schema.generation import CurateConfig
     from csr_vlm.search.types import SearchResult
 
-    ask = PromptRecord(id="q", image="a.png", prompt="Is there a dog in the image? Please answer yes or no.")
+    ask = PromptRecord.of("q", "a.png", "Is there a dog in the image? Please answer yes or no.")
     answers = [_answer("no.", [50.0], reward=2.0, r_t=-1.5), _answer("yes.", [70.0], reward=0.5, r_t=-0.2)]
     answers.append(_answer("no. yes.", [50.0, 70.0], reward=0.1))
     answers[2].sentences[0].r_t, answers[2].sentences[1].r_t = -0.4, -0.3
@@ -275,10 +276,10 @@ def test_yes_no_anchor_replays_the_likeliest_answer_on_both_sides():
     pair = line["pair"]
     assert pair["chosen"] == pair["rejected"] == [{"role": "assistant", "content": [{"type": "text", "text": "yes."}]}]
     assert (pair["margin"], pair["anchor"], line["skip"]) == (0.0, True, None)
-    assert balance_yes_no([pair]) == ([pair], [])  # an anchor is not a verdict to balance
+    assert balance_yes_no([pair], {"q"}) == ([pair], [])  # an anchor is not a verdict to balance
     judged = shard_line(ask, 1, result, CurateConfig(), 60.0)["pair"]
     assert judged["chosen"][0]["content"][0]["text"] == "no." and "anchor" not in judged
-    caption = PromptRecord(id="c", image="a.png", prompt="Describe the image.")
+    caption = PromptRecord.of("c", "a.png", "Describe the image.")
     described = SearchResult(mode="paper", answers=[_answer("a dog.", [80.0], reward=1.0),
                                                     _answer("a cat.", [40.0], reward=-1.0)], chosen=0, rejected=1,
                              stats={})

@@ -14,6 +14,7 @@ from helpers import assert_close
 from csr_vlm.config import ModelConfig, RewardConfig, SearchConfig
 from csr_vlm.models import ClipScorer, load_policy
 from csr_vlm.search.driver import search_prompt, search_prompts
+from csr_vlm.search.types import Query
 from csr_vlm.filters import junk_reason
 from csr_vlm.search.hf_decode import _choose, expand, prefill, select
 from csr_vlm.search.hf_engine import HFEngine
@@ -121,7 +122,7 @@ def test_offer_end_makes_every_kth_candidate_the_end_with_its_real_logprob(loade
 
 
 def _search(policy, scorer, image, search: SearchConfig, seed: int, reward: RewardConfig = RewardConfig()):
-    return search_prompt(HFEngine(policy, search), scorer, image, PROMPT, search, reward, seed)
+    return search_prompt(HFEngine(policy, search), scorer, Query(image, PROMPT, seed), search, reward)
 
 
 def test_paper_search_keeps_top_and_bottom_and_is_seeded(loaded):
@@ -291,9 +292,10 @@ def test_search_prompts_equal_one_at_a_time(loaded, family, mode, sampler):
     prompts = [PROMPT, "What do you see in this picture, in a few words?", "Hi"]
     seeds = [3, 4, 5]
     reward = RewardConfig()
-    alone = [search_prompt(engine, scorer, im, p, cfg, reward, s) for im, p, s in zip(images, prompts, seeds)]
-    together = search_prompts(engine, scorer, images, prompts, cfg, reward, seeds)
-    backwards = search_prompts(engine, scorer, images[::-1], prompts[::-1], cfg, reward, seeds[::-1])[::-1]
+    queries = [Query(im, p, s) for im, p, s in zip(images, prompts, seeds)]
+    alone = [search_prompt(engine, scorer, q, cfg, reward) for q in queries]
+    together = search_prompts(engine, scorer, queries, cfg, reward)
+    backwards = search_prompts(engine, scorer, queries[::-1], cfg, reward)[::-1]
     assert len({r.stats["tokens_prompt"] for r in alone}) == 3, "prompts of different lengths: padding must bite"
     depths = {len(a.sentences) for r in alone for a in r.answers if a.ended}
     assert depths and min(depths) < 3, "some answers must end before max_sentences"

@@ -47,7 +47,7 @@ def _tree(chat: ChatText) -> SearchResult:
     return SearchResult("paper", [], None, None, {}, siblings=siblings)
 
 
-RECORD = PromptRecord(id="p0", image="img.png", prompt="Describe this image.")
+RECORD = PromptRecord.of("p0", "img.png", "Describe this image.")
 
 
 @pytest.mark.parametrize("rule, depth0_rejected", [("lowest", "a dog."), ("hardest", "a cat."), ("likeliest", "a cat.")])
@@ -79,7 +79,7 @@ def test_the_prompt_holds_the_prefix_as_an_open_assistant_turn(chat):
 def test_at_most_max_sentence_pairs_earliest_first_and_none_for_yes_no_questions(chat):
     result = _tree(chat)
     assert [p["depth"] for p in sentence_pairs(RECORD, 1, result, CurateConfig(max_sentence_pairs=1), TAU, chat)] == [0]
-    question = PromptRecord(id="q", image="img.png", prompt="Is there a dog in the image?")
+    question = PromptRecord.of("q", "img.png", "Is there a dog in the image?")
     line = shard_line(question, 1, result, CurateConfig(pair_level="sentence"), TAU, text=chat)
     assert line["sentence_pairs"] == []
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError
+from .yes_no import CAPTION, YES_NO, question_object
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +31,23 @@ DONE_MARKER = "DONE"
 
 @dataclass(frozen=True)
 class PromptRecord:
-    """One (image, prompt) to search from."""
+    """One (image, prompt) to search from, and its task: a caption, or a yes/no question about `asked_object`.
+
+    `PromptRecord.of(id, image, prompt)` reads the task from the prompt (yes_no.py), once, when the record
+    is made; every stage reads `task` and `asked_object` instead of looking at the prompt text again.
+    """
 
     id: str
     image: str
     prompt: str
+    task: str
+    asked_object: str | None
+
+    @classmethod
+    def of(cls, id: str, image: str, prompt: str) -> PromptRecord:
+        """The record of a prompt, its task read from the text (yes_no.task_of)."""
+        asked = question_object(prompt)
+        return cls(id, image, prompt, YES_NO if asked is not None else CAPTION, asked)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -272,7 +285,7 @@ def read_prompts(path: str | Path, image_root: str = "", image_prefix: str = ""
             skipped.append({"id": pid, "line": lineno, "reason": "duplicate id"})
             continue
         seen.add(pid)
-        records.append(PromptRecord(id=pid, image=resolve_image(str(image), root, image_prefix), prompt=prompt))
+        records.append(PromptRecord.of(pid, resolve_image(str(image), root, image_prefix), prompt))
     return records, skipped
 
 

@@ -286,6 +286,7 @@ def _process_chunk(cfg: RunConfig, reward: RewardConfig, round: int, chunk, engi
     import torch
 
     from .search.driver import search_prompts
+    from .search.types import Query
 
     lines = [{"id": rec.id, "candidate": None, "pair": None, "skip": None, "stats": {}} for rec in chunk]
     todo = []
@@ -297,13 +298,13 @@ def _process_chunk(cfg: RunConfig, reward: RewardConfig, round: int, chunk, engi
             line["skip"] = {"id": rec.id, "reason": str(exc), "image": rec.image}
             continue
         todo.append((line, rec, image))
-    seeds = [prompt_seed(cfg.seed, round, rec.id) for _, rec, _ in todo]
+    queries = [Query(image, rec.prompt, prompt_seed(cfg.seed, round, rec.id), rec.asked_object)
+               for _, rec, image in todo]
     results = None
     text = ChatText(engine.processor) if cfg.curate.pair_level != "response" else None
     if len(todo) > 1:
         try:
-            results = search_prompts(engine, scorer, [im for _, _, im in todo], [rec.prompt for _, rec, _ in todo],
-                                     cfg.search, reward, seeds)
+            results = search_prompts(engine, scorer, queries, cfg.search, reward)
         except torch.OutOfMemoryError:
             _free_memory()
             log.warning("generate: out of memory searching %d prompts together; searching them one at a time",
@@ -313,7 +314,7 @@ def _process_chunk(cfg: RunConfig, reward: RewardConfig, round: int, chunk, engi
     for i, (line, rec, image) in enumerate(todo):
         try:
             result = results[i] if results is not None else \
-                search_prompts(engine, scorer, [image], [rec.prompt], cfg.search, reward, [seeds[i]])[0]
+                search_prompts(engine, scorer, [queries[i]], cfg.search, reward)[0]
         except Exception as exc:  # noqa: BLE001 - one prompt (out of memory, odd input) must not stop the run
             if isinstance(exc, torch.OutOfMemoryError):
                 _free_memory()

@@ -27,7 +27,7 @@ from .errors import InputError
 from .benchmarks import chair, pope
 from .schema import TAU_RULES
 from .tables import text_table
-from .yes_no import PARSERS, question_object
+from .yes_no import PARSERS, YES_NO
 
 log = logging.getLogger(__name__)
 
@@ -164,12 +164,12 @@ def pair_quality(gen_dir: Path, gt: dict, vocab: chair.Vocabulary, files: dict, 
 
     Pairs of yes/no questions (data.mix_prompts) name no objects to count; they are left out and counted.
     Sentence-level pairs (curate.pair_level) contrast one sentence each: their numbers carry a `sentence_` prefix."""
-    from .curate import pair_answers, pair_question
+    from .curate import pair_answers, read_pair_rows
 
     rows: dict[str, list] = {"response": [], "sentence": []}
     unknown = yes_no = n_greedy = vs_greedy = 0
-    for pair in read_jsonl(gen_dir / "pairs.jsonl"):
-        if question_object(pair_question(pair)) is not None:
+    for pair in read_pair_rows(gen_dir / "pairs.jsonl"):
+        if pair["task"] == YES_NO:
             yes_no += 1
             continue
         key = image_key((pair.get("images") or [""])[0], files)

@@ -16,6 +16,7 @@ from .console import commonest_skip, reason_kind, skip_summary
 from .data import read_json, read_jsonl, write_json, write_jsonl
 from .errors import InputError
 from .schema import RewardConfig, RunConfig
+from .yes_no import YES_NO
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ def merge(cfg: RunConfig, reward: RewardConfig, round: int, out: Path, records, 
     skipped = list(input_skips) + [ln["skip"] for ln in ordered if ln["skip"]]
     pairs = [p for ln in ordered for p in ([ln["pair"]] if ln["pair"] else []) + ln.get("sentence_pairs", [])]
     if cfg.curate.balance_yes_no:
-        pairs, dropped = balance_yes_no(pairs)
+        pairs, dropped = balance_yes_no(pairs, {r.id for r in records if r.task == YES_NO})
         skipped += dropped
     write_jsonl(out / "candidates.jsonl", [ln["candidate"] for ln in ordered if ln["candidate"]])
     write_jsonl(out / "pairs.jsonl", pairs)

@@ -97,13 +97,13 @@ def run_arm(config: str, world: str, out: str, seed: int, arm: str, bars: bool =
 def pair_chair(pairs_path: Path, world: Path) -> tuple[float | None, float | None]:
     """Ground-truth CHAIR_i of the chosen and of the rejected answers of a round's description pairs (the
     yes/no pairs of data.mix_prompts name no objects to count)."""
-    from ..curate import pair_answers, pair_question
-    from ..yes_no import question_object
+    from ..curate import pair_answers, read_pair_rows
+    from ..yes_no import CAPTION
     from .measure import score_answers
 
     if not pairs_path.is_file():
         return None, None
-    pairs = [p for p in read_jsonl(pairs_path) if question_object(pair_question(p)) is None]
+    pairs = [p for p in read_pair_rows(pairs_path) if p["task"] == CAPTION]
     if not pairs:
         return None, None
     ids = [int(str(p["id"]).rsplit("-", 1)[-1]) for p in pairs]
