@@ -120,8 +120,8 @@ def make_cfg(k: int = 5, keep_top: int = 1, keep_bottom: int = 2, sentences: int
 
 def run_ours(policy, scorer, image, cfg, seed: int) -> dict:
     from csr_vlm.search.driver import search_prompt
-    from csr_vlm.search.types import Query
     from csr_vlm.search.hf_engine import HFEngine
+    from csr_vlm.search.types import Query
 
     engine = HFEngine(policy, cfg.search)  # scans the vocabulary for sentence ends once, outside the timing
     t0 = time.perf_counter()
@@ -137,8 +137,8 @@ def run_ours(policy, scorer, image, cfg, seed: int) -> dict:
 def run_ours_batch(policy, scorer, image, cfg, seed: int, batch: int) -> dict:
     """search_prompts over `batch` prompts at once (search.prompt_batch_size in `csr generate`); per-prompt time."""
     from csr_vlm.search.driver import search_prompts
-    from csr_vlm.search.types import Query
     from csr_vlm.search.hf_engine import HFEngine
+    from csr_vlm.search.types import Query
 
     engine = HFEngine(policy, cfg.search)
     t0 = time.perf_counter()

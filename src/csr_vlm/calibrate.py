@@ -122,6 +122,7 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--random", type=int, default=1, help="other absent objects per image, drawn at random")
     parser.add_argument("--sd", type=float, default=3.0, help="rule true_sd: tau = mean(present) - SD * stdev")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--scorer", default="clip", help="the kind of scorer (reward.scorer), loaded from --clip")
     args = parser.parse_args(argv)
     if args.n_images < 1 or any("{}" not in t for t in args.templates):
         raise InputError("--n-images must be >= 1 and every --templates entry needs a {}")
@@ -138,9 +139,9 @@ def summary_path(out: str | Path) -> Path:
 
 def calibrate(args) -> dict:
     """Write the labelled file, score it, print and write the summary; returns the summary."""
-    from .calibration import calibration_scores, clip_summary
     from .benchmarks.chair import load_ground_truth
-    from .models import ClipScorer
+    from .calibration import calibration_scores, clip_summary
+    from .scorer import ScorerSpec, build_scorer
 
     vocab, instances, gt = load_ground_truth(args.annotations, args.captions, args.synonyms)
     from .reward import object_names
@@ -152,7 +153,7 @@ def calibrate(args) -> dict:
         raise InputError(f"{args.annotations}: no readable image with annotations ({len(skipped)} skipped; "
                          f"first: {skipped[0]['reason'] if skipped else 'none'})")
     write_jsonl(args.out, records)
-    present, absent = calibration_scores(ClipScorer(args.clip, device=args.device), records)
+    present, absent = calibration_scores(build_scorer(ScorerSpec(args.scorer, args.clip, args.device)), records)
     rules = {rule: clip_summary(present, absent, None, args.sd, rule) for rule in TAU_RULES}
     summary = {"sentences": len(records), "images": len({r["image"] for r in records}), "skipped_images": len(skipped),
                "skipped": skipped[:100], "present": rules["true_sd"]["present"], "absent": rules["true_sd"]["absent"],

@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from .data import PromptRecord, read_jsonl
-from .yes_no import YES_NO, parse_answer, task_of
 from .reward import yes_no_relevance
 from .schema.generation import CurateConfig
 from .search.types import Answer, SearchResult
 from .sentence_pairs import ChatText, sentence_pairs
+from .yes_no import YES_NO, parse_answer, task_of
 
 
 def candidate_record(rec: PromptRecord, round: int, result: SearchResult) -> dict[str, Any]:

@@ -14,8 +14,6 @@ import hashlib
 import json
 import logging
 import os
-import re
-from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path

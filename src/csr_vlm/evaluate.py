@@ -19,19 +19,30 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from .benchmarks import lmms
+from .benchmarks.chair import load_instances
+from .benchmarks.registry import TASKS, flat_metrics
+from .benchmarks.task import Plan, job_key
 from .config import check_reusable, save_config
 from .console import bar_name, bars_off, commonest_skip, skip_summary
-from .data import (DONE_MARKER, append_jsonl, file_sha256, is_done, load_image, mark_done, read_json, read_jsonl,
-                    repair_jsonl, write_json, write_jsonl)
+from .data import (
+    DONE_MARKER,
+    append_jsonl,
+    file_sha256,
+    is_done,
+    load_image,
+    mark_done,
+    read_json,
+    read_jsonl,
+    repair_jsonl,
+    write_json,
+    write_jsonl,
+)
 from .errors import InputError
 from .lock import output_lock
 from .models.policy import one_line
 from .schema import RunConfig
 from .special_tokens import ControlTokens
-from .benchmarks import lmms
-from .benchmarks.chair import load_instances
-from .benchmarks.registry import TASKS, flat_metrics
-from .benchmarks.task import Plan, job_key
 
 log = logging.getLogger(__name__)
 

@@ -3,12 +3,12 @@
     csr generate --config configs/tiny.yaml [search.mode=official ...]
     torchrun --nproc_per_node 2 -m csr_vlm generate --config configs/tiny.yaml
 
-Setup checks the input paths, reads the prompts and loads the policy and CLIP (a wrong path is a one-line
-error before any work), and estimates tau when normalize=center has none: the estimate goes into the
+Setup checks the input paths, reads the prompts and loads the search engine (search.engine: transformers or
+vLLM) and the image-text scorer (reward.scorer; a wrong path is a one-line error before any work), and estimates tau when normalize=center has none: the estimate goes into the
 reward section the search gets, stats.json and the saved config.yaml, never into the config passed
 in. Work: prompt i goes to rank i % world_size; each rank searches its prompts
-(search.driver.search_prompts on the transformers engine, seeded per prompt from cfg.seed, the round
-and the prompt id) and appends one complete line per prompt to its own shard `shards/rank-<r>.jsonl`.
+(search.driver.search_prompts on that engine, seeded per prompt from cfg.seed, the round and the
+prompt id) and appends one complete line per prompt to its own shard `shards/rank-<r>.jsonl`.
 With search.prompt_batch_size = P > 1 a rank searches its prompts in chunks of P (one forward per
 token step for all P prompts' candidate rows, the same candidates as one at a time up to float
 rounding) and appends a chunk's lines when the chunk is done.
@@ -38,13 +38,23 @@ from typing import Any
 from .config import save_config, to_dict
 from .console import bar_name, bars_off, commonest_skip
 from .curate import shard_line
-from .data import (append_jsonl, file_sha256, is_done, load_image, mark_done, read_json, read_jsonl, read_prompts,
-                   repair_jsonl, write_json)
-from .sentence_pairs import ChatText
+from .data import (
+    append_jsonl,
+    file_sha256,
+    is_done,
+    load_image,
+    mark_done,
+    read_json,
+    read_jsonl,
+    read_prompts,
+    repair_jsonl,
+    write_json,
+)
 from .errors import InputError
 from .lock import output_lock
 from .models import check_model_path
 from .schema import RewardConfig, RunConfig
+from .sentence_pairs import ChatText
 from .shards import check_produced, merge
 from .special_tokens import ControlTokens
 
@@ -129,13 +139,14 @@ def _read_all_prompts(cfg: RunConfig):
 
 
 def _load_models(cfg: RunConfig, rank: int, world: int):
-    """(engine, CLIP scorer) on this rank's devices; both fail before any work."""
-    from .models import ClipScorer
+    """(engine, image-text scorer of reward.scorer) on this rank's devices; both fail before any work."""
+    from .scorer import ScorerSpec, build_scorer
     from .search.build import build_engine
 
     engine, device = build_engine(cfg, int(os.environ.get("LOCAL_RANK", rank)), world)
-    scorer = ClipScorer(cfg.reward.clip_path, device=device, dtype=cfg.model.dtype,
-                        batch_size=cfg.reward.clip_batch_size)
+    scorer = build_scorer(ScorerSpec(cfg.reward.scorer, cfg.reward.clip_path, device, cfg.model.dtype,
+                                     cfg.reward.clip_batch_size))
+    log.info("generate: scorer %s (%s)", scorer.kind, cfg.reward.clip_path)
     return engine, scorer
 
 

@@ -20,9 +20,10 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from . import layout
+from .benchmarks.registry import metrics as registered_metrics
 from .data import read_json, read_jsonl
 from .errors import InputError
-from .benchmarks.registry import metrics as registered_metrics
 from .tables import markdown_table
 
 log = logging.getLogger(__name__)
@@ -66,16 +67,12 @@ def _json(path: Path) -> Any:
 def collect(run_dir: Path) -> dict[int, dict]:
     """Per round: eval metrics, dev metrics, pairs' R_I and margins, train metrics (whatever exists)."""
     rounds: dict[int, dict] = {}
-    for d in sorted(run_dir.glob("round_*")):
-        try:
-            k = int(d.name.split("_", 1)[1])
-        except ValueError:
-            continue
+    for k, d in layout.rounds(run_dir):
         r: dict[str, Any] = {}
         for stage in ("eval", "dev_eval"):  # a metrics file that is no JSON object counts as missing
             metrics = _json(d / stage / "metrics.json")
             r[stage] = metrics if isinstance(metrics, dict) else None
-        pairs_path = d / "generate" / "pairs.jsonl"
+        pairs_path = layout.pairs_file(d / "generate")
         if pairs_path.is_file():
             pairs = [p for p in read_jsonl(pairs_path) if not p.get("anchor")]  # an anchor replays, compares nothing
             for key in ("chosen_r_i", "rejected_r_i", "margin"):
@@ -295,7 +292,7 @@ def write_report(run_dir: str | Path, instances: str | None = None, gt_captions:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise InputError(f"run directory not found: {run_dir}")
-    if not (run_dir / "manifest.json").is_file() and not any(d.is_dir() for d in run_dir.glob("round_*")):
+    if not (run_dir / "manifest.json").is_file() and not any(d.is_dir() for _, d in layout.rounds(run_dir)):
         raise InputError(f"{run_dir}: not a CSR run directory (no manifest.json, no round_<k>/)")
     rounds = collect(run_dir)
     notes: list[str] = []

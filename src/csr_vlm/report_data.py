@@ -21,6 +21,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+from . import layout
 from .data import read_json, read_jsonl
 from .errors import InputError
 from .report import collect, round_table
@@ -153,7 +154,7 @@ def images(run_dir: Path, ks: list[int], vocab, notes: list[str], thumbs: bool =
     files: dict[str, str] = {}
     problems: set[str] = set()
     for slot, k in enumerate(ks):
-        eval_dir = run_dir / f"round_{k}" / "eval"
+        eval_dir = layout.stage_dir(run_dir, k, "eval")
         rows = _rows(eval_dir / "chair_captions.jsonl")
         if not rows:
             notes.append(f"round {k}: no eval/chair_captions.jsonl; its captions are not shown.")
@@ -243,10 +244,10 @@ def pairs(run_dir: Path, ks: list[int], notes: list[str], sample: int = SAMPLE_P
     """Per round with a generate stage: tau, every pair, and the indices of a seeded sample of them."""
     out = []
     for k in ks:
-        gen = run_dir / f"round_{k}" / "generate"
+        gen = layout.stage_dir(run_dir, k, "generate")
         if not gen.is_dir():
             continue
-        path = gen / "pairs.jsonl"
+        path = layout.pairs_file(gen)
         if not path.is_file():
             notes.append(f"round {k}: no generate/pairs.jsonl; its pairs are not shown.")
             continue

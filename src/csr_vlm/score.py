@@ -21,10 +21,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from . import layout
+from .benchmarks import chair, pope
 from .calibration import clip_summary
 from .data import read_jsonl, write_json
 from .errors import InputError
-from .benchmarks import chair, pope
 from .schema import TAU_RULES
 from .tables import text_table
 from .yes_no import PARSERS, YES_NO
@@ -58,6 +59,7 @@ def cli(argv: list[str]) -> int:
                    help="how the suggested tau is picked (as reward.tau_rule)")
     p.add_argument("--sd", type=float, default=3.0, help="rule true_sd: tau = mean(present) - SD * stdev(present)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--scorer", default="clip", help="the kind of scorer (reward.scorer), loaded from --clip")
     p.add_argument("--out", help="write the numbers as JSON here")
     args = parser.parse_args(argv)
     result = {"chair": score_chair, "pope": score_pope, "pairs": score_pairs, "clip": score_clip}[args.what](args)
@@ -151,12 +153,13 @@ def image_key(image: str, files: dict[str, Any]) -> Any:
 def generate_dirs(path: str | Path) -> list[tuple[str, Path]]:
     """(name, directory) of every generate stage under path: path itself, or its round_<k>/generate/."""
     path = Path(path)
-    if (path / "pairs.jsonl").is_file():
+    if layout.pairs_file(path).is_file():
         return [(path.name, path)]
-    found = sorted(path.glob("round_*/generate/pairs.jsonl"), key=lambda p: int(p.parent.parent.name.split("_")[-1]))
+    found = [(rdir.name, rdir / "generate") for _, rdir in layout.rounds(path)
+             if layout.pairs_file(rdir / "generate").is_file()]
     if not found:
         raise InputError(f"{path}: no pairs.jsonl here nor in round_<k>/generate/")
-    return [(p.parent.parent.name, p.parent) for p in found]
+    return found
 
 
 def pair_quality(gen_dir: Path, gt: dict, vocab: chair.Vocabulary, files: dict, greedy: dict | None = None) -> dict:
@@ -168,7 +171,7 @@ def pair_quality(gen_dir: Path, gt: dict, vocab: chair.Vocabulary, files: dict, 
 
     rows: dict[str, list] = {"response": [], "sentence": []}
     unknown = yes_no = n_greedy = vs_greedy = 0
-    for pair in read_pair_rows(gen_dir / "pairs.jsonl"):
+    for pair in read_pair_rows(layout.pairs_file(gen_dir)):
         if pair["task"] == YES_NO:
             yes_no += 1
             continue
@@ -252,10 +255,10 @@ def score_pairs(args) -> dict:
 def score_clip(args) -> dict:
     """R_I of a CLIP on a labelled calibration file: AUC, suggested tau, false-positive rates."""
     from .calibration import calibration_scores, read_calibration
-    from .models import ClipScorer
+    from .scorer import ScorerSpec, build_scorer
 
     records = read_calibration(args.calibration, args.image_root)
-    present, absent = calibration_scores(ClipScorer(args.clip, device=args.device), records)
+    present, absent = calibration_scores(build_scorer(ScorerSpec(args.scorer, args.clip, args.device)), records)
     out = clip_summary(present, absent, args.tau, args.sd, args.rule)
     rows = [["present R_I mean / sd", f"{out['present']['mean']:.2f} / {out['present']['sd']:.2f}"],
             ["absent R_I mean / sd", f"{out['absent']['mean']:.2f} / {out['absent']['sd']:.2f}"],

@@ -11,8 +11,8 @@ import logging
 from collections import Counter
 from pathlib import Path
 
-from .curate import balance_yes_no
 from .console import commonest_skip, reason_kind, skip_summary
+from .curate import balance_yes_no
 from .data import read_json, read_jsonl, write_json, write_jsonl
 from .errors import InputError
 from .schema import RewardConfig, RunConfig

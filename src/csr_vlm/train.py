@@ -52,6 +52,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from . import layout
 from .config import check_reusable, save_config, to_dict
 from .console import quiet_trainer, reason_kind
 from .data import file_sha256, is_done, load_image, mark_done, read_jsonl, write_json, write_jsonl
@@ -72,10 +73,7 @@ READS = ("out", "seed", "overwrite", "model", "train", "data.max_image_pixels")
 
 def pairs_path(cfg: RunConfig) -> Path:
     """train.pairs, else the sibling generate stage's pairs.jsonl, else <out>/pairs.jsonl."""
-    if cfg.train.pairs:
-        return Path(cfg.train.pairs)
-    sibling = Path(cfg.out).parent / "generate" / "pairs.jsonl"
-    return sibling if sibling.is_file() else Path(cfg.out) / "pairs.jsonl"
+    return Path(cfg.train.pairs) if cfg.train.pairs else layout.train_pairs(cfg.out)
 
 
 def load_pairs(path: Path, max_pixels: int = 50_000_000, processor=None) -> tuple[Any, list[dict]]:

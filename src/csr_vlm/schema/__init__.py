@@ -22,8 +22,17 @@ from ..coerce import build_section, check_choices, check_finite
 from ..errors import ConfigError
 from ..outdir import check_out
 from .evaluation import EvalConfig, LoopConfig
-from .generation import (DEVICE, NORMALIZE_MODES, TAU_RULES, CurateConfig, DataConfig, ModelConfig, RewardConfig,
-                         SearchConfig, VLLMConfig)
+from .generation import (
+    DEVICE,
+    NORMALIZE_MODES,
+    TAU_RULES,
+    CurateConfig,
+    DataConfig,
+    ModelConfig,
+    RewardConfig,
+    SearchConfig,
+    VLLMConfig,
+)
 from .training import LR_SCHEDULERS, TRL_LOSS_TYPES, TrainConfig
 
 __all__ = ["DEVICE", "LR_SCHEDULERS", "NORMALIZE_MODES", "TAU_RULES", "TRL_LOSS_TYPES", "CurateConfig", "DataConfig",

@@ -24,9 +24,9 @@ import time
 from collections import Counter
 from typing import Any
 
-from ..yes_no import parse_answer, with_article
 from ..reward import image_relevance, object_names
 from ..schema import RewardConfig, SearchConfig
+from ..yes_no import parse_answer, with_article
 from .engine import Engine, Group, PromptItem
 from .official import official_steps
 from .paper import paper_steps

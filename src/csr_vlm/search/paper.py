@@ -18,9 +18,16 @@ from __future__ import annotations
 import re
 import time
 
-from ..reward import (image_relevance, neutral_image_value, penalize_repeats, self_score, step_rewards, top_bottom,
-                      yes_no_relevance)
 from ..filters import junk_reason
+from ..reward import (
+    image_relevance,
+    neutral_image_value,
+    penalize_repeats,
+    self_score,
+    step_rewards,
+    top_bottom,
+    yes_no_relevance,
+)
 from .types import Answer, Candidate, SearchResult, Sentence, Siblings
 
 _STOPWORDS = set("""a an the and or but of in on at to for with from by is are was were be been being it its this that

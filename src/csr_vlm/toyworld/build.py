@@ -22,8 +22,19 @@ from ..manifest import versions
 from . import clip as toyclip
 from . import llava as toyllava
 from .lmms_task import write_lmms_task
-from .scenes import CATEGORY_ID_BASE, CLIP_PARAMS, DESCRIBE_PROMPT, PAIRS, POPE_QUESTION, TYPES, WorldParams, \
-    type_name, write_calibration, write_split, write_synonyms
+from .scenes import (
+    CATEGORY_ID_BASE,
+    CLIP_PARAMS,
+    DESCRIBE_PROMPT,
+    PAIRS,
+    POPE_QUESTION,
+    TYPES,
+    WorldParams,
+    type_name,
+    write_calibration,
+    write_split,
+    write_synonyms,
+)
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +114,8 @@ def write_extras(out: Path, seed: int) -> None:
     (prompts_yesno_train.jsonl, as `csr questions` writes them, for data.mix_prompts)."""
     import random
 
-    from ..calibrate import present_and_absent
     from ..benchmarks.chair import load_ground_truth
+    from ..calibrate import present_and_absent
     from ..questions import SUFFIX, yes_no_prompts
 
     write_lmms_task(out, seed)

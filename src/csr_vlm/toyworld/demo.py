@@ -27,6 +27,7 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
+from .. import layout
 from ..config import load_config
 from ..data import read_json, read_jsonl, write_json
 from ..errors import InputError
@@ -118,11 +119,11 @@ def arm_rows(loop_dir: Path, world: Path) -> list[dict]:
 
     rows = []
     k = 0
-    while (loop_dir / f"round_{k}" / "eval" / "metrics.json").is_file():
-        rdir = loop_dir / f"round_{k}"
+    while (layout.stage_dir(loop_dir, k, "eval") / "metrics.json").is_file():
+        rdir = layout.round_dir(loop_dir, k)
         flat = read_json(rdir / "eval" / "metrics.json")["flat"]
         answers = [s["answer"] for s in read_jsonl(rdir / "eval" / "samples.jsonl") if s.get("task") == "chair"]
-        chosen, rejected = pair_chair(rdir / "generate" / "pairs.jsonl", world)
+        chosen, rejected = pair_chair(layout.pairs_file(rdir / "generate"), world)
         rows.append({"round": k, "chair_i": flat.get("chair_i"), "chair_s": flat.get("chair_s"),
                      "recall": flat.get("recall"), "pope_f1": flat.get("pope_f1"), "dup_rate": flat.get("dup_rate"),
                      "wellformed": sum(map(is_wellformed, answers)) / max(1, len(answers)),
@@ -223,7 +224,7 @@ def delta_vs_base(out: Path, selected: dict, seed: int, needs: str, read, bootst
     (round 0); an arm whose two evals do not both hold the file `needs` is left out."""
     res = {}
     for arm, k in selected.items():
-        base_dir, sel_dir = out / arm / "round_0" / "eval", out / arm / f"round_{k}" / "eval"
+        base_dir, sel_dir = layout.stage_dir(out / arm, 0, "eval"), layout.stage_dir(out / arm, k, "eval")
         if (base_dir / needs).is_file() and (sel_dir / needs).is_file():
             res[arm] = bootstrap(read(base_dir), read(sel_dir), seed=seed)
     return res

@@ -159,8 +159,8 @@ def _loss(model, ids, mask, labels, pv, is_qa, qa_weight: float = 1.0):
 def train_llava(out: Path, p, batch_size: int = 64) -> dict:
     """Train the tiny LLaVA, select the base checkpoint on dev, save OUT/policy; return the measurements."""
     import torch
-    from transformers import CLIPModel
     from tqdm import tqdm
+    from transformers import CLIPModel
 
     torch.manual_seed(p.seed)
     clip = CLIPModel.from_pretrained(out / "clip").eval()

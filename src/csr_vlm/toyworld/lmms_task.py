@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..data import read_json, write_jsonl
 from ..benchmarks import pope
+from ..data import read_json, write_jsonl
 from . import scenes as tw
 
 TASK = "toy_pope"

@@ -63,7 +63,7 @@ class WorldParams:
     LLaVA differs), so the count is pinned, whatever the machine's cores, and is part of the world's digest."""
 
     @classmethod
-    def make(cls, seed: int, quick: bool, threads: int | None = None) -> "WorldParams":
+    def make(cls, seed: int, quick: bool, threads: int | None = None) -> WorldParams:
         threads = cls.threads if threads is None else threads
         if not quick:
             return cls(seed=seed, threads=threads)

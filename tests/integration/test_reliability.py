@@ -1,6 +1,6 @@
 """What happens when things go wrong: hostile inputs, out of memory, a killed training, two runs on one directory.
 
-    .venv/bin/python -m pytest tests/test_reliability.py
+    .venv/bin/python -m pytest tests/integration/test_reliability.py
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def _lines(path: Path) -> list[dict]:
 
 
 def _env() -> dict[str, str]:
-    src = str(Path(__file__).resolve().parents[1] / "src")
+    src = str(Path(__file__).resolve().parents[2] / "src")
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", ""),
             "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
 

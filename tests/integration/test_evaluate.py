@@ -7,9 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from csr_vlm import evaluate
+from csr_vlm import evaluate, yes_no
 from csr_vlm.benchmarks import chair, pope
-from csr_vlm import yes_no
 from csr_vlm.benchmarks.registry import flat_metrics
 from csr_vlm.config import ConfigError, load_config
 

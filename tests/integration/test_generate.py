@@ -1,6 +1,6 @@
 """`csr generate` end to end: both families and modes, bad inputs, skip reasons, resume after a kill, 2 ranks, TRL DPO.
 
-    .venv/bin/python -m pytest tests/test_generate.py
+    .venv/bin/python -m pytest tests/integration/test_generate.py
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import assert_close
 from PIL import Image
 
 from csr_vlm.cli import main
-from helpers import assert_close
 
 SEARCH = ["search.num_candidates=3", "search.keep_top=1", "search.keep_bottom=1", "search.max_sentences=2",
           "search.max_new_tokens=4", "search.filters=[]"]
@@ -325,7 +325,7 @@ def reference_run(tiny_llava, many_prompts, tmp_path_factory):
 
 
 def _env() -> dict[str, str]:
-    src = str(Path(__file__).resolve().parents[1] / "src")
+    src = str(Path(__file__).resolve().parents[2] / "src")
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", ""),
             "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
 

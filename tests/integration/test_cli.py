@@ -1,6 +1,6 @@
 """The command line a new user meets: per-stage --help, the generated key reference, --version, --check.
 
-    .venv/bin/python -m pytest tests/test_cli.py
+    .venv/bin/python -m pytest tests/integration/test_cli.py
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from csr_vlm import __version__
 from csr_vlm.cli import main
 from csr_vlm.reference import REGENERATE, STAGE_MODULES, markdown, stage_reads
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 
 
 def _help(stage: str, capsys) -> str:

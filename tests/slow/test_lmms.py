@@ -1,6 +1,6 @@
 """The lmms-eval hand-off on a CPU: the toy world's toy_pope task, its numbers beside csr's own POPE, failures.
 
-    .venv/bin/python -m pytest tests/test_lmms.py
+    .venv/bin/python -m pytest tests/slow/test_lmms.py
 """
 
 from __future__ import annotations

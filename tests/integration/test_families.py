@@ -3,7 +3,7 @@
 Families: LLaVA-1.5, Gemma 3, Qwen2.5-VL, Qwen3-VL, Idefics3 (SmolVLM), LLaVA-NeXT, each a tiny random-weight
 model built from its config (models/tiny/), saved and loaded back with the Auto classes.
 
-    .venv/bin/python -m pytest tests/test_families.py
+    .venv/bin/python -m pytest tests/integration/test_families.py
 """
 
 from __future__ import annotations

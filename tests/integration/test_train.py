@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import TINY_TRAIN as TINY
+from helpers import write_pairs
 
 from csr_vlm import train
 from csr_vlm.cli import main
 from csr_vlm.config import load_config
 from csr_vlm.errors import InputError
-from helpers import TINY_TRAIN as TINY
-from helpers import write_pairs
+
 
 def make_cfg(tiny, tmp_path, *extra, pairs=None):
     pairs = pairs or write_pairs(tmp_path / "pairs.jsonl", tiny / "images")

@@ -1,6 +1,6 @@
 """The documentation a new user reads: the README's two commands stay verbatim, every relative link resolves.
 
-    .venv/bin/python -m pytest tests/test_docs.py
+    .venv/bin/python -m pytest tests/unit/test_docs.py
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 PAGES = [ROOT / "README.md", ROOT / "bench" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 DEMO = "bash scripts/setup.sh && .venv/bin/csr demo"
 TESTS = "bash scripts/setup.sh --test && .venv/bin/python -m pytest -q"

@@ -3,7 +3,7 @@
 All four start together in subprocesses (one torch thread each) so the file takes about as long as the
 slowest script. Token counts are checked against the tree arithmetic in the docstrings below.
 
-    .venv/bin/python -m pytest tests/test_bench.py
+    .venv/bin/python -m pytest tests/slow/test_bench.py
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 
 pytestmark = pytest.mark.slow  # subprocesses
 
-BENCH = Path(__file__).resolve().parent.parent / "bench"
+BENCH = Path(__file__).resolve().parents[2] / "bench"
 SCRIPTS = ("search_bench", "scaling_bench", "train_bench", "round_bench")
 
 

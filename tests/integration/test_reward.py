@@ -1,6 +1,6 @@
 """The calibrated reward: hand-worked R_I clamp, lam mix, normalisations, selection, official ranks, tau; ClipScorer.
 
-    .venv/bin/python -m pytest tests/test_reward.py
+    .venv/bin/python -m pytest tests/integration/test_reward.py
 """
 
 from __future__ import annotations
@@ -10,12 +10,22 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
+from csr_vlm.calibration import estimate_tau, pick_tau
 from csr_vlm.config import RewardConfig
 from csr_vlm.errors import InputError
-from csr_vlm.calibration import estimate_tau, pick_tau
 from csr_vlm.models import ClipScorer
-from csr_vlm.reward import (fractional_ranks, image_relevance, neutral_image_value, path_value, penalize_repeats,
-                            self_score, sibling_ranks, step_rewards, top_bottom, zscores)
+from csr_vlm.reward import (
+    fractional_ranks,
+    image_relevance,
+    neutral_image_value,
+    path_value,
+    penalize_repeats,
+    self_score,
+    sibling_ranks,
+    step_rewards,
+    top_bottom,
+    zscores,
+)
 
 
 def test_image_relevance_clamps_negative_cosines():

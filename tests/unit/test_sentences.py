@@ -4,7 +4,7 @@ The engines' own decision function (`hf_decode._take_tokens`, boundaries.py) is 
 a time, as sampling would produce it; a confirmed end drops its look-ahead token, which then starts the next
 sentence. The cases are the ones a real vocabulary makes hard: "." is its own token after digits and letters.
 
-    .venv/bin/python -m pytest tests/test_sentences.py
+    .venv/bin/python -m pytest tests/unit/test_sentences.py
 """
 
 from __future__ import annotations

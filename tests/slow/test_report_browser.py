@@ -1,7 +1,7 @@
 """report.html in a real browser: headless Chromium (Debian's `chromium` package, which `bash scripts/setup.sh
 --test` installs) driven by the playwright package, on the quick demo's run (the session's `quick_demo`).
 
-    .venv/bin/python -m pytest -q tests/test_report_browser.py
+    .venv/bin/python -m pytest -q tests/slow/test_report_browser.py
 
 CSR_REPORT_SCREENSHOT=docs/report.png also saves the screenshot there (how the README's picture was made).
 Without Chromium the tests skip, except under CI, where they fail: CI must run them.
@@ -15,12 +15,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from helpers import report_run
 
+from csr_vlm.benchmarks.chair import caption_mentions, load_vocabulary
 from csr_vlm.curate import pair_answers
 from csr_vlm.data import read_jsonl
-from csr_vlm.benchmarks.chair import caption_mentions, load_vocabulary
 from csr_vlm.report_html import write_html
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

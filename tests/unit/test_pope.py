@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from csr_vlm.benchmarks import pope
 from csr_vlm import yes_no
+from csr_vlm.benchmarks import pope
 from csr_vlm.cli import main
 
 # first-seen order: person, dog, cat, car, bus, bench, apple

@@ -1,5 +1,5 @@
 """report.html without a browser: what goes into the page (mentions, filters' inputs, pairs), a broken run
-directory, the histogram. tests/test_report_browser.py opens real pages in Chromium."""
+directory, the histogram. tests/slow/test_report_browser.py opens real pages in Chromium."""
 
 from __future__ import annotations
 

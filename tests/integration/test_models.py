@@ -1,6 +1,6 @@
 """Model loading through transformers' Auto classes, for both tiny families, and clear path errors.
 
-    .venv/bin/python -m pytest tests/test_models.py
+    .venv/bin/python -m pytest tests/integration/test_models.py
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Settings and directories a careless or hostile user might give: nan/inf, an `out` that is not the run's own,
 locks left by a full disk or a reused PID, SIGTERM, inputs changed under a finished stage.
 
-    .venv/bin/python -m pytest tests/test_reliability_settings.py
+    .venv/bin/python -m pytest tests/integration/test_reliability_settings.py
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def test_out_holding_foreign_files_is_refused_and_nothing_in_it_is_touched(tiny_
     """A directory with the user's files (no .csr marker) is refused with one line naming them; the current
     directory (out=.) too. Its files are untouched. An empty directory, or one with only csr's own names, is
     accepted and marked."""
-    from csr_vlm.outdir import MARKER, claim
+    from csr_vlm.outdir import claim
 
     mine = tmp_path / "project"
     (mine / "trainer").mkdir(parents=True)

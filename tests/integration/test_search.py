@@ -1,26 +1,24 @@
 """The search: cached continuation == re-encoding, beam widths, determinism, official ranks, filters, repeats.
 
-    .venv/bin/python -m pytest tests/test_search.py
+    .venv/bin/python -m pytest tests/integration/test_search.py
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
+from helpers import assert_close
 from PIL import Image
 
-from helpers import assert_close
-
 from csr_vlm.config import ModelConfig, RewardConfig, SearchConfig
+from csr_vlm.filters import junk_reason
 from csr_vlm.models import ClipScorer, load_policy
 from csr_vlm.search.driver import search_prompt, search_prompts
-from csr_vlm.search.types import Query
-from csr_vlm.filters import junk_reason
 from csr_vlm.search.hf_decode import _choose, expand, prefill, select
 from csr_vlm.search.hf_engine import HFEngine
 from csr_vlm.search.official import Node, path_answers, rank_tree
 from csr_vlm.search.paper import is_repeat, score_step
-from csr_vlm.search.types import Answer, Candidate, Sentence, TokenCounter
+from csr_vlm.search.types import Answer, Candidate, Query, Sentence, TokenCounter
 
 PROMPT = "Describe this image."
 

@@ -1,7 +1,7 @@
 """Sentence-level pairs (curate.pair_level): which siblings pair up, in which format, and that csr generate ->
 csr train runs on them.
 
-    .venv/bin/python -m pytest tests/test_sentence_pairs.py
+    .venv/bin/python -m pytest tests/integration/test_sentence_pairs.py
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Prompts files as users have them: every accepted format, where relative images resolve, skip summaries.
 
-    .venv/bin/python -m pytest tests/test_inputs.py
+    .venv/bin/python -m pytest tests/unit/test_inputs.py
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 would fail on mid-run, images whose pixels differed between stages, a 50 MB prompt line, a full disk at the
 final save, pairs changed under a finished training.
 
-    .venv/bin/python -m pytest tests/test_reliability_inputs.py
+    .venv/bin/python -m pytest tests/integration/test_reliability_inputs.py
 """
 
 from __future__ import annotations
@@ -222,8 +222,7 @@ def test_generate_eval_and_train_see_the_same_pixels(tmp_path):
     identical arrays. The pixels are the ones a viewer shows: the JPEG upright (64 wide, 96 high), transparency on
     white, 65535 -> 255 and 32896 -> 32896 / 257 = 128, float 0.5 -> 0.5 x 255 = 127.5 -> 128; values of 1000 are
     refused with the reason (not clipped to white)."""
-    from csr_vlm import data, generate, pairs
-    from csr_vlm import evaluate
+    from csr_vlm import data, evaluate, generate, pairs
 
     assert generate.load_image is data.load_image and evaluate.load_image is data.load_image
     paths = _odd_images(tmp_path / "img")
@@ -288,7 +287,7 @@ def test_a_50_mb_prompt_line_is_skipped_without_being_tokenized(tiny_llava, tmp_
         fh.write(json.dumps({"id": "big", "image": "images/000.png", "prompt": "describe the dog. " * 2_777_778})
                  + "\n" + json.dumps({"id": "ok", "image": "images/001.png", "prompt": "Describe it."}) + "\n")
     assert prompts.stat().st_size > 50_000_000
-    src = str(Path(__file__).resolve().parents[1] / "src")
+    src = str(Path(__file__).resolve().parents[2] / "src")
     proc = subprocess.run([sys.executable, "-c", _MEASURE, str(prompts), str(tiny_llava / "policy")],
                           capture_output=True, text=True, timeout=120, env={"PYTHONPATH": src, "HF_HUB_OFFLINE": "1",
                                                                               "PATH": "/usr/bin:/bin"})

@@ -1,6 +1,6 @@
 """`csr calibrate` and `csr questions`: labelled objects from COCO-format annotations, the toy-world check.
 
-    .venv/bin/python -m pytest tests/test_calibrate.py
+    .venv/bin/python -m pytest tests/integration/test_calibrate.py
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from csr_vlm.benchmarks.chair import load_ground_truth
 from csr_vlm.calibrate import labelled_sentences, present_and_absent
 from csr_vlm.cli import main
 from csr_vlm.data import read_prompts
-from csr_vlm.benchmarks.chair import load_ground_truth
 from csr_vlm.questions import yes_no_prompts
 
 

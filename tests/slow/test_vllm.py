@@ -4,7 +4,7 @@ The vLLM side runs in .venv-vllm (`bash scripts/setup.sh --vllm`; the README's t
 subprocess runs every vLLM stage below, the transformers side runs here. A missing vLLM environment is a
 failure, never a skip.
 
-    .venv/bin/python -m pytest tests/test_vllm.py
+    .venv/bin/python -m pytest tests/slow/test_vllm.py
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from csr_vlm.toyworld.demo import world_overrides
 
 pytestmark = pytest.mark.slow  # a subprocess with vLLM engines
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
 GREEDY = ["search.temperature=0", "search.num_candidates=2", "search.offer_end=true", "search.keep_top=1",
           "search.keep_bottom=1", "search.filters=[]", "vllm.enforce_eager=true"]

@@ -1,6 +1,6 @@
 """What the terminal shows: TRL's log dicts only with --verbose, one labelled line per stage (per arm in the demo).
 
-    .venv/bin/python -m pytest tests/test_console.py
+    .venv/bin/python -m pytest tests/integration/test_console.py
 """
 
 from __future__ import annotations
@@ -8,12 +8,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from helpers import TINY_TRAIN, write_pairs
+
 from csr_vlm import loop
 from csr_vlm.cli import main
 from csr_vlm.config import load_config
 from csr_vlm.console import LABEL_ENV, VERBOSE_ENV
 from csr_vlm.data import mark_done, write_json
-from helpers import TINY_TRAIN, write_pairs
 
 
 def test_train_keeps_trl_log_dicts_in_the_metrics_file_unless_verbose(tiny_llava, tmp_path, capsys, monkeypatch):
