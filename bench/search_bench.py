@@ -190,7 +190,7 @@ def run_baseline(policy, clip, clip_proc, image, cfg, seed: int) -> dict:
         inputs = clip_proc(text=[sent.strip() or " "], images=[image], return_tensors="pt", padding=True,
                            truncation=True)
         with torch.inference_mode():
-            clip(**inputs).logits_per_image
+            _ = clip(**inputs).logits_per_image
     clip_s = time.perf_counter() - t1
     return {"wall_s": time.perf_counter() - t0, "generate_s": gen_s, "clip_s": clip_s, "calls": calls,
             "tokens_forwarded": forwarded, "tokens_generated": generated, "sentences": len(all_sentences)}

@@ -1,10 +1,10 @@
 """Loading the typed configuration: defaults, YAML, `section.key=value` overrides, checks, saving.
 
-Precedence is dataclass default < YAML file < command-line overrides. Values are parsed as YAML
-(`3`, `0.9`, `true`, `[q_proj,v_proj]`) and checked against the field's type (the schema/ package).
-Unknown keys are errors that suggest the nearest valid key; every allowed value and rule between fields
-is checked (`validate`: the schema's rules, then the benchmark registry's) before the config is returned. The resolved config is written beside
-each stage's outputs (`save_config`), so every result can be traced to the exact settings behind it.
+Precedence is dataclass default < YAML file < command-line overrides. Values are parsed as YAML (`3`, `0.9`,
+`true`, `[q_proj,v_proj]`) and checked against the field's type (the schema/ package). Unknown keys are errors
+that suggest the nearest valid key; every allowed value and rule between fields is checked (`validate`: the
+schema's rules, then the benchmark registry's) before the config is returned. The resolved config is written
+beside each stage's outputs (`save_config`), so every result can be traced to the exact settings behind it.
 
     cfg = load_config("configs/toy.yaml", ["search.num_candidates=6", "reward.lam=0.5"])
     dev = with_overrides(cfg, ["eval.num_images=100"])

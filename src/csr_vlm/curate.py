@@ -24,7 +24,7 @@ from typing import Any
 
 from .data import PromptRecord, read_jsonl
 from .reward import yes_no_relevance
-from .schema.generation import CurateConfig
+from .schema.generation import CurateConfig, RewardConfig
 from .search.types import Answer, SearchResult
 from .sentence_pairs import ChatText, sentence_pairs
 from .yes_no import YES_NO, parse_answer, task_of
@@ -131,11 +131,13 @@ def anchor_record(rec: PromptRecord, round: int, result: SearchResult) -> dict[s
     return {**pair_record(rec, round, likeliest, likeliest), "anchor": True}
 
 
-def shard_line(rec: PromptRecord, round: int, result: SearchResult, curate: CurateConfig,
-               tau: float | None = None, lam: float = 0.9, text: ChatText | None = None) -> dict[str, Any]:
+def shard_line(rec: PromptRecord, round: int, result: SearchResult, curate: CurateConfig, reward: RewardConfig,
+               text: ChatText | None = None) -> dict[str, Any]:
     """One prompt's shard line {id, candidate, pair, sentence_pairs, skip, stats}: its pairs, or a skip with its
-    reason. With curate.pair_level sentence or both, `text` (the policy's chat template) renders every row."""
-    line = _response_line(rec, round, result, curate, tau, lam)
+    reason. `reward` is the one the search ran with (its tau, its lam). With curate.pair_level sentence or both,
+    `text` (the policy's chat template) renders every row."""
+    tau = reward.tau
+    line = _response_line(rec, round, result, curate, tau, reward.lam)
     if curate.pair_level == "response":
         return line
     question = rec.task == YES_NO
@@ -177,20 +179,30 @@ def _response_line(rec: PromptRecord, round: int, result: SearchResult, curate: 
     return line
 
 
-def _text(messages: list[dict] | str) -> str:
+def message_text(messages: Any) -> str:
+    """The text of a TRL message list (or of a plain string) joined by spaces: string contents and the text parts of
+    list contents, anything else skipped."""
     if isinstance(messages, str):
         return messages
-    return " ".join(c.get("text", "") for m in messages for c in m["content"] if c.get("type") == "text")
+    parts = []
+    for msg in messages if isinstance(messages, list) else []:
+        content = msg.get("content") if isinstance(msg, dict) else None
+        if isinstance(content, str):
+            parts.append(content)
+        for c in content if isinstance(content, list) else []:
+            if isinstance(c, dict) and c.get("type") == "text":
+                parts.append(str(c.get("text", "")))
+    return " ".join(parts)
 
 
 def pair_question(pair: dict[str, Any]) -> str:
     """The question a pair row answers (its `question` when the prompt is rendered chat-template text)."""
-    return pair.get("question") or _text(pair["prompt"])
+    return pair.get("question") or message_text(pair["prompt"])
 
 
 def pair_answers(pair: dict[str, Any]) -> tuple[str, str]:
     """The chosen and rejected texts of a pair row, either format."""
-    return _text(pair["chosen"]), _text(pair["rejected"])
+    return message_text(pair["chosen"]), message_text(pair["rejected"])
 
 
 def read_pair_rows(path: str | Path) -> Iterator[dict[str, Any]]:

@@ -245,46 +245,46 @@ def read_prompts(path: str | Path, image_root: str = "", image_prefix: str = ""
     duplicate id. Image files are checked later, when they are opened.
     """
     root = image_root or str(Path(path).resolve().parent)
-    entries: list[tuple[int, Any]] = []
-    skipped: list[dict] = []
-    for entry in read_entries(path, "prompts file"):
-        if entry.error:
-            skipped.append({"id": None, "line": entry.line, "reason": entry.error})
-        else:
-            entries.append((entry.line, entry.value))
     records: list[PromptRecord] = []
+    unreadable: list[dict] = []  # reported first: a line that is no JSON, then every other skip in file order
+    skipped: list[dict] = []
     seen: set[str] = set()
-    for lineno, entry in entries:
-        if not isinstance(entry, dict):
-            skipped.append({"id": None, "line": lineno, "reason": f"entry is not an object ({_json_type(entry)})"})
+    for entry in read_entries(path, "prompts file"):
+        fields, skip = _prompt_fields(entry)
+        if fields is not None and fields[0] in seen:
+            fields, skip = None, {"id": fields[0], "line": entry.line, "reason": "duplicate id"}
+        if fields is None:
+            (unreadable if entry.error else skipped).append(skip)
             continue
-        pid = entry.get("id")
-        prompt = prompt_text(entry)
-        image = entry.get("image")
-        readable_id = pid if isinstance(pid, (str, int)) and not isinstance(pid, bool) else None
-        if pid is None or image is None or prompt is None:
-            missing = [k for k, v in (("id", pid), ("image", image), ("prompt", prompt)) if v is None]
-            skipped.append({"id": readable_id, "line": lineno, "reason": f"missing field(s): {', '.join(missing)}"
-                            + (" (looked for prompt, input, question or a human turn in conversations)"
-                               if prompt is None else "")})
-            continue
-        wrong = [f"{k} is {_json_type(v)}, not {want}" for k, v, want in (
-            ("id", pid, "a string or an integer"), ("image", image, "a string"), ("prompt", prompt, "a string"))
-            if not (isinstance(v, str) or (k == "id" and isinstance(v, int) and not isinstance(v, bool)))]
-        if wrong:
-            skipped.append({"id": readable_id, "line": lineno, "reason": f"wrong field type(s): {'; '.join(wrong)}"})
-            continue
-        pid = str(pid)
-        prompt = (prompt.replace("<image>", "") if "<image>" in prompt else prompt).strip()
-        if not prompt:
-            skipped.append({"id": pid, "line": lineno, "reason": "empty prompt"})
-            continue
-        if pid in seen:
-            skipped.append({"id": pid, "line": lineno, "reason": "duplicate id"})
-            continue
+        pid, image, prompt = fields
         seen.add(pid)
-        records.append(PromptRecord.of(pid, resolve_image(str(image), root, image_prefix), prompt))
-    return records, skipped
+        records.append(PromptRecord.of(pid, resolve_image(image, root, image_prefix), prompt))
+    return records, unreadable + skipped
+
+
+def _prompt_fields(entry: Entry) -> tuple[tuple[str, str, str] | None, dict | None]:
+    """((id, image, prompt), None) for a usable prompts-file entry, else (None, its skip record {id, line, reason})."""
+    lineno, value = entry.line, entry.value
+    if entry.error:
+        return None, {"id": None, "line": lineno, "reason": entry.error}
+    if not isinstance(value, dict):
+        return None, {"id": None, "line": lineno, "reason": f"entry is not an object ({_json_type(value)})"}
+    pid, prompt, image = value.get("id"), prompt_text(value), value.get("image")
+    readable_id = pid if isinstance(pid, (str, int)) and not isinstance(pid, bool) else None
+    if pid is None or image is None or prompt is None:
+        missing = [k for k, v in (("id", pid), ("image", image), ("prompt", prompt)) if v is None]
+        return None, {"id": readable_id, "line": lineno, "reason": f"missing field(s): {', '.join(missing)}"
+                      + (" (looked for prompt, input, question or a human turn in conversations)"
+                         if prompt is None else "")}
+    wrong = [f"{k} is {_json_type(v)}, not {want}" for k, v, want in (
+        ("id", pid, "a string or an integer"), ("image", image, "a string"), ("prompt", prompt, "a string"))
+        if not (isinstance(v, str) or (k == "id" and isinstance(v, int) and not isinstance(v, bool)))]
+    if wrong:
+        return None, {"id": readable_id, "line": lineno, "reason": f"wrong field type(s): {'; '.join(wrong)}"}
+    prompt = (prompt.replace("<image>", "") if "<image>" in prompt else prompt).strip()
+    if not prompt:
+        return None, {"id": str(pid), "line": lineno, "reason": "empty prompt"}
+    return (str(pid), str(image), prompt), None
 
 
 PROMPT_FIELDS = ("prompt", "input", "question")

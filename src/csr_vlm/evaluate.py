@@ -89,7 +89,7 @@ def run(cfg: RunConfig, round: int = 0) -> Path:
             from .models import resolve_device
 
             metrics["lmms"] = lmms.run(cfg.model.path, ev, out, resolve_device(cfg.model.device))
-        _save(cfg, round, out, metrics, skipped, input_skips, inputs)
+        _save(cfg, round, metrics, skipped, input_skips, inputs)
     log.info("eval: %s -> %s", cfg.model.path, out)
     return out
 
@@ -106,10 +106,10 @@ def _check_same_inputs(out: Path, inputs: dict[str, str | None]) -> None:
                          "since); overwrite=true scores again")
 
 
-def _save(cfg: RunConfig, round: int, out: Path, metrics: dict, skipped: list[dict], input_skips: list[dict],
+def _save(cfg: RunConfig, round: int, metrics: dict, skipped: list[dict], input_skips: list[dict],
           inputs: dict[str, str | None]) -> None:
-    """metrics.json (each task's section, the flat summary, the protocol), config.yaml, then DONE."""
-    ev = cfg.eval
+    """metrics.json (each task's section, the flat summary, the protocol), config.yaml, then DONE, in cfg.out."""
+    ev, out = cfg.eval, Path(cfg.out)
     metrics["flat"] = {**flat_metrics(metrics, ev.tasks), **lmms.flat(metrics.get("lmms", {}))}
     metrics["protocol"] = {
         "prompt": ev.prompt, "max_new_tokens": ev.max_new_tokens, "num_images": ev.num_images, "seed": cfg.seed,

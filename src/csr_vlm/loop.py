@@ -20,7 +20,7 @@ the earlier rounds keep the old one.
 
 Selection: `loop.select_on` names a key of evaluate's "flat" metrics, measured by a dev evaluation
 (`eval` fields overridden by `loop.dev`, in `round_<k>/dev_eval/`). Each metric's direction comes from
-the benchmark that reports it (eval/registry.py: the CHAIR rates and the duplicate rate are better
+the benchmark that reports it (benchmarks/registry.py: the CHAIR rates and the duplicate rate are better
 when lower; recall and the POPE scores when higher). Only a strict improvement moves `best_round`, so ties keep
 the earlier round, and round 0 (the base model) competes. `loop.patience` > 0 stops the loop after
 that many rounds without improvement. Without `select_on`, the last round is the best. `loop.guards`
@@ -199,7 +199,8 @@ def check(cfg: RunConfig, from_round: int | None) -> None:
     if cfg.reward.clip_path:
         check_model_path(cfg.reward.clip_path, "reward.clip_path")
     for key, path in (("data.prompts", cfg.data.prompts), ("data.mix_prompts", cfg.data.mix_prompts),
-                      ("eval.annotations", cfg.eval.annotations), ("reward.tau_calibration", cfg.reward.tau_calibration)):
+                      ("eval.annotations", cfg.eval.annotations), ("reward.tau_calibration",
+                                                                   cfg.reward.tau_calibration)):
         if path and not Path(path).is_file():
             raise InputError(f"{key}: file not found: {path}")
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import layout
+from .curate import message_text
 from .data import read_json, read_jsonl
 from .errors import InputError
 from .report import collect, round_table
@@ -183,21 +184,6 @@ def images(run_dir: Path, ks: list[int], vocab, notes: list[str], thumbs: bool =
 # ---------------------------------------------------------------------------- pairs
 
 
-def _text(messages: Any) -> str:
-    """The text parts of a TRL conversational message list (or a plain string)."""
-    if isinstance(messages, str):
-        return messages
-    parts = []
-    for msg in messages if isinstance(messages, list) else []:
-        content = msg.get("content") if isinstance(msg, dict) else None
-        if isinstance(content, str):
-            parts.append(content)
-        for c in content if isinstance(content, list) else []:
-            if isinstance(c, dict) and c.get("type") == "text":
-                parts.append(str(c.get("text", "")))
-    return " ".join(parts)
-
-
 def _side(text: str, answers: list[dict]) -> dict:
     """One side of a pair: its sentences [text, R_T, R_I, R, repeat] from the candidates' answer with that text,
     else its text alone. A row in TRL's standard format carries the chat template's end of turn after the answer
@@ -219,7 +205,7 @@ def _side(text: str, answers: list[dict]) -> dict:
 def _next_sentence(p: dict, side: str) -> dict:
     """One side of a sentence-level pair: its one next sentence with the rewards the row carries."""
     repeat = int(bool(p.get("rejected_repeat"))) if side == "rejected" else 0
-    return {"s": [[_text(p.get(side)).strip(), _round(p.get(f"{side}_r_t")), _round(p.get(f"{side}_r_i")),
+    return {"s": [[message_text(p.get(side)).strip(), _round(p.get(f"{side}_r_t")), _round(p.get(f"{side}_r_i")),
                    _round(p.get(f"{side}_reward")), repeat]]}
 
 
@@ -230,10 +216,10 @@ def pair_entry(p: dict, answers: list[dict]) -> dict:
     images_ = p.get("images") or [p.get("image")]
     sentence = p.get("level") == "sentence"
     entry = {"id": p.get("id"), "img": Path(str(images_[0])).name if images_ and images_[0] else None,
-             "p": str(p.get("question") or _text(p.get("prompt"))), "m": _round(p.get("margin")),
+             "p": str(p.get("question") or message_text(p.get("prompt"))), "m": _round(p.get("margin")),
              "cri": _round(p.get("chosen_r_i")), "rri": _round(p.get("rejected_r_i"))}
     for side, key in (("chosen", "c"), ("rejected", "r")):
-        entry[key] = _next_sentence(p, side) if sentence else _side(_text(p.get(side)), answers)
+        entry[key] = _next_sentence(p, side) if sentence else _side(message_text(p.get(side)), answers)
     for key, short in (("level", "lvl"), ("prefix", "pre"), ("depth", "dep"), ("anchor", "anc"), ("written", "w")):
         if p.get(key):
             entry[short] = p[key]

@@ -126,19 +126,6 @@ def score_pope(args) -> dict:
 # ---------------------------------------------------------------------------- pairs
 
 
-def _text(messages: Any) -> str:
-    if isinstance(messages, str):
-        return messages
-    parts = []
-    for msg in messages or []:
-        content = msg.get("content", "")
-        if isinstance(content, str):
-            parts.append(content)
-        else:
-            parts.extend(c.get("text", "") for c in content if c.get("type") == "text")
-    return " ".join(parts)
-
-
 def file_ids(instances: dict) -> dict[str, Any]:
     """{image file name: COCO image id} of an instances file."""
     return {Path(im.get("file_name", "")).name: im["id"] for im in instances.get("images", []) if im.get("file_name")}

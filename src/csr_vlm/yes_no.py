@@ -36,7 +36,7 @@ _OBJECT = re.compile(r"is there an? (.+?) in the ima?n?ge\??", re.IGNORECASE)
 
 
 def question_object(text: str) -> str | None:
-    """The object asked about ("Is there an apple in the imange?" -> apple), None when the text asks no such question."""
+    """The object asked about ("Is there an apple in the imange?" -> apple); None when the text asks no such one."""
     m = _OBJECT.search(text or "")
     return m.group(1) if m else None
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from csr_vlm.benchmarks.chair import load_ground_truth
-from csr_vlm.calibrate import labelled_sentences, present_and_absent
+from csr_vlm.calibrate import ObjectSample, labelled_sentences, present_and_absent
 from csr_vlm.cli import main
 from csr_vlm.data import read_prompts
 from csr_vlm.questions import yes_no_prompts
@@ -37,13 +37,15 @@ def test_present_and_absent_objects(tiny_llava, tmp_path):
     only ever appear together), so only random ones: person or car. Image 3's file is missing: skipped."""
     inst, caps = _coco(tmp_path, tiny_llava / "images")
     _, instances, gt = load_ground_truth(inst, caps)
-    rows, skipped = present_and_absent(instances, gt, str(tiny_llava / "images"), 10, random.Random(0), 1, 1)
+    rows, skipped = present_and_absent(instances, gt, str(tiny_llava / "images"), ObjectSample(10, 1, 1),
+                                       random.Random(0))
     by_id = {image_id: (present, absent) for image_id, _, present, absent in rows}
     assert by_id[2] == (["dog"], ["cat", "person"])
     assert by_id[0][0] == ["cat", "dog"] and len(by_id[0][1]) == 1 and by_id[0][1][0] in ("person", "car")
     assert set(by_id) == {0, 1, 2} and skipped[0]["reason"].startswith("image not found")
-    records, _ = labelled_sentences(instances, gt, str(tiny_llava / "images"), 10, 0, ("a photo of a {}.",), 1, 1,
-                                    10**8, {"dog": "puppy"})
+    rng = random.Random(0)
+    rows, _ = present_and_absent(instances, gt, str(tiny_llava / "images"), ObjectSample(10, 1, 1, 10**8), rng)
+    records = labelled_sentences(rows, rng, ("a photo of a {}.",), {"dog": "puppy"})
     dogs = [r for r in records if r["object"] == "dog"]
     assert dogs and all(r["text"] == "a photo of a puppy." for r in dogs)  # named as `names` says
     assert sum(r["present"] for r in records) == 5 and len(records) == 5 + 4  # present 2 + 2 + 1, absent 1 + 1 + 2
@@ -58,7 +60,8 @@ def test_questions_are_prompts_about_present_and_absent_objects(tiny_llava, tmp_
     records, skipped = read_prompts(out)
     assert len(records) == 6 and not skipped
     assert {r.prompt for r in records if r.id.startswith("yn-2-")} == {
-        "Is there a dog in the image? Please answer yes or no.", "Is there a cat in the image? Please answer yes or no."}
+        "Is there a dog in the image? Please answer yes or no.",
+        "Is there a cat in the image? Please answer yes or no."}
     rows = [(7, "x.png", ["apple"], ["egg"])]
     assert [r["prompt"] for r in yes_no_prompts(rows, 1, "Is there a {}?", random.Random(0))] == [
         "Is there an apple?", "Is there an egg?"]

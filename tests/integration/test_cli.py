@@ -41,6 +41,7 @@ def test_stage_help_lists_the_keys_that_stage_reads(capsys, stage, listed, absen
     assert set(listed) <= keys
     assert not keys & set(absent)
     assert "--check" in text
+    assert max(map(len, text.splitlines())) <= 200, "a --help line is longer than 200 characters"
 
 
 @pytest.mark.parametrize("stage", list(STAGE_MODULES))

@@ -20,7 +20,7 @@ from csr_vlm.config import ModelConfig, SearchConfig
 from csr_vlm.models import load_policy
 from csr_vlm.models.tiny import FAMILIES, REAL_VOCAB, build_tiny
 from csr_vlm.search import hf_decode
-from csr_vlm.search.hf_decode import RowBlock, concat_states, expand, expand_groups, prefill
+from csr_vlm.search.hf_decode import RowBlock, TokenRules, concat_states, expand, expand_groups, prefill
 from csr_vlm.search.types import TokenCounter
 
 N_TOKENS = 24
@@ -87,13 +87,14 @@ def test_cached_search_equals_generate_alone_and_batched(family_dir, family):
     images = _images(d)
     refs = [_reference(policy, im, p, suppress) for im, p in zip(images, PROMPTS)]
     for (image, prompt), (tokens, r_t) in zip(zip(images, PROMPTS), refs):
-        (cand,) = expand(policy, prefill(policy, image, prompt, TokenCounter()), _greedy(), [], [], suppress, None,
+        (cand,) = expand(policy, prefill(policy, image, prompt, TokenCounter()), _greedy(), TokenRules([], [],
+                                                                                                       suppress), None,
                          TokenCounter())
         assert cand.tokens == tokens, f"{family}: first difference at {_first_difference(cand.tokens, tokens)}"
         assert sum(cand.logprobs) / len(cand.logprobs) == pytest.approx(r_t, abs=1e-5)
     state = concat_states([prefill(policy, im, p, TokenCounter()) for im, p in zip(images, PROMPTS)])
     blocks = [RowBlock(1, None, TokenCounter()), RowBlock(1, None, TokenCounter())]
-    batched = expand_groups(policy, state, _greedy(), [], [], suppress, blocks)
+    batched = expand_groups(policy, state, _greedy(), TokenRules([], [], suppress), blocks)
     for cand, (tokens, r_t) in zip(batched, refs):
         assert cand.tokens == tokens, f"{family} batched: first difference at {_first_difference(cand.tokens, tokens)}"
         assert sum(cand.logprobs) / len(cand.logprobs) == pytest.approx(r_t, abs=1e-5)
@@ -106,8 +107,8 @@ def _first_difference(a: list[int], b: list[int]) -> int | None:
 @pytest.mark.parametrize("family", FAMILIES)
 def test_look_ahead_sentence_ends_keep_the_cached_search_exact(family_dir, family):
     """Greedy sentences cut by look-ahead ends (half the tokens generate writes end in a "delimiter", a third start
-    with a "space"), decoded sentence after sentence from the cache for two prompts batched: every confirmed end feeds a
-    look-ahead token whose cache column is then dropped, yet the sentences joined are generate's 24 greedy tokens
+    with a "space"), decoded sentence after sentence from the cache for two prompts batched: every confirmed end feeds
+    a look-ahead token whose cache column is then dropped, yet the sentences joined are generate's 24 greedy tokens
     and their mean log-prob is a full forward's (1e-5)."""
     from csr_vlm.search.boundaries import SPACED, SentenceBoundaries
 
@@ -123,7 +124,8 @@ def test_look_ahead_sentence_ends_keep_the_cached_search_exact(family_dir, famil
     blocks = [RowBlock(1, None, TokenCounter()), RowBlock(1, None, TokenCounter())]
     answers, sentences = [[], []], 0
     while min(len(a) for a in answers) < N_TOKENS:
-        for answer, cand in zip(answers, expand_groups(policy, state, _greedy(), bounds, [], suppress, blocks)):
+        for answer, cand in zip(answers, expand_groups(policy, state, _greedy(), TokenRules(bounds, [], suppress),
+                                                       blocks)):
             answer += list(zip(cand.tokens, cand.logprobs))
         sentences += 1
     assert sentences > 3, "sentences must end often for the test to bite"
@@ -144,7 +146,8 @@ def test_without_the_m_rope_offset_qwen_decodes_wrong_and_the_guard_refuses_it(f
     suppress = sorted(set(policy.suppressed_ids()) | set(policy.eos_ids))
     image = _images(d)[0]
     tokens, _ = _reference(policy, image, PROMPTS[0], suppress)
-    (cand,) = expand(policy, prefill(policy, image, PROMPTS[0], TokenCounter()), _greedy(), [], [], suppress, None,
+    (cand,) = expand(policy, prefill(policy, image, PROMPTS[0], TokenCounter()), _greedy(), TokenRules([], [],
+                                                                                                       suppress), None,
                      TokenCounter())
     first = _first_difference(cand.tokens, tokens)
     assert first is not None and first < 6
@@ -250,7 +253,8 @@ def test_trl_scores_a_sentence_pair_as_the_continued_answer(family_dir, family, 
     chat = ChatText(policy.processor)
     encode = lambda s: policy.tokenizer.encode(s, add_special_tokens=False)
     prefix, sentence, other = encode("a red circle."), encode(" a blue square."), encode(" a dog.")
-    row = {"id": "s0", "images": [str(d / "images" / "000.png")], "prompt": chat.prompt("Describe this image.", prefix),
+    row = {"id": "s0", "images": [str(d / "images" / "000.png")], "prompt": chat.prompt("Describe this image.",
+                                                                                        prefix),
            "chosen": chat.continuation(prefix, sentence), "rejected": chat.continuation(prefix, other),
            "level": "sentence"}
     assert row["prompt"].endswith("a red circle.") and row["chosen"] == " a blue square."

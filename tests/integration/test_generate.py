@@ -157,7 +157,7 @@ def test_unanimous_yes_no_question_pairs_with_the_other_verdict():
     R_I 55, and without R_I the pair still forms (rejected R_I None)."""
     from csr_vlm.curate import other_verdict_pair, shard_line
     from csr_vlm.data import PromptRecord
-    from csr_vlm.schema.generation import CurateConfig
+    from csr_vlm.schema.generation import CurateConfig, RewardConfig
     from csr_vlm.search.types import Answer, SearchResult, Sentence
 
     def result(r_i, texts=("yes.", "yes.")):
@@ -182,9 +182,9 @@ def test_unanimous_yes_no_question_pairs_with_the_other_verdict():
     assert other_verdict_pair(ask, 1, result(70.0), words, None, 0.9) is None
     assert other_verdict_pair(ask, 1, result(55.0), words, 60.0, 0.0)["written"] == "rejected"  # lam 0: likelihood
     assert other_verdict_pair(ask, 1, result(None), words, None, 0.0)["rejected_r_i"] is None
-    line = shard_line(ask, 1, result(70.0), CurateConfig(yes_no_answers=words), 60.0)
+    line = shard_line(ask, 1, result(70.0), CurateConfig(yes_no_answers=words), RewardConfig(tau=60.0))
     assert line["skip"] is None and line["pair"]["written"] == "rejected"
-    line = shard_line(ask, 1, result(70.0), CurateConfig(), 60.0)
+    line = shard_line(ask, 1, result(70.0), CurateConfig(), RewardConfig(tau=60.0))
     assert line["pair"] is None and line["skip"]["reason"].startswith("equal texts")
 
 
@@ -208,7 +208,7 @@ def test_curate_rejected_picks_the_lowest_hardest_or_likeliest_doubted_answer():
     the chosen answer nothing is doubted: the search's own rejected (D) stays, and curate.require_doubt drops it."""
     from csr_vlm.curate import shard_line
     from csr_vlm.data import PromptRecord
-    from csr_vlm.schema.generation import CurateConfig
+    from csr_vlm.schema.generation import CurateConfig, RewardConfig
     from csr_vlm.search.types import SearchResult
 
     answers = [_answer("a dog. a cat.", [80.0, 75.0], reward=2.0),
@@ -220,13 +220,14 @@ def test_curate_rejected_picks_the_lowest_hardest_or_likeliest_doubted_answer():
     caption = PromptRecord.of("c", "a.png", "Describe the image.")
     result = SearchResult(mode="paper", answers=answers, chosen=0, rejected=1, stats={})
     for rule, expected in {"lowest": 1, "hardest": 2, "likeliest": 3}.items():
-        line = shard_line(caption, 1, result, CurateConfig(rejected=rule), 60.0)
+        line = shard_line(caption, 1, result, CurateConfig(rejected=rule), RewardConfig(tau=60.0))
         assert line["candidate"]["rejected"] == expected
         assert line["pair"]["rejected"][0]["content"][0]["text"] == answers[expected].text
     undoubted = SearchResult(mode="paper", answers=answers[:1] + answers[4:5], chosen=0, rejected=1, stats={})
-    line = shard_line(caption, 1, undoubted, CurateConfig(rejected="hardest"), 60.0)
+    line = shard_line(caption, 1, undoubted, CurateConfig(rejected="hardest"), RewardConfig(tau=60.0))
     assert line["pair"]["rejected"][0]["content"][0]["text"] == "a dog."
-    line = shard_line(caption, 1, undoubted, CurateConfig(rejected="hardest", require_doubt=True), 60.0)
+    line = shard_line(caption, 1, undoubted, CurateConfig(rejected="hardest", require_doubt=True),
+                      RewardConfig(tau=60.0))
     assert line["pair"] is None and line["skip"]["reason"].startswith("curate.require_doubt")
 
 
@@ -238,7 +239,7 @@ def test_require_doubt_keeps_only_pairs_whose_rejected_answer_the_reward_doubts(
     the other two kept; with it off all three are kept."""
     from csr_vlm.curate import shard_line
     from csr_vlm.data import PromptRecord
-    from csr_vlm.schema.generation import CurateConfig
+    from csr_vlm.schema.generation import CurateConfig, RewardConfig
     from csr_vlm.search.types import SearchResult
 
     chosen = _answer("a dog. a cat.", [80.0, 75.0], reward=2.0)
@@ -248,8 +249,8 @@ def test_require_doubt_keeps_only_pairs_whose_rejected_answer_the_reward_doubts(
     kept = {}
     for name, worse in rejected.items():
         result = SearchResult(mode="paper", answers=[chosen, worse], chosen=0, rejected=1, stats={})
-        on = shard_line(caption, 1, result, CurateConfig(require_doubt=True), 60.0)
-        off = shard_line(caption, 1, result, CurateConfig(), 60.0)
+        on = shard_line(caption, 1, result, CurateConfig(require_doubt=True), RewardConfig(tau=60.0))
+        off = shard_line(caption, 1, result, CurateConfig(), RewardConfig(tau=60.0))
         assert off["pair"] is not None
         kept[name] = on["pair"] is not None
         if not kept[name]:
@@ -264,7 +265,7 @@ def test_yes_no_anchor_replays_the_likeliest_answer_on_both_sides():
     as always. A question whose only answer says nothing is skipped with the option's reason."""
     from csr_vlm.curate import balance_yes_no, shard_line
     from csr_vlm.data import PromptRecord
-    from csr_vlm.schema.generation import CurateConfig
+    from csr_vlm.schema.generation import CurateConfig, RewardConfig
     from csr_vlm.search.types import SearchResult
 
     ask = PromptRecord.of("q", "a.png", "Is there a dog in the image? Please answer yes or no.")
@@ -272,21 +273,22 @@ def test_yes_no_anchor_replays_the_likeliest_answer_on_both_sides():
     answers.append(_answer("no. yes.", [50.0, 70.0], reward=0.1))
     answers[2].sentences[0].r_t, answers[2].sentences[1].r_t = -0.4, -0.3
     result = SearchResult(mode="paper", answers=answers, chosen=0, rejected=2, stats={})
-    line = shard_line(ask, 1, result, CurateConfig(yes_no_anchor=True), 60.0)
+    line = shard_line(ask, 1, result, CurateConfig(yes_no_anchor=True), RewardConfig(tau=60.0))
     pair = line["pair"]
     assert pair["chosen"] == pair["rejected"] == [{"role": "assistant", "content": [{"type": "text", "text": "yes."}]}]
     assert (pair["margin"], pair["anchor"], line["skip"]) == (0.0, True, None)
     assert balance_yes_no([pair], {"q"}) == ([pair], [])  # an anchor is not a verdict to balance
-    judged = shard_line(ask, 1, result, CurateConfig(), 60.0)["pair"]
+    judged = shard_line(ask, 1, result, CurateConfig(), RewardConfig(tau=60.0))["pair"]
     assert judged["chosen"][0]["content"][0]["text"] == "no." and "anchor" not in judged
     caption = PromptRecord.of("c", "a.png", "Describe the image.")
     described = SearchResult(mode="paper", answers=[_answer("a dog.", [80.0], reward=1.0),
                                                     _answer("a cat.", [40.0], reward=-1.0)], chosen=0, rejected=1,
                              stats={})
-    assert shard_line(caption, 1, described, CurateConfig(yes_no_anchor=True), 60.0)["pair"]["rejected"][0][
+    assert shard_line(caption, 1, described, CurateConfig(yes_no_anchor=True),
+                      RewardConfig(tau=60.0))["pair"]["rejected"][0][
         "content"][0]["text"] == "a cat."
     silent = SearchResult(mode="paper", answers=[_answer("", [], reward=0.0)], chosen=None, rejected=None, stats={})
-    skipped = shard_line(ask, 1, silent, CurateConfig(yes_no_anchor=True), 60.0)
+    skipped = shard_line(ask, 1, silent, CurateConfig(yes_no_anchor=True), RewardConfig(tau=60.0))
     assert skipped["pair"] is None and skipped["skip"]["reason"] == "curate.yes_no_anchor: no answer says something"
 
 

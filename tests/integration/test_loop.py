@@ -73,7 +73,8 @@ def test_stage_configs_chain_the_rounds(tmp_path):
     assert (dev.model.path, dev.eval.num_images, dev.eval.prompt, dev.out) == ("base", 7, "dev prompt",
                                                                               str(tmp_path / "round_0" / "dev_eval"))
     assert cfg.eval.num_images == 500 and cfg.model.path == "base"  # the loop's own config is untouched
-    with pytest.raises(ConfigError, match="unknown config key 'loop.dev.num_imgs'; did you mean 'loop.dev.num_images'"):
+    with pytest.raises(ConfigError,
+                       match="unknown config key 'loop.dev.num_imgs'; did you mean 'loop.dev.num_images'"):
         load_config(None, [f"out={tmp_path}", "model.path=base", "loop.dev={num_imgs: 7}"])
 
 
@@ -170,7 +171,8 @@ def test_resume_under_another_config_is_refused(tiny_llava, tmp_path, fake_stage
 
 
 def test_changed_settings_counts_a_missing_key_as_its_default(tmp_path):
-    """A config.yaml written before curate.balance_yes_no existed reads as its default (false): no change; true is one."""
+    """A config.yaml written before curate.balance_yes_no existed reads as its default (false): no change; true is
+    one."""
     cfg = load_config(None, ["model.path=base"])
     saved = save_config(cfg, tmp_path / "config.yaml")
     saved.write_text(saved.read_text().replace("  balance_yes_no: false\n", ""))

@@ -126,7 +126,8 @@ def _oom_once(monkeypatch, times: int):
 
 
 def test_an_out_of_memory_batch_is_retried_one_prompt_at_a_time(tiny_llava, tmp_path, four_prompts, monkeypatch):
-    """Batch of 4 fails once with OOM -> each prompt alone: the same candidates and pairs as a run that never failed."""
+    """Batch of 4 fails once with OOM -> each prompt alone: the same candidates and pairs as a run that never
+    failed."""
     ref = tmp_path / "ref"
     assert main(["generate", *_args(tiny_llava, ref, four_prompts, "search.prompt_batch_size=4")]) == 0
     _oom_once(monkeypatch, times=1)
@@ -196,7 +197,8 @@ def test_eval_skips_bad_annotation_entries_and_prompts_too_long(tiny_llava, tmp_
     (tmp_path / "inst.json").write_bytes(data)
     out = tmp_path / "eval"
     long_prompt = "describe the dog. " * 6000
-    assert main(["eval", f"model.path={tiny_llava / 'policy'}", f"out={out}", f"eval.annotations={tmp_path / 'inst.json'}",
+    assert main(["eval", f"model.path={tiny_llava / 'policy'}", f"out={out}",
+                 f"eval.annotations={tmp_path / 'inst.json'}",
                  f"eval.image_root={tiny_llava / 'images'}", "eval.num_images=4", "eval.max_new_tokens=4",
                  "eval.pope_max_new_tokens=2", "eval.pope_splits=[random]", f"eval.prompt={long_prompt}"]) == 2
     skipped = _lines(out / "skipped.jsonl")
@@ -205,7 +207,8 @@ def test_eval_skips_bad_annotation_entries_and_prompts_too_long(tiny_llava, tmp_
                        "categories[5]": "not an object"}
     too_long = [s for s in skipped if s.get("task") == "chair"]
     assert len(too_long) == 4 and all(s["reason"].startswith("prompt too long (") for s in too_long)
-    assert main(["eval", f"model.path={tiny_llava / 'policy'}", f"out={out}", f"eval.annotations={tmp_path / 'inst.json'}",
+    assert main(["eval", f"model.path={tiny_llava / 'policy'}", f"out={out}",
+                 f"eval.annotations={tmp_path / 'inst.json'}",
                  f"eval.image_root={tiny_llava / 'images'}", "eval.num_images=4", "eval.max_new_tokens=4",
                  "eval.pope_max_new_tokens=2", "eval.pope_splits=[random]", "eval.tasks=[pope]"]) == 0
     m = json.loads((out / "metrics.json").read_text())

@@ -97,11 +97,13 @@ def test_qwen_prompt_with_its_image_pad_is_searched_start_up_check_included(tmp_
     d = build_tiny(tmp_path / "qwen", family="qwen2_5_vl")
     prompts = tmp_path / "p.jsonl"
     prompts.write_text(json.dumps({"id": "pad", "image": "images/000.png",
-                                   "prompt": "<|vision_start|><|image_pad|><|vision_end|>Describe this image."}) + "\n")
+                                   "prompt": "<|vision_start|><|image_pad|><|vision_end|>Describe this image."})
+                       + "\n")
     out = tmp_path / "gen"
     assert main(["generate", f"model.path={d / 'policy'}", f"reward.clip_path={d / 'clip'}", f"data.prompts={prompts}",
                  f"data.image_root={d}", f"out={out}", "search.num_candidates=2", "search.keep_top=1",
-                 "search.keep_bottom=1", "search.max_sentences=1", "search.max_new_tokens=3", "search.filters=[]"]) == 0
+                 "search.keep_bottom=1", "search.max_sentences=1", "search.max_new_tokens=3",
+                 "search.filters=[]"]) == 0
     assert [(c["id"], c["prompt"]) for c in _lines(out / "candidates.jsonl")] == [("pad", "Describe this image.")]
 
 

@@ -14,7 +14,7 @@ from csr_vlm.config import ModelConfig, RewardConfig, SearchConfig
 from csr_vlm.filters import junk_reason
 from csr_vlm.models import ClipScorer, load_policy
 from csr_vlm.search.driver import search_prompt, search_prompts
-from csr_vlm.search.hf_decode import _choose, expand, prefill, select
+from csr_vlm.search.hf_decode import TokenRules, _choose, expand, prefill, select
 from csr_vlm.search.hf_engine import HFEngine
 from csr_vlm.search.official import Node, path_answers, rank_tree
 from csr_vlm.search.paper import is_repeat, score_step
@@ -69,20 +69,20 @@ def test_cached_continuation_equals_reencoding(loaded, family):
     policy, _, image = loaded[family]
     suppress = policy.suppressed_ids()
     diverse = SearchConfig(sampler="diverse_beam", num_candidates=3, max_new_tokens=4)
-    probe = expand(policy, prefill(policy, image, PROMPT, TokenCounter()), diverse, [], [], suppress, None,
+    probe = expand(policy, prefill(policy, image, PROMPT, TokenCounter()), diverse, TokenRules([], [], suppress), None,
                    TokenCounter())
     # stop row 0 after its first token and row 1 after its third: ragged rows (holes in the batched cache)
     stops = {probe[0].tokens[0], probe[1].tokens[2]} | set(policy.eos_ids)
     counter = TokenCounter()
     state = prefill(policy, image, PROMPT, counter)
-    first = expand(policy, state, diverse, sorted(stops), policy.eos_ids, suppress, None, counter)
+    first = expand(policy, state, diverse, TokenRules(sorted(stops), policy.eos_ids, suppress), None, counter)
     assert len({len(c.tokens) for c in first}) > 1, "rows must stop at different lengths for this test to bite"
     greedy = SearchConfig(sampler="diverse_beam", num_candidates=1, diversity_penalty=0.0, max_new_tokens=4)
-    second = expand(policy, state, greedy, sorted(stops), policy.eos_ids, suppress, None, counter)
+    second = expand(policy, state, greedy, TokenRules(sorted(stops), policy.eos_ids, suppress), None, counter)
     for c1, c2 in zip(first, second):
         assert c2.tokens == _greedy_reencoded(policy, image, c1.tokens, stops, suppress, 4)
     state = select(state, [2, 0])  # batch_select_indices + crop of columns no survivor uses
-    third = expand(policy, state, greedy, sorted(stops), policy.eos_ids, suppress, None, counter)
+    third = expand(policy, state, greedy, TokenRules(sorted(stops), policy.eos_ids, suppress), None, counter)
     for row, c3 in zip([2, 0], third):
         prefix = first[row].tokens + second[row].tokens
         assert c3.tokens == _greedy_reencoded(policy, image, prefix, stops, suppress, 4)
@@ -101,9 +101,10 @@ def test_offer_end_makes_every_kth_candidate_the_end_with_its_real_logprob(loade
     for offer in (False, True):
         state = prefill(policy, image, PROMPT, TokenCounter())
         first = expand(policy, state, SearchConfig(sampler="diverse_beam", num_candidates=2, max_new_tokens=4),
-                       stops, eos, suppress, None, TokenCounter())
+                       TokenRules(stops, eos, suppress), None, TokenCounter())
         cfg = SearchConfig(num_candidates=4, max_new_tokens=3, temperature=1.0, offer_end=offer)
-        runs.append(expand(policy, state, cfg, stops, eos, suppress, torch.Generator().manual_seed(1), TokenCounter()))
+        runs.append(expand(policy, state, cfg, TokenRules(stops, eos, suppress), torch.Generator().manual_seed(1),
+                           TokenCounter()))
     plain, offered = runs
     batch = policy.encode([image], [PROMPT])
     for k, (a, b) in enumerate(zip(plain, offered)):
@@ -119,7 +120,8 @@ def test_offer_end_makes_every_kth_candidate_the_end_with_its_real_logprob(loade
         assert b.logprobs == pytest.approx([float(logp[eos[0]])], abs=1e-4)
 
 
-def _search(policy, scorer, image, search: SearchConfig, seed: int, reward: RewardConfig = RewardConfig()):
+def _search(policy, scorer, image, search: SearchConfig, seed: int, reward: RewardConfig | None = None):
+    reward = reward if reward is not None else RewardConfig()
     return search_prompt(HFEngine(policy, search), scorer, Query(image, PROMPT, seed), search, reward)
 
 
@@ -257,7 +259,7 @@ def test_diverse_beam_penalises_tokens_earlier_groups_took():
     penalty 3: group 1 sees [-3.1, -0.5, -3] -> token 1. penalty 0.3: [-0.4, -0.5, -3] -> token 0 again."""
     logp = torch.tensor([[-0.1, -0.5, -3.0], [-0.1, -0.5, -3.0]])
     def pick(penalty, suppress):
-        return _choose(logp, logp, SearchConfig(sampler="diverse_beam", diversity_penalty=penalty), suppress, None, 2)
+        return _choose(logp, logp, SearchConfig(sampler="diverse_beam", diversity_penalty=penalty), suppress, 2)
 
     assert pick(3.0, []).tolist() == [0, 1]
     assert pick(0.3, []).tolist() == [0, 0]
@@ -268,8 +270,9 @@ def test_top_p_sampling_never_leaves_the_nucleus():
     """probs [0.6, 0.3, 0.1] at temperature 1: top_p 0.5 keeps only token 0; top_p 0.8 keeps tokens 0 and 1."""
     logits = torch.log(torch.tensor([[0.6, 0.3, 0.1]])).repeat(200, 1)
     gen = torch.Generator().manual_seed(0)
-    assert set(_choose(logits, logits, SearchConfig(temperature=1.0, top_p=0.5), [], gen, 1).tolist()) == {0}
-    assert set(_choose(logits, logits, SearchConfig(temperature=1.0, top_p=0.8), [], gen, 1).tolist()) == {0, 1}
+    rows = [(0, 200, gen)]
+    assert set(_choose(logits, logits, SearchConfig(temperature=1.0, top_p=0.5), [], 1, rows).tolist()) == {0}
+    assert set(_choose(logits, logits, SearchConfig(temperature=1.0, top_p=0.8), [], 1, rows).tolist()) == {0, 1}
 
 
 @pytest.mark.parametrize("family", ["llava", "gemma3"])

@@ -11,7 +11,7 @@ import json
 import pytest
 
 from csr_vlm.cli import main
-from csr_vlm.config import CurateConfig
+from csr_vlm.config import CurateConfig, RewardConfig
 from csr_vlm.curate import shard_line
 from csr_vlm.data import PromptRecord
 from csr_vlm.search.types import Answer, SearchResult, Sentence, Siblings
@@ -27,10 +27,9 @@ def chat(tiny_llava):
     return ChatText(load_processor(str(tiny_llava / "policy")))
 
 
-def _grow(chat: ChatText, prefix: Answer, text: str, r_i: float, r: float, r_t: float = -1.0,
-          repeat: bool = False) -> Answer:
+def _grow(chat: ChatText, prefix: Answer, text: str, r_i: float, r: float, r_t: float = -1.0) -> Answer:
     tokens = chat.tokenizer.encode((" " if prefix.tokens else "") + text, add_special_tokens=False)
-    sent = Sentence(text=text, r_t=r_t, r_i=r_i, r=r, repeat=repeat)
+    sent = Sentence(text=text, r_t=r_t, r_i=r_i, r=r)
     return Answer(sentences=prefix.sentences + [sent], tokens=prefix.tokens + tokens, reward=prefix.reward + r)
 
 
@@ -50,7 +49,8 @@ def _tree(chat: ChatText) -> SearchResult:
 RECORD = PromptRecord.of("p0", "img.png", "Describe this image.")
 
 
-@pytest.mark.parametrize("rule, depth0_rejected", [("lowest", "a dog."), ("hardest", "a cat."), ("likeliest", "a cat.")])
+@pytest.mark.parametrize("rule, depth0_rejected", [("lowest", "a dog."), ("hardest", "a cat."), ("likeliest",
+                                                                                                 "a cat.")])
 def test_pairs_contrast_a_trusted_and_a_doubted_sibling_after_a_clean_prefix(chat, rule, depth0_rejected):
     """Depth 0: chosen = the trusted sibling with the highest R ("a red circle.", R 1.0 over "a blue square." 0.5);
     rejected among the doubted ("a dog." R -2.0 R_T -1; "a cat." R -1.0 R_T -0.2): lowest R -> "a dog.",
@@ -78,9 +78,10 @@ def test_the_prompt_holds_the_prefix_as_an_open_assistant_turn(chat):
 
 def test_at_most_max_sentence_pairs_earliest_first_and_none_for_yes_no_questions(chat):
     result = _tree(chat)
-    assert [p["depth"] for p in sentence_pairs(RECORD, 1, result, CurateConfig(max_sentence_pairs=1), TAU, chat)] == [0]
+    assert [p["depth"] for p in sentence_pairs(RECORD, 1, result, CurateConfig(max_sentence_pairs=1), TAU,
+                                               chat)] == [0]
     question = PromptRecord.of("q", "img.png", "Is there a dog in the image?")
-    line = shard_line(question, 1, result, CurateConfig(pair_level="sentence"), TAU, text=chat)
+    line = shard_line(question, 1, result, CurateConfig(pair_level="sentence"), RewardConfig(tau=TAU), text=chat)
     assert line["sentence_pairs"] == []
 
 
@@ -95,11 +96,11 @@ def test_shard_line_per_pair_level(chat):
         a.sentences.append(Sentence(text="", r_t=0.0, r_i=None, r=0.0, end=True))
         a.text, a.ended = a.sentences[0].text, True
     result.answers, result.chosen, result.rejected = [good, bad], 0, 1
-    response = shard_line(RECORD, 1, result, CurateConfig(), TAU)
+    response = shard_line(RECORD, 1, result, CurateConfig(), RewardConfig(tau=TAU))
     assert isinstance(response["pair"]["prompt"], list) and "sentence_pairs" not in response
-    sentence = shard_line(RECORD, 1, result, CurateConfig(pair_level="sentence"), TAU, text=chat)
+    sentence = shard_line(RECORD, 1, result, CurateConfig(pair_level="sentence"), RewardConfig(tau=TAU), text=chat)
     assert sentence["pair"] is None and len(sentence["sentence_pairs"]) == 2
-    both = shard_line(RECORD, 1, result, CurateConfig(pair_level="both"), TAU, text=chat)
+    both = shard_line(RECORD, 1, result, CurateConfig(pair_level="both"), RewardConfig(tau=TAU), text=chat)
     assert both["pair"]["level"] == "response" and both["pair"]["prompt"] == sentence["sentence_pairs"][0]["prompt"]
     assert both["pair"]["chosen"].strip().startswith("a red circle.") and both["pair"]["chosen"] != "a red circle."
     assert len(both["sentence_pairs"]) == 2 and both["skip"] is None

@@ -93,7 +93,9 @@ def test_pope_f1_bootstrap_by_hand():
     (fn on its yes, fp on its no): F1 = 2 tp / (2 tp + fp + fn) = 2 / 4 = 0.5. New: all right, F1 1 -> +0.5.
     A resample holds image 1 twice (p 1/4: base F1 1, diff 0), image 2 twice (p 1/4: base tp 0, F1 0, diff 1) or
     one of each (p 1/2: diff 0.5), so the 95% interval is [0, 1]."""
-    base = [(1, "random", "yes", "yes"), (1, "random", "no", "no"), (2, "random", "yes", "no"), (2, "random", "no", "yes")]
-    new = [(1, "random", "yes", "yes"), (1, "random", "no", "no"), (2, "random", "yes", "yes"), (2, "random", "no", "no")]
+    base = [(1, "random", "yes", "yes"), (1, "random", "no", "no"), (2, "random", "yes", "no"), (2, "random", "no",
+                                                                                                 "yes")]
+    new = [(1, "random", "yes", "yes"), (1, "random", "no", "no"), (2, "random", "yes", "yes"), (2, "random", "no",
+                                                                                                 "no")]
     d = demo.pope_f1_bootstrap(base, new, n=2000, seed=0)
     assert d["point"] == 0.5 and d["ci95"] == [0.0, 1.0] and d["n_images"] == 2

@@ -59,7 +59,8 @@ def runs(tiny_llava, quick_world, tmp_path_factory):
         _tiny(tiny_llava, outs["tiny_greedy"], *GREEDY, "search.engine=vllm"),
         _toy(quick_world, outs["toy_greedy"], *GREEDY, "search.engine=vllm"),
         _tiny(tiny_llava, outs["tiny_sampled"], *sampled),
-        _tiny(tiny_llava, outs["round_1"], *sampled, f"model.path={outs['loop'] / 'round_1' / 'train' / 'checkpoint'}"),
+        _tiny(tiny_llava, outs["round_1"], *sampled,
+              f"model.path={outs['loop'] / 'round_1' / 'train' / 'checkpoint'}"),
     ]
     code = ("import json, sys; from csr_vlm.cli import main; "
             "sys.exit(max(main(['generate', *args]) for args in json.loads(sys.argv[1])))")

@@ -66,7 +66,8 @@ def test_caption_mentions_point_at_the_words_the_caption_wrote(vocab):
     two tokens, so the spans after it still line up; "toilet seat" is one toilet and the later "seat" is dropped."""
     caption = "Two Puppies don't eat hot dogs near a toilet seat. The seat is white."
     got = [(caption[m.start:m.end], m.word, m.object) for m in chair.caption_mentions(caption, vocab)]
-    assert got == [("Puppies", "puppy", "dog"), ("hot dogs", "hot dog", "hot dog"), ("toilet seat", "toilet", "toilet")]
+    assert got == [("Puppies", "puppy", "dog"), ("hot dogs", "hot dog", "hot dog"), ("toilet seat", "toilet",
+                                                                                     "toilet")]
     assert chair.caption_to_words(caption, vocab) == (["puppy", "hot dog", "toilet"], ["dog", "hot dog", "toilet"])
     odd = "İ saw a café and two Dogs."  # "İ" lower-cases to two characters: the spans still point at the original
     assert [odd[m.start:m.end] for m in chair.caption_mentions(odd, vocab)] == ["Dogs"]

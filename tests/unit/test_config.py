@@ -80,6 +80,21 @@ def test_every_field_has_a_docstring():
     walk(RunConfig)
 
 
+def test_field_docstrings_say_what_values_and_default_in_at_most_three_lines():
+    """A field's docstring is its reference (docs/config.md, --help), not its history (docs/toyworld-results.md)."""
+    import ast
+
+    long = []
+    for path in sorted((Path(__file__).resolve().parents[2] / "src" / "csr_vlm" / "schema").glob("*.py")):
+        for cls in (n for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.ClassDef)):
+            for field, doc in zip(cls.body, cls.body[1:]):
+                if isinstance(field, ast.AnnAssign) and isinstance(doc, ast.Expr) and isinstance(doc.value,
+                                                                                                ast.Constant):
+                    if doc.end_lineno - doc.lineno + 1 > 3:
+                        long.append(f"{cls.name}.{field.target.id}")
+    assert not long, f"field docstrings over three lines: {long}"
+
+
 def test_every_config_the_project_ships_or_names_is_loaded_below():
     """The load test below covers every YAML config there is: those inside the package (the toy configs, linked
     from configs/) and every configs/<name>.yaml that the README or the docs tell people to run."""
@@ -91,7 +106,8 @@ def test_every_config_the_project_ships_or_names_is_loaded_below():
     assert packaged and packaged <= loaded, f"not reachable from configs/: {sorted(packaged - loaded)}"
     texts = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
     named = {m for t in texts for m in re.findall(r"configs/([\w.-]+\.yaml)", t.read_text())}
-    assert named and named <= {p.name for p in CONFIGS}, f"named but not shipped: {sorted(named - {p.name for p in CONFIGS})}"
+    shipped = {p.name for p in CONFIGS}
+    assert named and named <= shipped, f"named but not shipped: {sorted(named - shipped)}"
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)

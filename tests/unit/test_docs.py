@@ -19,7 +19,22 @@ TESTS = "bash scripts/setup.sh --test && .venv/bin/python -m pytest -q"
 def test_the_readme_keeps_its_two_commands_and_ci_runs_the_second():
     readme = (ROOT / "README.md").read_text()
     assert f"```bash\n{DEMO}\n```" in readme and f"```bash\n{TESTS}\n```" in readme
-    assert TESTS in (ROOT / ".ci" / "run").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert TESTS in ci and "\n.venv/bin/ruff check .\n" in ci
+
+
+def test_the_readme_layout_table_names_every_module_and_package():
+    """Every module and package of src/csr_vlm sits in a row of the README's layout table (or in a package it names),
+    and every file the table names exists: the table stays the true map of the code."""
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"`([\w/]+(?:\.py|/))`", table))
+    package = ROOT / "src" / "csr_vlm"
+    present = {p.name + "/" if p.is_dir() else p.name for p in package.iterdir()
+               if (p.suffix == ".py" and p.name not in ("__init__.py", "__main__.py"))
+               or (p.is_dir() and (p / "__init__.py").is_file())}
+    assert present - named == set(), f"not in the README's layout table: {sorted(present - named)}"
+    assert all((package / name).exists() for name in named if "/" not in name.rstrip("/")), "a named file is gone"
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))

@@ -237,7 +237,8 @@ def _entry_problem(entry: Any, required: tuple[str, ...], fields: dict[str, type
     lacking = [k for k in required if k not in entry]
     if lacking:
         return f"has no {' / '.join(lacking)}"
-    wrong = [k for k, tp in fields.items() if k in entry and (not isinstance(entry[k], tp) or isinstance(entry[k], bool))]
+    wrong = [k for k, tp in fields.items() if k in entry and (not isinstance(entry[k], tp) or isinstance(entry[k],
+                                                                                                         bool))]
     return f"wrong type of {', '.join(wrong)}" if wrong else None
 
 

@@ -88,7 +88,8 @@ def run(model_path: str, ev, out: Path, device: str) -> dict:
 
 def flat(section: dict) -> dict[str, float]:
     """`lmms_<task>_<metric>` for every number of every task (n_samples excluded)."""
-    return {f"lmms_{_name(task)}_{_name(metric)}": value for task, scores in section.items() if isinstance(scores, dict)
+    return {f"lmms_{_name(task)}_{_name(metric)}": value for task, scores in section.items() if isinstance(scores,
+                                                                                                           dict)
             for metric, value in scores.items() if metric != "n_samples"}
 
 

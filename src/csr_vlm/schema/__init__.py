@@ -79,7 +79,8 @@ class RunConfig:
             raise ConfigError(f"seed must be >= 0, got {self.seed}")
         sentence_pairs = self.curate.pair_level != "response"
         doubters = [name for name, on in (("curate.require_doubt", self.curate.require_doubt),
-                                          (f"curate.rejected={self.curate.rejected}", self.curate.rejected != "lowest"),
+                                          (f"curate.rejected={self.curate.rejected}",
+                                           self.curate.rejected != "lowest"),
                                           (f"curate.pair_level={self.curate.pair_level}", sentence_pairs))
                     if on]
         if sentence_pairs and self.search.mode != "paper":

@@ -7,7 +7,7 @@ from typing import Any
 
 from ..coerce import check_positive
 from ..errors import ConfigError
-from ..yes_no import PARSERS, SPLITS
+from ..yes_no import PARSERS, SPLITS, SUFFIX
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class EvalConfig:
     """Existing POPE question file (JSONL); empty = build random/popular/adversarial from the annotations."""
     pope_splits: list[str] = field(default_factory=lambda: list(SPLITS), metadata={"choices": SPLITS})
     """POPE splits to build and score."""
-    pope_suffix: str = " Please answer yes or no."
+    pope_suffix: str = SUFFIX
     """Appended to each POPE question."""
     pope_parser: str = field(default="default", metadata={"choices": PARSERS})
     """Answer parser: default, llava or vlmevalkit."""

@@ -217,9 +217,9 @@ class CurateConfig:
     yes_no_answers and balance_yes_no for questions. Default off."""
 
     rejected: RejectedRule = "lowest"
-    """The answer a pair rejects: lowest (default, the paper: lowest cumulative reward), or among answers with a doubted
-    sentence (needs reward.normalize=center) hardest (highest reward) or likeliest (highest summed R_T); with no
-    doubted answer the lowest is kept."""
+    """The answer a pair rejects: lowest (default, the paper: lowest cumulative reward), or among answers with a
+    doubted sentence (needs reward.normalize=center) hardest (highest reward) or likeliest (highest summed R_T);
+    with no doubted answer the lowest is kept."""
 
     pair_level: PairLevel = "response"
     """response: one pair of whole answers per prompt (the paper); sentence: pairs of sibling next sentences after

@@ -115,7 +115,7 @@ def write_extras(out: Path, seed: int) -> None:
     import random
 
     from ..benchmarks.chair import load_ground_truth
-    from ..calibrate import present_and_absent
+    from ..calibrate import ObjectSample, present_and_absent
     from ..questions import SUFFIX, yes_no_prompts
 
     write_lmms_task(out, seed)
@@ -123,7 +123,7 @@ def write_extras(out: Path, seed: int) -> None:
     _, instances, gt = load_ground_truth(out / "instances_train.json", out / "captions_train.json",
                                          out / "synonyms.txt")
     rng = random.Random(seed)
-    rows, _ = present_and_absent(instances, gt, str(out), YES_NO_IMAGES, rng, 1, 1)
+    rows, _ = present_and_absent(instances, gt, str(out), ObjectSample(YES_NO_IMAGES, 1, 1), rng)
     prompts = yes_no_prompts(rows, 1, POPE_QUESTION + SUFFIX, rng, prefix="train-yn")
     for p in prompts:  # relative to the world, as prompts_train.jsonl: data.image_root points there
         p["image"] = str(Path(p["image"]).relative_to(out))

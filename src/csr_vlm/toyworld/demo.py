@@ -24,6 +24,7 @@ import json
 import logging
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -66,7 +67,8 @@ def world_overrides(world: Path, dev: dict, mix: bool = True) -> list[str]:
 def arm_config(config: Path, world: Path, out: Path, seed: int, arm: str):
     """The loop config of one arm: the toy config pointed at the world, the arm's overrides on top."""
     base = load_config(config)
-    return load_config(config, [*world_overrides(world, base.loop.dev, bool(base.data.mix_prompts)), f"out={out / arm}",
+    return load_config(config, [*world_overrides(world, base.loop.dev, bool(base.data.mix_prompts)),
+                                f"out={out / arm}",
                                 f"seed={seed}", *ARMS[arm]])
 
 
@@ -286,7 +288,8 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--config", help="loop config (default configs/toy.yaml or configs/toy-quick.yaml)")
     parser.add_argument("--jobs", type=int, default=2, help="arms run in parallel (one thread each)")
     parser.add_argument("--verbose", action="store_true", help="also print TRL's per-step log dicts")
-    parser.add_argument("--arms", default=",".join(ARMS), help=f"arms to run, comma-separated (default {','.join(ARMS)})")
+    parser.add_argument("--arms", default=",".join(ARMS),
+                        help=f"arms to run, comma-separated (default {','.join(ARMS)})")
     args = parser.parse_args(argv)
     arms = [a for a in args.arms.split(",") if a]
     if not arms or any(a not in ARMS for a in arms):
@@ -296,7 +299,7 @@ def cli(argv: list[str]) -> int:
         raise InputError(f"--config: {config} not found")
     world = Path(args.world or f"worlds/toy-seed{args.seed}{'-quick' if args.quick else ''}")
     out = Path(args.out)
-    summary = run_demo(config, world, out, args.seed, args.quick, args.jobs, arms)
+    summary = run_demo(DemoPlan(config, world, out, args.seed, args.quick, arms, args.jobs))
     from .build import summary_text
 
     print("\n" + summary_text(read_json(world / "world.json")) + "\n")
@@ -306,12 +309,26 @@ def cli(argv: list[str]) -> int:
     return 0
 
 
-def run_demo(config: Path, world: Path, out: Path, seed: int, quick: bool, jobs: int = 2,
-             arms: list[str] | None = None) -> dict:
-    """Build (or reuse) the world, run the arms (default both), report them, bootstrap the change; returns
-    summary.json's content."""
+@dataclass(frozen=True)
+class DemoPlan:
+    """One `csr demo`: the loop config, the world and output directories, the seed, whether the world is the quick
+    one, the arms (default both) and how many of them run side by side."""
+
+    config: Path
+    world: Path
+    out: Path
+    seed: int
+    quick: bool
+    arms: list[str] | None = None
+    jobs: int = 2
+
+
+def run_demo(plan: DemoPlan) -> dict:
+    """Build (or reuse) the world, run the arms, report them, bootstrap the change; returns summary.json's content."""
     from .build import build
 
+    config, world, out, seed, quick, jobs = plan.config, plan.world, plan.out, plan.seed, plan.quick, plan.jobs
+    arms = plan.arms
     start = time.time()
     build(world, seed=seed, quick=quick)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """Measurements of a toy LLaVA on a split: CHAIR and well-formedness of its captions, POPE, CLIP on its own sentences.
 
 These are what the build uses to pick the base checkpoint and what `csr demo` reports; CHAIR and POPE
-are the package's own (eval/chair.py, eval/pope.py), so the toy numbers mean what the COCO ones mean.
+are the package's own (benchmarks/chair.py, benchmarks/pope.py), so the toy numbers mean what the COCO ones mean.
 """
 
 from __future__ import annotations
