@@ -56,7 +56,8 @@ def run(engine: str, args: list[str]) -> dict:
     stats = json.loads((out / "stats.json").read_text())
     search_s = stats["wall_s"]
     return {"engine": engine, "command_s": round(wall, 2), "stage_s": round(own["process_s"], 2),
-            "search_s": search_s, "peak_rss_mb": round(own["peak_rss_mb"]), "prompts": stats["counts"]["prompts_searched"],
+            "search_s": search_s, "peak_rss_mb": round(own["peak_rss_mb"]),
+            "prompts": stats["counts"]["prompts_searched"],
             "pairs": stats["counts"]["pairs"], "tokens_generated": stats["tokens"]["generated"],
             "tokens_per_s": round(stats["tokens"]["generated"] / search_s, 1) if search_s else None,
             "prefix_cache_hit_rate": stats["engine"].get("prefix_cache_hit_rate"), "engine_stats": stats["engine"]}

@@ -36,8 +36,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from search_bench import (RAGGED, env_info, make_cfg, make_image, ragged_ends, run_baseline, run_ours,  # noqa: E402
-                          torch, write_result)
+from search_bench import (  # noqa: E402
+    RAGGED,
+    env_info,
+    make_cfg,
+    make_image,
+    ragged_ends,
+    run_baseline,
+    run_ours,
+    torch,
+    write_result,
+)
 from train_bench import write_pairs  # noqa: E402
 
 ROUND_PROMPTS = 12856
@@ -86,7 +95,8 @@ def build_llava_7b(g: dict, device, dtype):
         vision_config=CLIPVisionConfig(image_size=g["image_size"], patch_size=g["patch_size"], **g["vision"]),
         text_config=LlamaConfig(vocab_size=g["vocab"] or len(tok), **g["text"], bos_token_id=tok.bos_token_id,
                                 eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
-        image_token_index=tok.convert_tokens_to_ids("<image>"), image_seq_length=(g["image_size"] // g["patch_size"]) ** 2,
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+        image_seq_length=(g["image_size"] // g["patch_size"]) ** 2,
         vision_feature_select_strategy="default", vision_feature_layer=-2, pad_token_id=tok.pad_token_id)
     return _on_device(LlavaForConditionalGeneration, config, device, dtype), proc
 
@@ -178,7 +188,7 @@ def search_costs(policy, scorer, image, seeds: int, sentences: int) -> dict:
         with gpu_peak(peaks, "ours"):
             out["ours"].append(run_ours(policy, scorer, image, cfg, seed=i, ends=ends))
         with gpu_peak(peaks, "official"):
-            out["official"].append(run_baseline(policy, scorer.model, scorer.processor, image, cfg, seed=i, ends=ends))
+            out["official"].append(run_baseline(policy, scorer, image, cfg, seed=i, ends=ends))
     return {kind: _rate(runs, peaks[kind]) for kind, runs in out.items()}
 
 
@@ -314,7 +324,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--quick", action="store_true", help="CPU, tiny geometry, 1 seed, 1 DPO step")
     ap.add_argument("--families", default="llava,qwen2_5_vl", help="comma-separated: llava, qwen2_5_vl")
     ap.add_argument("--seeds", type=int, default=None, help="searches per engine (default 2, quick 1)")
-    ap.add_argument("--dpo-steps", type=int, default=None, help="timed DPO steps after one warm-up (default 3, quick 1)")
+    ap.add_argument("--dpo-steps", type=int, default=None,
+                    help="timed DPO steps after one warm-up (default 3, quick 1)")
     ap.add_argument("--vllm", action="store_true", help="with --quick: also the vLLM row (on the CPU; needs vllm)")
     ap.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/gpu_bench.json)")
     args = ap.parse_args(argv)

@@ -24,8 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from search_bench import env_info, write_result  # noqa: E402
 
+from csr_vlm.benchmarks.chair import compute_chair, load_vocabulary  # noqa: E402
 from csr_vlm.data import write_json, write_jsonl  # noqa: E402
-from csr_vlm.eval.chair import compute_chair, load_vocabulary  # noqa: E402
 
 OBJECTS = ["person", "dog", "cat", "car", "bicycle", "chair", "dining table", "cup", "bottle", "bench", "bird",
            "horse", "truck", "umbrella", "handbag", "laptop", "tv", "couch", "potted plant", "clock", "book", "vase"]

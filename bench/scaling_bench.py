@@ -20,8 +20,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from search_bench import FULL, QUICK, build_models, env_info, load_models, make_cfg, make_image, run_ours  # noqa: E402
-from search_bench import torch, write_result  # noqa: E402
+from search_bench import (  # noqa: E402  # noqa: E402
+    FULL,
+    QUICK,
+    build_models,
+    env_info,
+    load_models,
+    make_cfg,
+    make_image,
+    run_ours,
+    torch,
+    write_result,
+)
 
 
 def measure(policy, scorer, image, cfg, repeats: int) -> dict:

@@ -135,12 +135,13 @@ def make_cfg(k: int = 5, keep_top: int = 1, keep_bottom: int = 2, sentences: int
 def run_ours(policy, scorer, image, cfg, seed: int, ends: list[int] | None = None) -> dict:
     from csr_vlm.search.driver import search_prompt
     from csr_vlm.search.hf_engine import HFEngine
+    from csr_vlm.search.types import Query
 
     engine = HFEngine(policy, cfg.search)  # scans the vocabulary for sentence ends once, outside the timing
     if ends is not None:
         engine.bounds = ends  # a plain id list: a sentence ends at these tokens (the ragged tree)
     t0 = time.perf_counter()
-    result = search_prompt(engine, scorer, image, PROMPT, cfg.search, cfg.reward, seed)
+    result = search_prompt(engine, scorer, Query(image, PROMPT, seed), cfg.search, cfg.reward)
     wall = time.perf_counter() - t0
     st = result.stats
     sentences = st["events"].get("candidates", 0)
@@ -153,19 +154,22 @@ def run_ours_batch(policy, scorer, image, cfg, seed: int, batch: int) -> dict:
     """search_prompts over `batch` prompts at once (search.prompt_batch_size in `csr generate`); per-prompt time."""
     from csr_vlm.search.driver import search_prompts
     from csr_vlm.search.hf_engine import HFEngine
+    from csr_vlm.search.types import Query
 
     engine = HFEngine(policy, cfg.search)
     t0 = time.perf_counter()
-    results = search_prompts(engine, scorer, [image] * batch, [PROMPT] * batch, cfg.search, cfg.reward,
-                             [seed * 1000 + i for i in range(batch)])
+    results = search_prompts(engine, scorer, [Query(image, PROMPT, seed * 1000 + i) for i in range(batch)], cfg.search,
+                             cfg.reward)
     wall = time.perf_counter() - t0
     return {"wall_s": wall, "per_prompt_s": wall / batch, "batch": batch,
             "tokens_generated": sum(r.stats["tokens_generated"] for r in results)}
 
 
-def run_baseline(policy, clip, clip_proc, image, cfg, seed: int, ends: list[int] | None = None) -> dict:
-    """The official code's cost structure: one generate per node on the re-encoded prefix, CLIP per sentence.
+def run_baseline(policy, scorer, image, cfg, seed: int, ends: list[int] | None = None) -> dict:
+    """The official code's cost structure: one generate per node on the re-encoded prefix, CLIP per sentence
+    (`scorer`'s CLIP model and processor, called the official way).
     With `ends` (the ragged tree) sentences stop at those ids; a finished row pads until the longest one ends."""
+    clip, clip_proc = scorer.model, scorer.processor
     s = cfg.search
     tok = policy.tokenizer
     stop_at = dict(eos_token_id=ends) if ends is not None else \
@@ -208,7 +212,7 @@ def run_baseline(policy, clip, clip_proc, image, cfg, seed: int, ends: list[int]
         inputs = clip_proc(text=[sent.strip() or " "], images=[image], return_tensors="pt", padding=True,
                            truncation=True).to(clip.device)
         with torch.inference_mode():
-            clip(**inputs).logits_per_image
+            _ = clip(**inputs).logits_per_image
     clip_s = time.perf_counter() - t1
     return {"wall_s": time.perf_counter() - t0, "generate_s": gen_s, "clip_s": clip_s, "calls": calls,
             "tokens_forwarded": forwarded, "tokens_generated": generated, "sentences": len(all_sentences)}
@@ -256,7 +260,7 @@ def memory_child(kind: str, root: Path, quick: bool) -> None:
     if kind == "ours":
         run_ours(policy, scorer, image, cfg, seed=0)
     else:
-        run_baseline(policy, scorer.model, scorer.processor, image, cfg, seed=0)
+        run_baseline(policy, scorer, image, cfg, seed=0)
     print(json.dumps({"search_peak_mb": round((_status_kb("VmHWM") - before) / 1024, 1),
                       "rss_before_mb": round(before / 1024, 1),
                       "process_peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
@@ -308,7 +312,7 @@ def main(argv=None) -> dict:
         pairs, batched = [], []
         for i in range(repeats):
             pairs.append((run_ours(policy, scorer, image, cfg, seed=i),
-                          run_baseline(policy, scorer.model, scorer.processor, image, cfg, seed=i)))
+                          run_baseline(policy, scorer, image, cfg, seed=i)))
             if args.batch:
                 batched.append(run_ours_batch(policy, scorer, image, cfg, seed=i, batch=args.batch))
         ragged = run_ragged(root, image, repeats) if args.ragged else None
@@ -349,7 +353,7 @@ def run_ragged(root: Path, image, repeats: int) -> dict:
             whole = run_ours(policy, scorer, image, cfg, seed=i, ends=ends)
         finally:
             compaction.COMPACT_AT = saved
-        base = run_baseline(policy, scorer.model, scorer.processor, image, cfg, seed=i, ends=ends)
+        base = run_baseline(policy, scorer, image, cfg, seed=i, ends=ends)
         runs.append({"ours": ours, "ours_whole_rows": whole, "baseline": base})
     med = statistics.median
 

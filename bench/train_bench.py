@@ -125,7 +125,8 @@ def run_plain(root: Path, pairs: Path, out: Path) -> dict:
     trainer = DPOTrainer(model=model, args=args, train_dataset=ds, processing_class=processor, peft_config=lora)
     metrics = trainer.train().metrics
     return {"pairs_per_s": metrics["train_samples_per_second"], "train_runtime_s": metrics["train_runtime"],
-            "steps": trainer.state.global_step, "losses": [r["loss"] for r in trainer.state.log_history if "loss" in r]}
+            "steps": trainer.state.global_step,
+            "losses": [r["loss"] for r in trainer.state.log_history if "loss" in r]}
 
 
 def main(argv=None) -> dict:

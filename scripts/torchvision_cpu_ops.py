@@ -42,7 +42,7 @@ NAMESPACE = "torchvision"  # the operator library whose schemas the shim registe
 
 def _has_schema(torch, op):
     try:
-        getattr(torch.ops.torchvision, op).default
+        _ = getattr(torch.ops.torchvision, op).default
         return True
     except (AttributeError, RuntimeError):
         return False

@@ -60,7 +60,7 @@ def report_run(root: Path, images: bool = True) -> Path:
     prefix "A dog runs.", next sentences "A man walks." vs "A cat sits." at R_I 20); the caption pair again in
     the standard format, its answers followed by the template's "</s>". The last caption holds a '</script>'
     that must not end the page's data."""
-    from csr_vlm.eval.chair import compute_chair, load_vocabulary
+    from csr_vlm.benchmarks.chair import compute_chair, load_vocabulary
 
     run = root / "run"
     vocab = load_vocabulary()

@@ -21,14 +21,15 @@ import argparse
 import logging
 import random
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 from .console import skip_summary
 from .data import load_image, resolve_image, write_json, write_jsonl
-from .eval.pope import with_article
 from .errors import InputError
 from .schema import TAU_RULES
 from .tables import text_table
+from .yes_no import with_article
 
 log = logging.getLogger(__name__)
 
@@ -44,16 +45,29 @@ def cooccurrence(objects: dict) -> dict[str, Counter]:
     return counts
 
 
-def present_and_absent(instances: dict, gt: dict, image_root: str, n_images: int, rng: random.Random,
-                       n_cooccurring: int, n_random: int, max_pixels: int = 50_000_000
+@dataclass(frozen=True)
+class ObjectSample:
+    """What `present_and_absent` draws: images sampled, absent objects per image that co-occur most with the present
+    ones and that are drawn at random, and the largest image (pixels) opened."""
+
+    n_images: int
+    n_cooccurring: int
+    n_random: int
+    max_pixels: int = 50_000_000
+
+
+def present_and_absent(instances: dict, gt: dict, image_root: str, sample: ObjectSample, rng: random.Random
                        ) -> tuple[list[tuple[object, str, list[str], list[str]]], list[dict]]:
     """For a seeded sample of the annotated images: ([(image id, path, present, absent)], skipped {image, reason}).
 
     present: the image's annotated categories; absent: categories that neither its annotations nor its reference
-    captions (gt, as CHAIR counts them) name: first the n_cooccurring that co-occur most with the present ones
-    in this file (what a model hallucinates), then n_random others. Missing or unreadable images are skipped.
+    captions (gt, as CHAIR counts them) name: first the sample.n_cooccurring that co-occur most with the present
+    ones in this file (what a model hallucinates), then sample.n_random others. Missing or unreadable images are
+    skipped.
     """
-    from .eval.chair import norm_image_id
+    n_images, n_cooccurring, n_random, max_pixels = (sample.n_images, sample.n_cooccurring, sample.n_random,
+                                                     sample.max_pixels)
+    from .benchmarks.chair import norm_image_id
 
     names = {c["id"]: c["name"] for c in instances["categories"]}
     annotated: dict = defaultdict(set)
@@ -83,20 +97,17 @@ def present_and_absent(instances: dict, gt: dict, image_root: str, n_images: int
     return rows, skipped
 
 
-def labelled_sentences(instances: dict, gt: dict, image_root: str, n_images: int, seed: int,
-                       templates: tuple[str, ...], n_cooccurring: int, n_random: int, max_pixels: int,
-                       names: dict[str, str] | None = None) -> tuple[list[dict], list[dict]]:
-    """(records {image, text, present, object}, skipped) : one sentence per present and absent object of each
-    image of `present_and_absent`, each from a template drawn at random; `names` says how a sentence names an
-    object (default: its category name)."""
-    rng = random.Random(seed)
-    rows, skipped = present_and_absent(instances, gt, image_root, n_images, rng, n_cooccurring, n_random, max_pixels)
+def labelled_sentences(rows: list, rng: random.Random, templates: tuple[str, ...],
+                       names: dict[str, str] | None = None) -> list[dict]:
+    """Records {image, text, present, object}: one sentence per present and absent object of each row of
+    `present_and_absent`, each from a template drawn at random; `names` says how a sentence names an object
+    (default: its category name)."""
     records = []
     for _, path, present, absent in rows:
         for obj, is_present in [(p, True) for p in present] + [(a, False) for a in absent]:
             text = with_article(rng.choice(templates), (names or {}).get(obj, obj))
             records.append({"image": path, "text": text, "present": is_present, "object": obj})
-    return records, skipped
+    return records
 
 
 def add_coco_args(parser: argparse.ArgumentParser) -> None:
@@ -122,6 +133,7 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--random", type=int, default=1, help="other absent objects per image, drawn at random")
     parser.add_argument("--sd", type=float, default=3.0, help="rule true_sd: tau = mean(present) - SD * stdev")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--scorer", default="clip", help="the kind of scorer (reward.scorer), loaded from --clip")
     args = parser.parse_args(argv)
     if args.n_images < 1 or any("{}" not in t for t in args.templates):
         raise InputError("--n-images must be >= 1 and every --templates entry needs a {}")
@@ -138,21 +150,22 @@ def summary_path(out: str | Path) -> Path:
 
 def calibrate(args) -> dict:
     """Write the labelled file, score it, print and write the summary; returns the summary."""
+    from .benchmarks.chair import load_ground_truth
     from .calibration import calibration_scores, clip_summary
-    from .eval.chair import load_ground_truth
-    from .models import ClipScorer
+    from .scorer import ScorerSpec, build_scorer
 
     vocab, instances, gt = load_ground_truth(args.annotations, args.captions, args.synonyms)
     from .reward import object_names
 
-    records, skipped = labelled_sentences(instances, gt, args.image_root, args.n_images, args.seed,
-                                          tuple(args.templates), args.cooccurring, args.random, 50_000_000,
-                                          object_names(args.names or ""))
+    rng = random.Random(args.seed)
+    rows, skipped = present_and_absent(instances, gt, args.image_root,
+                                       ObjectSample(args.n_images, args.cooccurring, args.random), rng)
+    records = labelled_sentences(rows, rng, tuple(args.templates), object_names(args.names or ""))
     if not records:
         raise InputError(f"{args.annotations}: no readable image with annotations ({len(skipped)} skipped; "
                          f"first: {skipped[0]['reason'] if skipped else 'none'})")
     write_jsonl(args.out, records)
-    present, absent = calibration_scores(ClipScorer(args.clip, device=args.device), records)
+    present, absent = calibration_scores(build_scorer(ScorerSpec(args.scorer, args.clip, args.device)), records)
     rules = {rule: clip_summary(present, absent, None, args.sd, rule) for rule in TAU_RULES}
     summary = {"sentences": len(records), "images": len({r["image"] for r in records}), "skipped_images": len(skipped),
                "skipped": skipped[:100], "present": rules["true_sd"]["present"], "absent": rules["true_sd"]["absent"],

@@ -131,7 +131,7 @@ def _check_pairs(cfg: RunConfig, report: _Report) -> None:
 
 
 def _check_eval(cfg: RunConfig, report: _Report, key: str) -> None:
-    from .eval.evaluate import _plans
+    from .evaluate import _plans
 
     if report.stage == "eval":  # the loop checked it with its prompts
         _check_model(cfg.model.path, "model.path", report)

@@ -30,7 +30,7 @@ from .errors import ConfigError, InputError
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "generate": ("csr_vlm.generate", "stage", "sentence-level calibrated search -> candidates.jsonl, pairs.jsonl"),
     "train": ("csr_vlm.train", "stage", "DPO + LoRA on the pairs -> merged checkpoint"),
-    "eval": ("csr_vlm.eval.evaluate", "stage", "generate with a model and score CHAIR / POPE"),
+    "eval": ("csr_vlm.evaluate", "stage", "generate with a model and score CHAIR / POPE"),
     "loop": ("csr_vlm.loop", "stage", "rounds of generate -> train -> eval, resumable"),
     "plan": ("csr_vlm.plan", "tool", "dry run on a few prompts -> projected time, memory, tokens per stage and round"),
     "score": ("csr_vlm.score", "tool", "score existing outputs: chair, pope, pairs, clip (calibration)"),

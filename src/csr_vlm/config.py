@@ -1,10 +1,10 @@
 """Loading the typed configuration: defaults, YAML, `section.key=value` overrides, checks, saving.
 
-Precedence is dataclass default < YAML file < command-line overrides. Values are parsed as YAML
-(`3`, `0.9`, `true`, `[q_proj,v_proj]`) and checked against the field's type (schema.py). Unknown
-keys are errors that suggest the nearest valid key; every allowed value and rule between fields is
-checked (`RunConfig.validate`) before the config is returned. The resolved config is written beside
-each stage's outputs (`save_config`), so every result can be traced to the exact settings behind it.
+Precedence is dataclass default < YAML file < command-line overrides. Values are parsed as YAML (`3`, `0.9`,
+`true`, `[q_proj,v_proj]`) and checked against the field's type (the schema/ package). Unknown keys are errors
+that suggest the nearest valid key; every allowed value and rule between fields is checked (`validate`: the
+schema's rules, then the benchmark registry's) before the config is returned. The resolved config is written
+beside each stage's outputs (`save_config`), so every result can be traced to the exact settings behind it.
 
     cfg = load_config("configs/toy.yaml", ["search.num_candidates=6", "reward.lam=0.5"])
     dev = with_overrides(cfg, ["eval.num_images=100"])
@@ -16,16 +16,27 @@ import ast
 import dataclasses
 import inspect
 import json
+import textwrap
 import typing
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .errors import ConfigError
 from .coerce import build_section, check_key, choices_of
-from .schema import (CurateConfig, DataConfig, EvalConfig, LoopConfig, ModelConfig, RewardConfig, RunConfig,
-                     SearchConfig, TrainConfig, VLLMConfig)
+from .errors import ConfigError
+from .schema import (
+    CurateConfig,
+    DataConfig,
+    EvalConfig,
+    LoopConfig,
+    ModelConfig,
+    RewardConfig,
+    RunConfig,
+    SearchConfig,
+    TrainConfig,
+    VLLMConfig,
+)
 
 __all__ = ["ConfigError", "CurateConfig", "DataConfig", "EvalConfig", "LoopConfig", "ModelConfig", "RewardConfig",
            "RunConfig", "SearchConfig", "TrainConfig", "VLLMConfig", "changed_settings", "check_reusable", "describe",
@@ -51,7 +62,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
     for item in overrides:
         _apply_override(raw, item)
-    return build_section(RunConfig, raw, prefix="").validate()
+    return validate(build_section(RunConfig, raw, prefix=""))
+
+
+def validate(cfg: RunConfig, loop: bool = False) -> RunConfig:
+    """Every rule of a config: the schema's (`RunConfig.validate`, or `validate_loop` for `csr loop`), then those of
+    the registries the schema does not read: the scorer's (reward.scorer) and the benchmarks' (task and metric
+    names, the annotations a task needs)."""
+    from .benchmarks.registry import check_config
+    from .scorer import check_kind
+
+    cfg.validate_loop() if loop else cfg.validate()
+    check_kind(cfg.reward.scorer)
+    check_config(cfg, loop)
+    return cfg
 
 
 def with_overrides(cfg: RunConfig, overrides: list[str] | tuple[str, ...]) -> RunConfig:
@@ -59,7 +83,7 @@ def with_overrides(cfg: RunConfig, overrides: list[str] | tuple[str, ...]) -> Ru
     raw = to_dict(cfg)
     for item in overrides:
         _apply_override(raw, item)
-    return build_section(RunConfig, raw, prefix="").validate()
+    return validate(build_section(RunConfig, raw, prefix=""))
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> Path:
@@ -172,10 +196,20 @@ def reads(key: str, only: tuple[str, ...] | None) -> bool:
     return only is None or _under(key, only)
 
 
+HELP_WIDTH = 119
+"""`csr <stage> --help` wraps each key's entry at this width (continuation lines indented)."""
+
+
 def describe(only: tuple[str, ...] | None = None) -> list[str]:
-    """One line per config key (those under `only`, default all) with its default, allowed values and docstring."""
-    return [f"  {key}={shown(default)}" + (f" ({'|'.join(allowed)})" if allowed else "") + f"  {doc}"
-            for key, default, allowed, doc in keys() if reads(key, only)]
+    """The lines of every config key (those under `only`, default all): its default, allowed values and docstring,
+    wrapped at HELP_WIDTH."""
+    lines: list[str] = []
+    for key, default, allowed, doc in keys():
+        if reads(key, only):
+            entry = f"  {key}={shown(default)}" + (f" ({'|'.join(allowed)})" if allowed else "") + f"  {doc}"
+            lines += textwrap.wrap(entry, HELP_WIDTH, initial_indent="", subsequent_indent="      ",
+                                   drop_whitespace=True)
+    return lines
 
 
 # ---------------------------------------------------------------------------- internals

@@ -18,15 +18,17 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
-from .data import PromptRecord
-from .eval.pope import parse_answer, question_object
+from .data import PromptRecord, read_jsonl
 from .reward import yes_no_relevance
-from .schema.generation import CurateConfig
+from .schema.generation import CurateConfig, RewardConfig
 from .search.types import Answer, SearchResult
 from .search_reference import reference_fields, without_reference
 from .sentence_pairs import ChatText, sentence_pairs
+from .yes_no import YES_NO, parse_answer, task_of
 
 
 def candidate_record(rec: PromptRecord, round: int, result: SearchResult) -> dict[str, Any]:
@@ -100,7 +102,7 @@ def other_verdict_pair(rec: PromptRecord, round: int, result: SearchResult, word
     has no reward of its own: the pair's margin is None and `written` names the side that was written. None when
     the prompt is no such question, or, with lam > 0, the search judged no verdict (official mode, or no tau) or
     CLIP sits exactly on tau."""
-    if not words or result.chosen is None or question_object(rec.prompt) is None:
+    if not words or result.chosen is None or rec.task != YES_NO:
         return None
     sampled = result.answers[result.chosen]
     verdict = parse_answer(sampled.text)
@@ -131,14 +133,16 @@ def anchor_record(rec: PromptRecord, round: int, result: SearchResult) -> dict[s
     return {**without_reference(pair_record(rec, round, likeliest, likeliest)), "anchor": True}
 
 
-def shard_line(rec: PromptRecord, round: int, result: SearchResult, curate: CurateConfig,
-               tau: float | None = None, lam: float = 0.9, text: ChatText | None = None) -> dict[str, Any]:
+def shard_line(rec: PromptRecord, round: int, result: SearchResult, curate: CurateConfig, reward: RewardConfig,
+               text: ChatText | None = None) -> dict[str, Any]:
     """One prompt's shard line {id, candidate, pair, sentence_pairs, skip, stats}: its pairs, or a skip with its
-    reason. With curate.pair_level sentence or both, `text` (the policy's chat template) renders every row."""
-    line = _response_line(rec, round, result, curate, tau, lam)
+    reason. `reward` is the one the search ran with (its tau, its lam). With curate.pair_level sentence or both,
+    `text` (the policy's chat template) renders every row."""
+    tau = reward.tau
+    line = _response_line(rec, round, result, curate, tau, reward.lam)
     if curate.pair_level == "response":
         return line
-    question = question_object(rec.prompt) is not None
+    question = rec.task == YES_NO
     if line["pair"] is not None:
         line["pair"] = None if curate.pair_level == "sentence" and not question else text.standard(line["pair"])
     line["sentence_pairs"] = [] if question else sentence_pairs(rec, round, result, curate, tau, text)
@@ -158,7 +162,7 @@ def _response_line(rec: PromptRecord, round: int, result: SearchResult, curate: 
     result = dataclasses.replace(result, rejected=pick_rejected(result, curate.rejected, tau))
     line = {"id": rec.id, "candidate": candidate_record(rec, round, result), "pair": None, "skip": None,
             "stats": result.stats}
-    if curate.yes_no_anchor and question_object(rec.prompt) is not None:
+    if curate.yes_no_anchor and rec.task == YES_NO:
         line["pair"] = anchor_record(rec, round, result)
         if line["pair"] is None:
             line["skip"] = {"id": rec.id, "reason": "curate.yes_no_anchor: no answer says something",
@@ -177,28 +181,46 @@ def _response_line(rec: PromptRecord, round: int, result: SearchResult, curate: 
     return line
 
 
-def _text(messages: list[dict] | str) -> str:
+def message_text(messages: Any) -> str:
+    """The text of a TRL message list (or of a plain string) joined by spaces: string contents and the text parts of
+    list contents, anything else skipped."""
     if isinstance(messages, str):
         return messages
-    return " ".join(c.get("text", "") for m in messages for c in m["content"] if c.get("type") == "text")
+    parts = []
+    for msg in messages if isinstance(messages, list) else []:
+        content = msg.get("content") if isinstance(msg, dict) else None
+        if isinstance(content, str):
+            parts.append(content)
+        for c in content if isinstance(content, list) else []:
+            if isinstance(c, dict) and c.get("type") == "text":
+                parts.append(str(c.get("text", "")))
+    return " ".join(parts)
 
 
 def pair_question(pair: dict[str, Any]) -> str:
     """The question a pair row answers (its `question` when the prompt is rendered chat-template text)."""
-    return pair.get("question") or _text(pair["prompt"])
+    return pair.get("question") or message_text(pair["prompt"])
 
 
 def pair_answers(pair: dict[str, Any]) -> tuple[str, str]:
     """The chosen and rejected texts of a pair row, either format."""
-    return _text(pair["chosen"]), _text(pair["rejected"])
+    return message_text(pair["chosen"]), message_text(pair["rejected"])
 
 
-def balance_yes_no(pairs: list[dict]) -> tuple[list[dict], list[dict]]:
-    """(kept pairs in their order, skip records of the dropped): the yes/no questions' pairs cut to as many that
-    choose "yes" as choose "no", the larger side keeping its largest margins; other pairs are all kept."""
+def read_pair_rows(path: str | Path) -> Iterator[dict[str, Any]]:
+    """The rows of a pairs.jsonl (either format), each with its `task` (yes_no.CAPTION or YES_NO) read as it is
+    read, from the question it answers; the rows on disk carry no task field."""
+    for pair in read_jsonl(path):
+        yield {**pair, "task": task_of(pair_question(pair))}
+
+
+def balance_yes_no(pairs: list[dict], questions: set[str]) -> tuple[list[dict], list[dict]]:
+    """(kept pairs in their order, skip records of the dropped): the pairs of the yes/no questions (`questions`:
+    their prompt ids) cut to as many that choose "yes" as choose "no", the larger side keeping its largest
+    margins; other pairs are all kept."""
     sides: dict[str, list[int]] = {"yes": [], "no": []}
     for i, pair in enumerate(pairs):
-        if question_object(pair_question(pair)) is not None and not pair.get("anchor"):
+        if pair["id"] in questions and not pair.get("anchor"):
             verdict = parse_answer(pair_answers(pair)[0])
             if verdict in sides:
                 sides[verdict].append(i)

@@ -14,14 +14,13 @@ import hashlib
 import json
 import logging
 import os
-import re
-from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import InputError
+from .yes_no import CAPTION, YES_NO, question_object
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +29,23 @@ DONE_MARKER = "DONE"
 
 @dataclass(frozen=True)
 class PromptRecord:
-    """One (image, prompt) to search from."""
+    """One (image, prompt) to search from, and its task: a caption, or a yes/no question about `asked_object`.
+
+    `PromptRecord.of(id, image, prompt)` reads the task from the prompt (yes_no.py), once, when the record
+    is made; every stage reads `task` and `asked_object` instead of looking at the prompt text again.
+    """
 
     id: str
     image: str
     prompt: str
+    task: str
+    asked_object: str | None
+
+    @classmethod
+    def of(cls, id: str, image: str, prompt: str) -> PromptRecord:
+        """The record of a prompt, its task read from the text (yes_no.task_of)."""
+        asked = question_object(prompt)
+        return cls(id, image, prompt, YES_NO if asked is not None else CAPTION, asked)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -234,46 +245,46 @@ def read_prompts(path: str | Path, image_root: str = "", image_prefix: str = ""
     duplicate id. Image files are checked later, when they are opened.
     """
     root = image_root or str(Path(path).resolve().parent)
-    entries: list[tuple[int, Any]] = []
-    skipped: list[dict] = []
-    for entry in read_entries(path, "prompts file"):
-        if entry.error:
-            skipped.append({"id": None, "line": entry.line, "reason": entry.error})
-        else:
-            entries.append((entry.line, entry.value))
     records: list[PromptRecord] = []
+    unreadable: list[dict] = []  # reported first: a line that is no JSON, then every other skip in file order
+    skipped: list[dict] = []
     seen: set[str] = set()
-    for lineno, entry in entries:
-        if not isinstance(entry, dict):
-            skipped.append({"id": None, "line": lineno, "reason": f"entry is not an object ({_json_type(entry)})"})
+    for entry in read_entries(path, "prompts file"):
+        fields, skip = _prompt_fields(entry)
+        if fields is not None and fields[0] in seen:
+            fields, skip = None, {"id": fields[0], "line": entry.line, "reason": "duplicate id"}
+        if fields is None:
+            (unreadable if entry.error else skipped).append(skip)
             continue
-        pid = entry.get("id")
-        prompt = prompt_text(entry)
-        image = entry.get("image")
-        readable_id = pid if isinstance(pid, (str, int)) and not isinstance(pid, bool) else None
-        if pid is None or image is None or prompt is None:
-            missing = [k for k, v in (("id", pid), ("image", image), ("prompt", prompt)) if v is None]
-            skipped.append({"id": readable_id, "line": lineno, "reason": f"missing field(s): {', '.join(missing)}"
-                            + (" (looked for prompt, input, question or a human turn in conversations)"
-                               if prompt is None else "")})
-            continue
-        wrong = [f"{k} is {_json_type(v)}, not {want}" for k, v, want in (
-            ("id", pid, "a string or an integer"), ("image", image, "a string"), ("prompt", prompt, "a string"))
-            if not (isinstance(v, str) or (k == "id" and isinstance(v, int) and not isinstance(v, bool)))]
-        if wrong:
-            skipped.append({"id": readable_id, "line": lineno, "reason": f"wrong field type(s): {'; '.join(wrong)}"})
-            continue
-        pid = str(pid)
-        prompt = (prompt.replace("<image>", "") if "<image>" in prompt else prompt).strip()
-        if not prompt:
-            skipped.append({"id": pid, "line": lineno, "reason": "empty prompt"})
-            continue
-        if pid in seen:
-            skipped.append({"id": pid, "line": lineno, "reason": "duplicate id"})
-            continue
+        pid, image, prompt = fields
         seen.add(pid)
-        records.append(PromptRecord(id=pid, image=resolve_image(str(image), root, image_prefix), prompt=prompt))
-    return records, skipped
+        records.append(PromptRecord.of(pid, resolve_image(image, root, image_prefix), prompt))
+    return records, unreadable + skipped
+
+
+def _prompt_fields(entry: Entry) -> tuple[tuple[str, str, str] | None, dict | None]:
+    """((id, image, prompt), None) for a usable prompts-file entry, else (None, its skip record {id, line, reason})."""
+    lineno, value = entry.line, entry.value
+    if entry.error:
+        return None, {"id": None, "line": lineno, "reason": entry.error}
+    if not isinstance(value, dict):
+        return None, {"id": None, "line": lineno, "reason": f"entry is not an object ({_json_type(value)})"}
+    pid, prompt, image = value.get("id"), prompt_text(value), value.get("image")
+    readable_id = pid if isinstance(pid, (str, int)) and not isinstance(pid, bool) else None
+    if pid is None or image is None or prompt is None:
+        missing = [k for k, v in (("id", pid), ("image", image), ("prompt", prompt)) if v is None]
+        return None, {"id": readable_id, "line": lineno, "reason": f"missing field(s): {', '.join(missing)}"
+                      + (" (looked for prompt, input, question or a human turn in conversations)"
+                         if prompt is None else "")}
+    wrong = [f"{k} is {_json_type(v)}, not {want}" for k, v, want in (
+        ("id", pid, "a string or an integer"), ("image", image, "a string"), ("prompt", prompt, "a string"))
+        if not (isinstance(v, str) or (k == "id" and isinstance(v, int) and not isinstance(v, bool)))]
+    if wrong:
+        return None, {"id": readable_id, "line": lineno, "reason": f"wrong field type(s): {'; '.join(wrong)}"}
+    prompt = (prompt.replace("<image>", "") if "<image>" in prompt else prompt).strip()
+    if not prompt:
+        return None, {"id": str(pid), "line": lineno, "reason": "empty prompt"}
+    return (str(pid), str(image), prompt), None
 
 
 PROMPT_FIELDS = ("prompt", "input", "question")

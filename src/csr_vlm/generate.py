@@ -3,25 +3,24 @@
     csr generate --config configs/tiny.yaml [search.mode=official ...]
     torchrun --nproc_per_node 2 -m csr_vlm generate --config configs/tiny.yaml
 
-Setup checks the input paths, reads the prompts and loads the policy and CLIP (a wrong path is a one-line
-error before any work), and estimates tau when normalize=center has none: the estimate goes into the
-reward section the search gets, stats.json and the saved config.yaml, never into the config passed
-in. Work: prompt i goes to rank i % world_size; each rank searches its prompts
-(search.driver.search_prompts on the transformers engine, seeded per prompt from cfg.seed, the round
-and the prompt id) and appends one complete line per prompt to its own shard `shards/rank-<r>.jsonl`.
-With search.prompt_batch_size = P > 1 a rank searches its prompts in chunks of P (one forward per
-token step for all P prompts' candidate rows, the same candidates as one at a time up to float
-rounding) and appends a chunk's lines when the chunk is done.
-Re-running the same command skips prompts found in any shard (a half-written
-last line is dropped first), so a killed run resumes to the output an uninterrupted run gives.
-Save (shards.py): rank 0 merges the shards in prompt order into candidates.jsonl, pairs.jsonl (TRL
-conversational vision format, docs/formats.md), skipped.jsonl (every unused input with its reason) and
-stats.json, then writes DONE. Bad images, empty prompts, malformed lines, duplicate ids, prompts holding
-a control token of the model and prompts too long (bounded by their characters before they are
+Setup checks the input paths, reads the prompts and loads the search engine (search.engine: transformers or
+vLLM) and the image-text scorer (reward.scorer; a wrong path is a one-line error before any work), and
+estimates tau when normalize=center has none: the estimate goes into the reward section the search gets,
+stats.json and the saved config.yaml, never into the config passed in. Work: prompt i goes to rank i %
+world_size; each rank searches its prompts (search.driver.search_prompts on that engine, seeded per prompt
+from cfg.seed, the round and the prompt id) and appends one complete line per prompt to its own shard
+`shards/rank-<r>.jsonl`. With search.prompt_batch_size = P > 1 a rank searches its prompts in chunks of P (one
+forward per token step for all P prompts' candidate rows, the same candidates as one at a time up to float
+rounding) and appends a chunk's lines when the chunk is done. Re-running the same command skips prompts found
+in any shard (a half-written last line is dropped first), so a killed run resumes to the output an
+uninterrupted run gives. Save (shards.py): rank 0 merges the shards in prompt order into candidates.jsonl,
+pairs.jsonl (TRL conversational vision format, docs/formats.md), skipped.jsonl (every unused input with its
+reason) and stats.json, then writes DONE. Bad images, empty prompts, malformed lines, duplicate ids, prompts
+holding a control token of the model and prompts too long (bounded by their characters before they are
 tokenized) are skipped, never fatal; the model's image placeholders are stripped from a prompt
-(special_tokens.py). A stage that made no pair at all fails with one line naming the commonest skip
-(before loading the models when no prompt is usable), and writes no DONE. The fingerprint holds the
-prompts files' sha256, so a run over edited prompts is refused rather than resumed or reused.
+(special_tokens.py). A stage that made no pair at all fails with one line naming the commonest skip (before
+loading the models when no prompt is usable), and writes no DONE. The fingerprint holds the prompts files'
+sha256, so a run over edited prompts is refused rather than resumed or reused.
 """
 
 from __future__ import annotations
@@ -39,15 +38,25 @@ from . import health
 from .config import save_config, to_dict
 from .console import bar_name, bars_off, commonest_skip
 from .curate import shard_line
+from .data import (
+    append_jsonl,
+    file_sha256,
+    is_done,
+    load_image,
+    mark_done,
+    read_json,
+    read_jsonl,
+    read_prompts,
+    repair_jsonl,
+    write_json,
+)
 from .distributed import check_shared_out
-from .data import (append_jsonl, file_sha256, is_done, load_image, mark_done, read_json, read_jsonl, read_prompts,
-                   repair_jsonl, write_json)
-from .sentence_pairs import ChatText
 from .errors import InputError
 from .lock import output_lock
 from .models import check_model_path
 from .schema import RewardConfig, RunConfig
-from .shards import check_produced, merge
+from .sentence_pairs import ChatText
+from .shards import RunSummary, check_produced, merge
 from .special_tokens import ControlTokens
 
 log = logging.getLogger(__name__)
@@ -75,20 +84,22 @@ def run(cfg: RunConfig, round: int = 1) -> Path:
         if cfg.search.check_cache:
             _check_engine(engine, records, cfg)
         reward, tau_stats = _resolve_reward(cfg, scorer)
-        if rank == 0:
-            _prepare_dir(out, dataclasses.replace(cfg, reward=reward), fingerprint)
+        job = Job(dataclasses.replace(cfg, reward=reward), round, engine, scorer, rank, world)  # from here on, one
+        if rank == 0:  # config travels: the one the search runs with (its tau estimated), saved as config.yaml
+            _prepare_dir(out, job.cfg, fingerprint)
         _barrier(dist)
         check_shared_out(out, dist)  # a node with its own `out` would search into files rank 0 never merges
         started = time.perf_counter()
         try:
-            searched = _search_shard(cfg, reward, round, records, engine, scorer, out, rank, world)
+            searched = _search_shard(job, records)
             write_json(out / "shards" / f"engine-rank-{rank}.json", engine.stats())
         finally:
             engine.close()
         _barrier(dist)
         if rank == 0:
-            wall = time.perf_counter() - started
-            merge(cfg, reward, round, out, records, input_skips, tau_stats, wall, searched, world)
+            summary = RunSummary(round, records, input_skips, tau_stats, time.perf_counter() - started, searched,
+                                 world)
+            merge(job.cfg, out, summary)
             counts = read_json(out / "stats.json")["counts"]
             if counts["pairs"] and not counts.get("missing"):  # DONE only when every prompt has its line
                 mark_done(out, {"round": round})
@@ -133,13 +144,14 @@ def _read_all_prompts(cfg: RunConfig):
 
 
 def _load_models(cfg: RunConfig, rank: int, world: int):
-    """(engine, CLIP scorer) on this rank's devices; both fail before any work."""
-    from .models import ClipScorer
+    """(engine, image-text scorer of reward.scorer) on this rank's devices; both fail before any work."""
+    from .scorer import ScorerSpec, build_scorer
     from .search.build import build_engine
 
     engine, device = build_engine(cfg, int(os.environ.get("LOCAL_RANK", rank)), world)
-    scorer = ClipScorer(cfg.reward.clip_path, device=device, dtype=cfg.model.dtype,
-                        batch_size=cfg.reward.clip_batch_size)
+    scorer = build_scorer(ScorerSpec(cfg.reward.scorer, cfg.reward.clip_path, device, cfg.model.dtype,
+                                     cfg.reward.clip_batch_size))
+    log.info("generate: scorer %s (%s)", scorer.kind, cfg.reward.clip_path)
     return engine, scorer
 
 
@@ -231,23 +243,36 @@ def prompt_seed(seed: int, round: int, prompt_id: str) -> int:
 # ---------------------------------------------------------------------------- work
 
 
-def _search_shard(cfg: RunConfig, reward: RewardConfig, round: int, records, engine, scorer, out: Path, rank: int,
-                  world: int) -> int:
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """What a rank's search needs: the config it runs with (reward resolved: tau estimated), the round, the engine
+    and scorer, and which rank of how many this is."""
+
+    cfg: RunConfig
+    round: int
+    engine: Any
+    scorer: Any
+    rank: int = 0
+    world: int = 1
+
+
+def _search_shard(job: Job, records: list) -> int:
     """Search this rank's prompts not yet in any shard; append one line per prompt to shards/rank-<r>.jsonl."""
     from tqdm import tqdm
 
-    shard = out / "shards" / f"rank-{rank}.jsonl"
+    shards = Path(job.cfg.out) / "shards"
+    shard = shards / f"rank-{job.rank}.jsonl"
     repair_jsonl(shard)
-    done = {line["id"] for path in sorted((out / "shards").glob("*.jsonl")) for line in read_jsonl(path)}
-    mine = [rec for i, rec in enumerate(records) if i % world == rank and rec.id not in done]
+    done = {line["id"] for path in sorted(shards.glob("*.jsonl")) for line in read_jsonl(path)}
+    mine = [rec for i, rec in enumerate(records) if i % job.world == job.rank and rec.id not in done]
     if done:
-        log.info("generate: resuming, %d prompts already done, %d left on rank %d", len(done), len(mine), rank)
-    pairs, size = 0, cfg.search.prompt_batch_size
+        log.info("generate: resuming, %d prompts already done, %d left on rank %d", len(done), len(mine), job.rank)
+    pairs, size = 0, job.cfg.search.prompt_batch_size
     # the bar closes however the loop ends (Ctrl-C, SIGTERM), so the CLI's last line is the reason it stopped
-    bar = tqdm(total=len(mine), desc=bar_name("generate"), unit="prompt", disable=rank != 0 or bars_off())
+    bar = tqdm(total=len(mine), desc=bar_name("generate"), unit="prompt", disable=job.rank != 0 or bars_off())
     with shard.open("a") as fh, bar:
         for start in range(0, len(mine), size):
-            for line in _process_chunk(cfg, reward, round, mine[start: start + size], engine, scorer):
+            for line in _process_chunk(job, mine[start: start + size]):
                 append_jsonl(fh, line)
                 pairs += line["pair"] is not None
                 bar.update(1)
@@ -283,53 +308,75 @@ def _usable(engine, tokens: ControlTokens, rec, cfg: RunConfig):
     return (rec if prompt == rec.prompt else dataclasses.replace(rec, prompt=prompt)), image
 
 
-def _process_chunk(cfg: RunConfig, reward: RewardConfig, round: int, chunk, engine, scorer) -> list[dict[str, Any]]:
-    """Up to search.prompt_batch_size prompts -> their shard lines {id, candidate, pair, skip, stats}, in order.
+def _process_chunk(job: Job, chunk: list) -> list[dict[str, Any]]:
+    """Up to search.prompt_batch_size prompts -> their shard lines {id, candidate, pair, skip, stats}, in order:
+    screened (`_screen`), searched (`_search_all`), then curated into pairs (curate.shard_line)."""
+    lines, todo = _screen(job, chunk)
+    text = ChatText(job.engine.processor) if job.cfg.curate.pair_level != "response" else None
+    for (line, rec, _), result in zip(todo, _search_all(job, todo)):
+        if isinstance(result, str):
+            line["skip"] = {"id": rec.id, "reason": result}
+        else:
+            line.update(shard_line(rec, job.round, result, job.cfg.curate, job.cfg.reward, text))
+    return lines
 
-    A prompt whose image cannot be used or whose tokens do not fit the model is skipped with the reason.
-    The others are searched together (search.driver.search_prompts); if that batch fails (out of memory
-    included), each is searched alone, so one bad prompt only costs its own line."""
+
+def _screen(job: Job, chunk: list) -> tuple[list[dict], list[tuple[dict, Any, Any]]]:
+    """(a line per prompt, [(line, record, query)] of the usable ones): a prompt whose image cannot be used or whose
+    tokens do not fit the model gets its skip reason in its line."""
+    from .search.types import Query
+
+    lines = [{"id": rec.id, "candidate": None, "pair": None, "skip": None, "stats": {}} for rec in chunk]
+    todo = []
+    tokens = ControlTokens.of(job.engine.processor)
+    for line, rec in zip(lines, chunk):
+        try:
+            rec, image = _usable(job.engine, tokens, rec, job.cfg)
+        except InputError as exc:
+            line["skip"] = {"id": rec.id, "reason": str(exc), "image": rec.image}
+            continue
+        seed = prompt_seed(job.cfg.seed, job.round, rec.id)
+        todo.append((line, rec, Query(image, rec.prompt, seed, rec.asked_object)))
+    return lines, todo
+
+
+def _search_all(job: Job, todo: list[tuple[dict, Any, Any]]) -> list[Any]:
+    """Each usable prompt's search result, or the reason its search failed (a string). The prompts are searched
+    together (search.driver.search_prompts); if that batch fails (out of memory included), each is searched
+    alone, so one bad prompt only costs its own line."""
     import torch
 
     from .search.driver import search_prompts
 
-    lines = [{"id": rec.id, "candidate": None, "pair": None, "skip": None, "stats": {}} for rec in chunk]
-    todo = []
-    tokens = ControlTokens.of(engine.processor)
-    for line, rec in zip(lines, chunk):
+    queries = [query for _, _, query in todo]
+    if len(queries) > 1:
         try:
-            rec, image = _usable(engine, tokens, rec, cfg)
-        except InputError as exc:
-            line["skip"] = {"id": rec.id, "reason": str(exc), "image": rec.image}
-            continue
-        todo.append((line, rec, image))
-    seeds = [prompt_seed(cfg.seed, round, rec.id) for _, rec, _ in todo]
-    results = None
-    text = ChatText(engine.processor) if cfg.curate.pair_level != "response" else None
-    if len(todo) > 1:
-        try:
-            results = search_prompts(engine, scorer, [im for _, _, im in todo], [rec.prompt for _, rec, _ in todo],
-                                     cfg.search, reward, seeds)
+            return search_prompts(job.engine, job.scorer, queries, job.cfg.search, job.cfg.reward)
         except torch.OutOfMemoryError:
             _free_memory()
             log.warning("generate: out of memory searching %d prompts together; searching them one at a time",
-                        len(todo))
+                        len(queries))
         except Exception:  # noqa: BLE001 - retried one prompt at a time below
-            log.exception("generate: batched search of %d prompts failed; searching them one at a time", len(todo))
-    for i, (line, rec, image) in enumerate(todo):
-        try:
-            result = results[i] if results is not None else \
-                search_prompts(engine, scorer, [image], [rec.prompt], cfg.search, reward, [seeds[i]])[0]
-        except Exception as exc:  # noqa: BLE001 - one prompt (out of memory, odd input) must not stop the run
-            if isinstance(exc, torch.OutOfMemoryError):
-                _free_memory()
-                log.warning("generate: out of memory on prompt %s alone; skipped", rec.id)
-            else:
-                log.exception("generate: search failed on prompt %s", rec.id)
-            line["skip"] = {"id": rec.id, "reason": f"search failed ({type(exc).__name__}: {str(exc)[:200]})"}
-            continue
-        line.update(shard_line(rec, round, result, cfg.curate, reward.tau, reward.lam, text))
-    return lines
+            log.exception("generate: batched search of %d prompts failed; searching them one at a time",
+                          len(queries))
+    return [_search_one(job, rec.id, query) for _, rec, query in todo]
+
+
+def _search_one(job: Job, prompt_id: str, query) -> Any:
+    """One prompt's search result, or why it failed (out of memory, odd input: it must not stop the run)."""
+    import torch
+
+    from .search.driver import search_prompts
+
+    try:
+        return search_prompts(job.engine, job.scorer, [query], job.cfg.search, job.cfg.reward)[0]
+    except Exception as exc:  # noqa: BLE001 - one prompt must not stop the run
+        if isinstance(exc, torch.OutOfMemoryError):
+            _free_memory()
+            log.warning("generate: out of memory on prompt %s alone; skipped", prompt_id)
+        else:
+            log.exception("generate: search failed on prompt %s", prompt_id)
+        return f"search failed ({type(exc).__name__}: {str(exc)[:200]})"
 
 
 def _check_chars(tokens: ControlTokens, prompt: str, context: int | None, cfg: RunConfig) -> None:

@@ -20,7 +20,7 @@ the earlier rounds keep the old one.
 
 Selection: `loop.select_on` names a key of evaluate's "flat" metrics, measured by a dev evaluation
 (`eval` fields overridden by `loop.dev`, in `round_<k>/dev_eval/`). Each metric's direction comes from
-the benchmark that reports it (eval/registry.py: the CHAIR rates and the duplicate rate are better
+the benchmark that reports it (benchmarks/registry.py: the CHAIR rates and the duplicate rate are better
 when lower; recall and the POPE scores when higher). Only a strict improvement moves `best_round`, so ties keep
 the earlier round, and round 0 (the base model) competes. `loop.patience` > 0 stops the loop after
 that many rounds without improvement. Without `select_on`, the last round is the best. `loop.guards`
@@ -38,12 +38,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .config import changed_settings, save_config
+from . import layout
+from .benchmarks.registry import lower_is_better
+from .config import changed_settings, save_config, validate
 from .console import block, label
 from .data import DONE_MARKER, is_done, read_json, write_json
 from .distributed import init_group, is_main, world_size
 from .errors import ConfigError, InputError
-from .eval.registry import lower_is_better
 from .lock import output_lock
 from .manifest import Manifest, key_numbers, summary_line
 from .schema import RunConfig
@@ -51,7 +52,6 @@ from .tables import dict_rows, text_table
 
 log = logging.getLogger(__name__)
 
-STAGES = ("generate", "train", "eval", "dev_eval")
 READS = ("out", "seed", "overwrite", "model", "reward", "search", "vllm", "curate", "train", "eval", "data", "loop")
 """The config sections the loop reads (every one: it runs every stage); `csr loop --help` lists their keys."""
 RESUME_SAFE = ("out", "overwrite", "model.device", "reward.clip_batch_size", "search.prompt_batch_size",
@@ -64,25 +64,20 @@ RESUME_SAFE = ("out", "overwrite", "model.device", "reward.clip_batch_size", "se
 # ---------------------------------------------------------------------------- stage configs
 
 
-def round_dir(out: Path, k: int) -> Path:
-    """<out>/round_<k>."""
-    return out / f"round_{k}"
-
-
 def policy_path(cfg: RunConfig, k: int) -> str:
     """The policy round k starts from: model.path for round 1, round k-1's merged checkpoint after."""
-    return cfg.model.path if k <= 1 else str(round_dir(Path(cfg.out), k - 1) / "train" / "checkpoint")
+    return cfg.model.path if k <= 1 else str(layout.checkpoint(cfg.out, k - 1))
 
 
 def stage_cfg(cfg: RunConfig, k: int, stage: str) -> RunConfig:
     """The config one stage of round k runs with (a copy; cfg itself is never changed)."""
-    rdir = round_dir(Path(cfg.out), k)
     model = dataclasses.replace(cfg.model, path=policy_path(cfg, k))
     if stage in ("eval", "dev_eval") and k > 0:
-        model = dataclasses.replace(cfg.model, path=str(rdir / "train" / "checkpoint"))
-    new = dataclasses.replace(cfg, out=str(rdir / stage), model=model)
+        model = dataclasses.replace(cfg.model, path=str(layout.checkpoint(cfg.out, k)))
+    new = dataclasses.replace(cfg, out=str(layout.stage_dir(cfg.out, k, stage)), model=model)
     if stage == "train":
-        new = dataclasses.replace(new, train=dataclasses.replace(cfg.train, pairs=str(rdir / "generate" / "pairs.jsonl")))
+        pairs = str(layout.pairs_file(layout.stage_dir(cfg.out, k, "generate")))
+        new = dataclasses.replace(new, train=dataclasses.replace(cfg.train, pairs=pairs))
     if stage == "dev_eval":
         new = dataclasses.replace(new, eval=cfg.dev_eval())
     return new
@@ -92,7 +87,7 @@ def stage_runner(stage: str):
     """The stage's run(cfg, round) -> Path, imported only when needed."""
     import importlib
 
-    module = {"generate": "generate", "train": "train", "eval": "eval.evaluate", "dev_eval": "eval.evaluate"}[stage]
+    module = {"generate": "generate", "train": "train", "eval": "evaluate", "dev_eval": "evaluate"}[stage]
     return importlib.import_module(f"csr_vlm.{module}").run
 
 
@@ -101,10 +96,9 @@ def stage_runner(stage: str):
 
 def clear_from(out: Path, from_round: int, manifest: Manifest) -> None:
     """Delete the stage dirs of round from_round and every later round (they will be redone)."""
-    for rdir in sorted(out.glob("round_*")):
-        k = rdir.name.removeprefix("round_")
-        if k.isdigit() and int(k) >= from_round:
-            for stage in STAGES:
+    for k, rdir in layout.rounds(out):
+        if k >= from_round:
+            for stage in layout.STAGES:
                 shutil.rmtree(rdir / stage, ignore_errors=True)
             log.info("loop: --from-round %d: cleared %s", from_round, rdir)
     (out / "best.json").unlink(missing_ok=True)
@@ -117,7 +111,7 @@ def do_stage(cfg: RunConfig, k: int, stage: str, manifest: Manifest, dist=None) 
     Under torchrun (`dist`) every rank runs generate and train; an evaluation is not split across ranks, so rank 0
     runs it while the others wait. Rank 0 decides whether the stage is done, for all ranks."""
     scfg = stage_cfg(cfg, k, stage)
-    sdir, name = Path(scfg.out), f"round_{k}/{stage}"
+    sdir, name = Path(scfg.out), layout.stage_name(k, stage)
     if agreed(dist, is_done(sdir) and not cfg.overwrite):
         manifest.skipped(name, sdir)
         if is_main():
@@ -149,7 +143,7 @@ def agreed(dist, value):
 
 def dev_metrics(cfg: RunConfig, k: int) -> dict[str, float]:
     """The select_on metric and the guarded metrics of round k's dev evaluation."""
-    path = round_dir(Path(cfg.out), k) / "dev_eval" / "metrics.json"
+    path = layout.stage_dir(cfg.out, k, "dev_eval") / "metrics.json"
     flat = read_json(path, "dev metrics").get("flat", {})
     names = [("loop.select_on", cfg.loop.select_on)] + [("loop.guards", g) for g in cfg.loop.guards]
     names += [("loop.relative_guards", g) for g in cfg.loop.relative_guards]
@@ -193,14 +187,14 @@ def pick_best(values: dict[int, dict[str, float]], metric: str, bounds: dict[str
 
 def write_best(cfg: RunConfig, best: int, value: float | None) -> Path:
     """best.json: the picked round, its checkpoint (model.path for round 0), the metric and its value."""
-    ckpt = cfg.model.path if best == 0 else str(round_dir(Path(cfg.out), best) / "train" / "checkpoint")
+    ckpt = cfg.model.path if best == 0 else str(layout.checkpoint(cfg.out, best))
     return write_json(Path(cfg.out) / "best.json",
                       {"round": best, "checkpoint": ckpt, "select_on": cfg.loop.select_on or None, "value": value})
 
 
 def round_row(cfg: RunConfig, k: int, dev: dict[int, dict[str, float]], best: int | None) -> dict[str, Any]:
     """One row of the loop's final table: pairs, loss, the round's test metrics and its dev metrics."""
-    rdir = round_dir(Path(cfg.out), k)
+    rdir = layout.round_dir(cfg.out, k)
     train = key_numbers(rdir / "train")
     row: dict[str, Any] = {"round": k, "pairs": train.get("pairs", ""), "train_loss": train.get("train_loss", "")}
     if (rdir / "eval" / "metrics.json").is_file():
@@ -217,7 +211,7 @@ def round_row(cfg: RunConfig, k: int, dev: dict[int, dict[str, float]], best: in
 
 def check(cfg: RunConfig, from_round: int | None) -> None:
     """Everything that can be checked before the first stage: the config and the input paths."""
-    cfg.validate_loop()
+    validate(cfg, loop=True)
     if from_round is not None and not 0 <= from_round <= cfg.loop.rounds:
         raise InputError(f"--from-round must be between 0 and loop.rounds={cfg.loop.rounds}, got {from_round}")
     from .models import check_model_path
@@ -226,7 +220,8 @@ def check(cfg: RunConfig, from_round: int | None) -> None:
     if cfg.reward.clip_path:
         check_model_path(cfg.reward.clip_path, "reward.clip_path")
     for key, path in (("data.prompts", cfg.data.prompts), ("data.mix_prompts", cfg.data.mix_prompts),
-                      ("eval.annotations", cfg.eval.annotations), ("reward.tau_calibration", cfg.reward.tau_calibration)):
+                      ("eval.annotations", cfg.eval.annotations), ("reward.tau_calibration",
+                                                                   cfg.reward.tau_calibration)):
         if path and not Path(path).is_file():
             raise InputError(f"{key}: file not found: {path}")
 
@@ -258,7 +253,8 @@ def check_same_config(cfg: RunConfig, from_round: int | None) -> None:
     changes results (anything outside RESUME_SAFE); with overwrite=true nothing is reused, and --from-round K
     redoes rounds K and later (the earlier ones keep the saved config: a warning says so)."""
     out = Path(cfg.out)
-    if cfg.overwrite or not any(out.glob(f"round_*/*/{DONE_MARKER}")):
+    if cfg.overwrite or not any((rdir / stage / DONE_MARKER).exists() for _, rdir in layout.rounds(out)
+                                for stage in layout.STAGES):
         return
     changes = changed_settings(out / "config.yaml", cfg, RESUME_SAFE)
     if not changes:

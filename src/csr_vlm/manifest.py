@@ -19,6 +19,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from . import layout
 from .config import to_dict
 from .console import label
 from .data import DONE_MARKER, write_json
@@ -64,7 +65,7 @@ class Manifest:
 
     def forget_from(self, round_k: int) -> None:
         """Drop the stage and round entries of round_k and later (they are being redone)."""
-        keep = lambda key: int(key.split("/")[0].removeprefix("round_")) < round_k  # noqa: E731
+        keep = lambda key: layout.round_of(key) < round_k  # noqa: E731
         self.data["stages"] = {k: v for k, v in self.data["stages"].items() if keep(k)}
         self.data["rounds"] = {k: v for k, v in self.data["rounds"].items() if int(k) < round_k}
         self.save()

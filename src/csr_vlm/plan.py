@@ -87,7 +87,8 @@ def project(m: Measure, items: float | dict[str, float], ranks: int) -> dict:
         tokens = m.tokens / m.items * items if m.items else 0.0
         by_task = None
     split = ranks if SPLIT[m.stage] else 1
-    out = {"seconds": fixed + work / split, "first_use_s": m.first_use_s, "fixed_s": fixed, "per_item_s": work / items if items else 0.0,
+    out = {"seconds": fixed + work / split, "first_use_s": m.first_use_s, "fixed_s": fixed,
+           "per_item_s": work / items if items else 0.0,
            "items": items, "items_per_rank": items / split, "peak_mb": m.peak_mb, "memory": m.memory,
            "tokens": tokens, "dry": {"items": m.items, "wall_s": m.wall_s, "work_s": m.work_s, "tokens": m.tokens}}
     if by_task is not None:
@@ -241,7 +242,8 @@ def dry_run(cfg: RunConfig, work: Path, sizes: dict) -> tuple[dict[str, Measure]
     for stage in (["eval"] if cfg.loop.evaluate else []) + (["dev_eval"] if cfg.loop.select_on else []):
         ev = cfg.eval if stage == "eval" else cfg.dev_eval()
         warm = dry_eval(cfg, stage, 1, work / "warm" / stage, cuda)
-        measures[stage] = first_use(dry_eval(cfg, stage, min(ev.num_images, sizes["images"]), work / stage, cuda), warm)
+        measured = dry_eval(cfg, stage, min(ev.num_images, sizes["images"]), work / stage, cuda)
+        measures[stage] = first_use(measured, warm)
         full[stage] = eval_jobs(cfg, stage)
     p = min(n + mix, sizes["prompts"] or max(cfg.search.prompt_batch_size, 4))
     p_mix = min(round(p * mix / (n + mix)), p - 1) if n and mix else 0  # at least one of data.prompts
@@ -306,7 +308,8 @@ def cli(argv: list[str]) -> int:
                                  epilog=__doc__.split("\n", 2)[2])
     ap.add_argument("--config", help="YAML config file")
     ap.add_argument("--ranks", type=int, default=1, help="ranks (GPUs) the run will use; default 1")
-    ap.add_argument("--prompts", type=int, default=0, help="prompts in the dry run (default: max(search.prompt_batch_size, 4))")
+    ap.add_argument("--prompts", type=int, default=0,
+                    help="prompts in the dry run (default: max(search.prompt_batch_size, 4))")
     ap.add_argument("--pairs", type=int, default=0, help="pairs trained in the dry run (default one optimizer step)")
     ap.add_argument("--images", type=int, default=8, help="images per evaluation in the dry run; default 8")
     ap.add_argument("--work", type=Path, default=None, help="keep the dry run's stage directories here")

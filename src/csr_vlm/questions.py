@@ -19,13 +19,11 @@ import argparse
 import os
 import random
 
-from .calibrate import add_coco_args, present_and_absent
+from .calibrate import ObjectSample, add_coco_args, present_and_absent
 from .console import skip_summary
 from .data import write_jsonl
 from .errors import InputError
-from .eval.pope import TEMPLATE, with_article
-
-SUFFIX = " Please answer yes or no."
+from .yes_no import SUFFIX, TEMPLATE, with_article
 
 
 def yes_no_prompts(rows: list, per_image: int, template: str, rng: random.Random, prefix: str = "yn") -> list[dict]:
@@ -40,7 +38,7 @@ def yes_no_prompts(rows: list, per_image: int, template: str, rng: random.Random
 
 def cli(argv: list[str]) -> int:
     """`csr questions ...` (see the module docstring); returns the exit code."""
-    from .eval.chair import load_ground_truth
+    from .benchmarks.chair import load_ground_truth
 
     parser = argparse.ArgumentParser(prog="csr questions", description="yes/no prompts about the objects of the "
                                      "training images (for data.mix_prompts)")
@@ -56,8 +54,8 @@ def cli(argv: list[str]) -> int:
     _, instances, gt = load_ground_truth(args.annotations, args.captions, args.synonyms)
     rng = random.Random(args.seed)
     root = os.path.abspath(args.image_root)  # absolute paths: the file works wherever it is read from
-    rows, skipped = present_and_absent(instances, gt, root, args.n_images, rng, args.per_image,
-                                       args.per_image)  # co-occurring absent objects first, random ones to fill
+    sample = ObjectSample(args.n_images, args.per_image, args.per_image)  # co-occurring absent first, random to fill
+    rows, skipped = present_and_absent(instances, gt, root, sample, rng)
     records = yes_no_prompts(rows, args.per_image, args.template, rng)
     if not records:
         raise InputError(f"{args.annotations}: no readable annotated image ({len(skipped)} skipped)")

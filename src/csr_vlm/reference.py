@@ -19,7 +19,7 @@ from pathlib import Path
 from .config import field_docs, keys, reads, shown
 from .schema import RunConfig
 
-STAGE_MODULES = {"generate": "csr_vlm.generate", "train": "csr_vlm.train", "eval": "csr_vlm.eval.evaluate",
+STAGE_MODULES = {"generate": "csr_vlm.generate", "train": "csr_vlm.train", "eval": "csr_vlm.evaluate",
                  "loop": "csr_vlm.loop"}
 """The stage commands and the modules whose `READS` say which config sections each reads."""
 REGENERATE = "python -m csr_vlm.reference --write docs/config.md"

@@ -20,9 +20,10 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from . import layout
+from .benchmarks.registry import metrics as registered_metrics
 from .data import read_json, read_jsonl
 from .errors import InputError
-from .eval.registry import metrics as registered_metrics
 from .tables import markdown_table
 
 log = logging.getLogger(__name__)
@@ -66,16 +67,12 @@ def _json(path: Path) -> Any:
 def collect(run_dir: Path) -> dict[int, dict]:
     """Per round: eval metrics, dev metrics, pairs' R_I and margins, train metrics (whatever exists)."""
     rounds: dict[int, dict] = {}
-    for d in sorted(run_dir.glob("round_*")):
-        try:
-            k = int(d.name.split("_", 1)[1])
-        except ValueError:
-            continue
+    for k, d in layout.rounds(run_dir):
         r: dict[str, Any] = {}
         for stage in ("eval", "dev_eval"):  # a metrics file that is no JSON object counts as missing
             metrics = _json(d / stage / "metrics.json")
             r[stage] = metrics if isinstance(metrics, dict) else None
-        pairs_path = d / "generate" / "pairs.jsonl"
+        pairs_path = layout.pairs_file(d / "generate")
         if pairs_path.is_file():
             pairs = [p for p in read_jsonl(pairs_path) if not p.get("anchor")]  # an anchor replays, compares nothing
             for key in ("chosen_r_i", "rejected_r_i", "margin"):
@@ -272,7 +269,7 @@ def _manifest_lines(manifest: Any) -> list[str]:
 
 
 def _pair_quality(run_dir: Path, instances: str, gt_captions: str | None, synonyms: str | None) -> list[str]:
-    from .eval.chair import load_ground_truth
+    from .benchmarks.chair import load_ground_truth
     from .score import file_ids, generate_dirs, pair_quality
 
     vocab, inst, gt = load_ground_truth(instances, gt_captions, synonyms)
@@ -286,30 +283,54 @@ def _pair_quality(run_dir: Path, instances: str, gt_captions: str | None, synony
     return ["## Pair quality against ground truth", "",
             "CHAIR of the chosen and the rejected answers against the annotated objects of the training images. "
             "A good reward picks chosen answers with a lower CHAIR_i; `chosen_cleaner_rate` is the share of pairs "
-            "whose chosen answer hallucinates strictly less than its rejected one.", "", markdown_table(cols, rows), ""]
+            "whose chosen answer hallucinates strictly less than its rejected one.", "", markdown_table(cols,
+                                                                                                        rows), ""]
 
 
 def write_report(run_dir: str | Path, instances: str | None = None, gt_captions: str | None = None,
                  synonyms: str | None = None) -> Path:
     """report.md and its plots in run_dir; returns report.md's path (missing pieces are noted, not fatal)."""
-    run_dir = Path(run_dir)
+    run_dir = _check_run_dir(Path(run_dir))
+    rounds = collect(run_dir)
+    notes = ["No round_<k>/ directories found."] if not rounds else []
+    notes += [f"round {k}: no {', '.join(r['missing'])} output (unfinished or not run); left out."
+              for k, r in rounds.items() if r["missing"]]
+    lines = _intro_lines(run_dir) + _figure_lines(rounds, run_dir, notes) + _table_lines(rounds)
+    if instances:
+        try:
+            lines += _pair_quality(run_dir, instances, gt_captions, synonyms)
+        except Exception as exc:  # noqa: BLE001 - the report must not crash on one section
+            notes.append(f"Pair quality vs ground truth skipped: {exc}")
+    if notes:
+        lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    out = run_dir / "report.md"
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text("\n".join(lines))
+    tmp.replace(out)
+    return out
+
+
+def _check_run_dir(run_dir: Path) -> Path:
+    """run_dir, once it is a CSR run directory (an InputError says why not)."""
     if not run_dir.is_dir():
         raise InputError(f"run directory not found: {run_dir}")
-    if not (run_dir / "manifest.json").is_file() and not any(d.is_dir() for d in run_dir.glob("round_*")):
+    if not (run_dir / "manifest.json").is_file() and not any(d.is_dir() for _, d in layout.rounds(run_dir)):
         raise InputError(f"{run_dir}: not a CSR run directory (no manifest.json, no round_<k>/)")
-    rounds = collect(run_dir)
-    notes: list[str] = []
+    return run_dir
+
+
+def _intro_lines(run_dir: Path) -> list[str]:
+    """The title, what CSR does, and the manifest's summary."""
     lines = [f"# CSR run report: `{run_dir.name}`", "",
              "Calibrated Self-Rewarding (CSR) improves a vision-language model in rounds: the model writes "
              "candidate answers, a reward that mixes its own confidence with CLIP image relevance (R_I) picks a "
              "preferred (chosen) and a dispreferred (rejected) answer, and DPO training moves the model toward the "
              "chosen ones. Round 0 is the untouched base model.", ""]
-    lines += _manifest_lines(_json(run_dir / "manifest.json"))
-    if not rounds:
-        notes.append("No round_<k>/ directories found.")
-    for k, r in rounds.items():
-        if r["missing"]:
-            notes.append(f"round {k}: no {', '.join(r['missing'])} output (unfinished or not run); left out.")
+    return lines + _manifest_lines(_json(run_dir / "manifest.json"))
+
+
+def _figure_lines(rounds: dict[int, dict], run_dir: Path, notes: list[str]) -> list[str]:
+    """Each plot (drawn into run_dir) with its heading and explanation; a plot without data becomes a note."""
     figures = [
         ("Hallucination metrics per round", plot_metrics, "report_metrics.png",
          "\n".join(f"- {metric_doc(m)}" for m in plotted())),
@@ -323,30 +344,26 @@ def write_report(run_dir: str | Path, instances: str | None = None, gt_captions:
          "Loss and reward accuracy (share of pairs where the trained model prefers the chosen answer more than the "
          "reference model does) per logged step."),
     ]
+    lines: list[str] = []
     for title, fn, name, text in figures:
         png = fn(rounds, run_dir / name) if rounds else None
         if png is None:
             notes.append(f"{title}: no data in this run directory; plot skipped.")
             continue
         lines += [f"## {title}", "", text, "", f"![{title}]({name})", ""]
+    return lines
+
+
+def _table_lines(rounds: dict[int, dict]) -> list[str]:
+    """Every number per round, and the evaluation protocol."""
     cols, rows = round_table(rounds)
-    lines += ["## All numbers per round", "",
-              "Eval metrics come from round_<k>/eval/metrics.json; R_I and margin are means over the round's pairs; "
-              "DPO columns are the last logged training step. `-` = not available.", "", markdown_table(cols, rows), ""]
+    lines = ["## All numbers per round", "",
+             "Eval metrics come from round_<k>/eval/metrics.json; R_I and margin are means over the round's pairs; "
+             "DPO columns are the last logged training step. `-` = not available.", "",
+             markdown_table(cols, rows), ""]
     protocols = {k: (r.get("eval") or {}).get("protocol") for k, r in rounds.items() if (r.get("eval") or {})}
     if protocols:
         p = next(iter(protocols.values())) or {}
         lines += [f"Evaluation protocol: prompt \"{p.get('prompt')}\", max_new_tokens {p.get('max_new_tokens')}, "
                   f"{p.get('num_images')} images, seed {p.get('seed')}, POPE parser `{p.get('parser')}`.", ""]
-    if instances:
-        try:
-            lines += _pair_quality(run_dir, instances, gt_captions, synonyms)
-        except Exception as exc:  # noqa: BLE001 - the report must not crash on one section
-            notes.append(f"Pair quality vs ground truth skipped: {exc}")
-    if notes:
-        lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
-    out = run_dir / "report.md"
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text("\n".join(lines))
-    tmp.replace(out)
-    return out
+    return lines

@@ -5,7 +5,7 @@
   selects on, the guards' verdict, the selected round);
 - `images`: per test image of the CHAIR evaluation its ground-truth objects and, per round, the caption with
   every mention (character span, the synonym-table word that matched, its object, hallucinated or not) and the
-  objects it missed. The mentions are CHAIR's own (`eval.chair.caption_mentions`, with the run's synonym
+  objects it missed. The mentions are CHAIR's own (`benchmarks.chair.caption_mentions`, with the run's synonym
   table); round_<k>/eval/chair_captions.jsonl decides which are hallucinated;
 - `pairs`: per round, every preference pair with the per-sentence R_T / R_I / R of both answers (from
   candidates.jsonl), tau, and a seeded sample to show first (of the pairs that are no anchors, when there are).
@@ -21,6 +21,8 @@ import random
 from pathlib import Path
 from typing import Any
 
+from . import layout
+from .curate import message_text
 from .data import read_json, read_jsonl
 from .errors import InputError
 from .report import collect, round_table
@@ -130,7 +132,7 @@ def caption_entry(row: dict, gt: set[str], vocab, notes: set[str]) -> dict:
 
     The spans come from CHAIR's matching with the run's synonym table; when that does not give the objects the
     eval recorded (another table), the eval's own words are listed with no span (start = end = -1)."""
-    from .eval.chair import caption_mentions
+    from .benchmarks.chair import caption_mentions
 
     caption = str(row.get("caption") or "")
     recorded = _strings(row.get("mentioned"))
@@ -153,7 +155,7 @@ def images(run_dir: Path, ks: list[int], vocab, notes: list[str], thumbs: bool =
     files: dict[str, str] = {}
     problems: set[str] = set()
     for slot, k in enumerate(ks):
-        eval_dir = run_dir / f"round_{k}" / "eval"
+        eval_dir = layout.stage_dir(run_dir, k, "eval")
         rows = _rows(eval_dir / "chair_captions.jsonl")
         if not rows:
             notes.append(f"round {k}: no eval/chair_captions.jsonl; its captions are not shown.")
@@ -182,21 +184,6 @@ def images(run_dir: Path, ks: list[int], vocab, notes: list[str], thumbs: bool =
 # ---------------------------------------------------------------------------- pairs
 
 
-def _text(messages: Any) -> str:
-    """The text parts of a TRL conversational message list (or a plain string)."""
-    if isinstance(messages, str):
-        return messages
-    parts = []
-    for msg in messages if isinstance(messages, list) else []:
-        content = msg.get("content") if isinstance(msg, dict) else None
-        if isinstance(content, str):
-            parts.append(content)
-        for c in content if isinstance(content, list) else []:
-            if isinstance(c, dict) and c.get("type") == "text":
-                parts.append(str(c.get("text", "")))
-    return " ".join(parts)
-
-
 def _side(text: str, answers: list[dict]) -> dict:
     """One side of a pair: its sentences [text, R_T, R_I, R, repeat] from the candidates' answer with that text,
     else its text alone. A row in TRL's standard format carries the chat template's end of turn after the answer
@@ -218,7 +205,7 @@ def _side(text: str, answers: list[dict]) -> dict:
 def _next_sentence(p: dict, side: str) -> dict:
     """One side of a sentence-level pair: its one next sentence with the rewards the row carries."""
     repeat = int(bool(p.get("rejected_repeat"))) if side == "rejected" else 0
-    return {"s": [[_text(p.get(side)).strip(), _round(p.get(f"{side}_r_t")), _round(p.get(f"{side}_r_i")),
+    return {"s": [[message_text(p.get(side)).strip(), _round(p.get(f"{side}_r_t")), _round(p.get(f"{side}_r_i")),
                    _round(p.get(f"{side}_reward")), repeat]]}
 
 
@@ -229,10 +216,10 @@ def pair_entry(p: dict, answers: list[dict]) -> dict:
     images_ = p.get("images") or [p.get("image")]
     sentence = p.get("level") == "sentence"
     entry = {"id": p.get("id"), "img": Path(str(images_[0])).name if images_ and images_[0] else None,
-             "p": str(p.get("question") or _text(p.get("prompt"))), "m": _round(p.get("margin")),
+             "p": str(p.get("question") or message_text(p.get("prompt"))), "m": _round(p.get("margin")),
              "cri": _round(p.get("chosen_r_i")), "rri": _round(p.get("rejected_r_i"))}
     for side, key in (("chosen", "c"), ("rejected", "r")):
-        entry[key] = _next_sentence(p, side) if sentence else _side(_text(p.get(side)), answers)
+        entry[key] = _next_sentence(p, side) if sentence else _side(message_text(p.get(side)), answers)
     for key, short in (("level", "lvl"), ("prefix", "pre"), ("depth", "dep"), ("anchor", "anc"), ("written", "w")):
         if p.get(key):
             entry[short] = p[key]
@@ -243,10 +230,10 @@ def pairs(run_dir: Path, ks: list[int], notes: list[str], sample: int = SAMPLE_P
     """Per round with a generate stage: tau, every pair, and the indices of a seeded sample of them."""
     out = []
     for k in ks:
-        gen = run_dir / f"round_{k}" / "generate"
+        gen = layout.stage_dir(run_dir, k, "generate")
         if not gen.is_dir():
             continue
-        path = gen / "pairs.jsonl"
+        path = layout.pairs_file(gen)
         if not path.is_file():
             notes.append(f"round {k}: no generate/pairs.jsonl; its pairs are not shown.")
             continue
@@ -267,7 +254,7 @@ def pairs(run_dir: Path, ks: list[int], notes: list[str], sample: int = SAMPLE_P
 
 def page_data(run_dir: str | Path, synonyms: str | None = None, thumbs: bool = True) -> dict:
     """Everything report.html shows (see the module docstring); problems go to "notes", never raise."""
-    from .eval.chair import load_vocabulary
+    from .benchmarks.chair import load_vocabulary
 
     run_dir = Path(run_dir)
     notes: list[str] = []

@@ -46,10 +46,15 @@ def figures_html(run_dir: Path) -> str:
     return "\n".join(parts)
 
 
+HISTOGRAM_SIZE = (420, 190)
+"""Width and height of a histogram's SVG, in pixels."""
+
+
 def histogram_svg(series: list[tuple[str, str, list[float]]], title: str, xlabel: str, bins: int = 20,
-                  marker: float | None = None, marker_label: str = "", width: int = 420, height: int = 190) -> str:
+                  marker: float | None = None, marker_label: str = "") -> str:
     """A histogram as inline SVG: series of (label, colour, values) over shared bins, overlaid; a dashed line at
     `marker` (tau). Empty string when there are no values."""
+    width, height = HISTOGRAM_SIZE
     values = [v for _, _, vs in series for v in vs if isinstance(v, (int, float))]
     if not values:
         return ""

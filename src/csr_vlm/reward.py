@@ -4,8 +4,8 @@ Paper (CSR, eq. 3-5): R_I(s) = max(100 * cos(CLIP_img, CLIP_txt(s)), 0), R_T(s) 
 the sentence's token probabilities, R(s) = lam * R_I + (1 - lam) * R_T. The two terms live on very
 different scales, so `reward.normalize` offers ways to put them on one (per search step, within the
 candidate set): none (the paper), center ((R_I - tau) / scale, the toy-world recipe), zscore, rank.
-The official code instead ranks siblings after the search (`sibling_ranks`, `path_value`). The CLIP
-scorer is models/clip.py's; tau comes from calibration.py.
+The official code instead ranks siblings after the search (`sibling_ranks`, `path_value`). R_I comes
+from the scorer `reward.scorer` picks (scorer.py; CLIP by default, models/clip.py); tau from calibration.py.
 
     step_rewards([31.0, 18.0], [-0.4, -1.2], RewardConfig(normalize="center", tau=24.0))
 """
@@ -18,7 +18,6 @@ from functools import lru_cache
 from pathlib import Path
 
 from .schema import RewardConfig
-
 
 # ---------------------------------------------------------------------------- paper reward terms
 

@@ -21,13 +21,14 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from . import health
+from . import health, layout
+from .benchmarks import chair, pope
 from .calibration import clip_summary
 from .data import read_jsonl, write_json
 from .errors import InputError
-from .eval import chair, pope
 from .schema import TAU_RULES
 from .tables import text_table
+from .yes_no import PARSERS, YES_NO
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ def cli(argv: list[str]) -> int:
     p = sub.add_parser("pope", help="POPE metrics of answer files")
     p.add_argument("--questions", nargs="+", required=True, help="question JSONL file(s), one per split")
     p.add_argument("--answers", nargs="+", required=True, help="answer JSONL file(s), same order as --questions")
-    p.add_argument("--parser", default="default", choices=pope.PARSERS)
+    p.add_argument("--parser", default="default", choices=PARSERS)
     p.add_argument("--out", help="write the metrics as JSON here")
     p = sub.add_parser("pairs", help="preference pairs vs ground truth")
     p.add_argument("run_dir", help="a generate directory (pairs.jsonl) or a loop run directory (round_<k>/generate)")
@@ -58,6 +59,7 @@ def cli(argv: list[str]) -> int:
                    help="how the suggested tau is picked (as reward.tau_rule)")
     p.add_argument("--sd", type=float, default=3.0, help="rule true_sd: tau = mean(present) - SD * stdev(present)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--scorer", default="clip", help="the kind of scorer (reward.scorer), loaded from --clip")
     p.add_argument("--out", help="write the numbers as JSON here")
     args = parser.parse_args(argv)
     result = {"chair": score_chair, "pope": score_pope, "pairs": score_pairs, "clip": score_clip}[args.what](args)
@@ -124,19 +126,6 @@ def score_pope(args) -> dict:
 # ---------------------------------------------------------------------------- pairs
 
 
-def _text(messages: Any) -> str:
-    if isinstance(messages, str):
-        return messages
-    parts = []
-    for msg in messages or []:
-        content = msg.get("content", "")
-        if isinstance(content, str):
-            parts.append(content)
-        else:
-            parts.extend(c.get("text", "") for c in content if c.get("type") == "text")
-    return " ".join(parts)
-
-
 def file_ids(instances: dict) -> dict[str, Any]:
     """{image file name: COCO image id} of an instances file."""
     return {Path(im.get("file_name", "")).name: im["id"] for im in instances.get("images", []) if im.get("file_name")}
@@ -151,12 +140,13 @@ def image_key(image: str, files: dict[str, Any]) -> Any:
 def generate_dirs(path: str | Path) -> list[tuple[str, Path]]:
     """(name, directory) of every generate stage under path: path itself, or its round_<k>/generate/."""
     path = Path(path)
-    if (path / "pairs.jsonl").is_file():
+    if layout.pairs_file(path).is_file():
         return [(path.name, path)]
-    found = sorted(path.glob("round_*/generate/pairs.jsonl"), key=lambda p: int(p.parent.parent.name.split("_")[-1]))
+    found = [(rdir.name, rdir / "generate") for _, rdir in layout.rounds(path)
+             if layout.pairs_file(rdir / "generate").is_file()]
     if not found:
         raise InputError(f"{path}: no pairs.jsonl here nor in round_<k>/generate/")
-    return [(p.parent.parent.name, p.parent) for p in found]
+    return found
 
 
 def pair_quality(gen_dir: Path, gt: dict, vocab: chair.Vocabulary, files: dict, greedy: dict | None = None) -> dict:
@@ -164,12 +154,12 @@ def pair_quality(gen_dir: Path, gt: dict, vocab: chair.Vocabulary, files: dict, 
 
     Pairs of yes/no questions (data.mix_prompts) name no objects to count; they are left out and counted.
     Sentence-level pairs (curate.pair_level) contrast one sentence each: their numbers carry a `sentence_` prefix."""
-    from .curate import pair_answers, pair_question
+    from .curate import pair_answers, read_pair_rows
 
     rows: dict[str, list] = {"response": [], "sentence": []}
     unknown = yes_no = n_greedy = vs_greedy = 0
-    for pair in read_jsonl(gen_dir / "pairs.jsonl"):
-        if pope.question_object(pair_question(pair)) is not None:
+    for pair in read_pair_rows(layout.pairs_file(gen_dir)):
+        if pair["task"] == YES_NO:
             yes_no += 1
             continue
         key = image_key((pair.get("images") or [""])[0], files)
@@ -255,10 +245,10 @@ def score_pairs(args) -> dict:
 def score_clip(args) -> dict:
     """R_I of a CLIP on a labelled calibration file: AUC, suggested tau, false-positive rates."""
     from .calibration import calibration_scores, read_calibration
-    from .models import ClipScorer
+    from .scorer import ScorerSpec, build_scorer
 
     records = read_calibration(args.calibration, args.image_root)
-    present, absent = calibration_scores(ClipScorer(args.clip, device=args.device), records)
+    present, absent = calibration_scores(build_scorer(ScorerSpec(args.scorer, args.clip, args.device)), records)
     out = clip_summary(present, absent, args.tau, args.sd, args.rule)
     rows = [["present R_I mean / sd", f"{out['present']['mean']:.2f} / {out['present']['sd']:.2f}"],
             ["absent R_I mean / sd", f"{out['absent']['mean']:.2f} / {out['absent']['sd']:.2f}"],

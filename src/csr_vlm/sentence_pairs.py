@@ -28,7 +28,7 @@ from typing import Any
 
 from .data import PromptRecord
 from .schema.generation import CurateConfig
-from .search.types import Answer, SearchResult, Sentence
+from .search.types import Answer, SearchResult, Sentence, Siblings
 from .search_reference import reference_fields
 
 
@@ -114,12 +114,14 @@ def sentence_pairs(rec: PromptRecord, round: int, result: SearchResult, curate: 
         if key in seen or key[1] == key[2]:
             continue
         seen.add(key)
-        pairs.append(_record(rec, round, group.depth, group.prefix, chosen, rejected, text))
+        pairs.append(_record(rec, round, group, chosen, rejected, text))
     return pairs
 
 
-def _record(rec: PromptRecord, round: int, depth: int, prefix: Answer, chosen: Answer, rejected: Answer,
+def _record(rec: PromptRecord, round: int, group: Siblings, chosen: Answer, rejected: Answer,
             text: ChatText) -> dict[str, Any]:
+    """The sentence-level pair row of two sibling next sentences after the group's prefix (docs/formats.md)."""
+    prefix, depth = group.prefix, group.depth
     n = len(prefix.tokens)
     good, bad = chosen.sentences[-1], rejected.sentences[-1]
     return {

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
-from .curate import balance_yes_no
-from .distributed import SHARED_OUT
 from .console import commonest_skip, reason_kind, skip_summary
+from .curate import balance_yes_no
 from .data import read_json, read_jsonl, write_json, write_jsonl
+from .distributed import SHARED_OUT
 from .errors import InputError
-from .schema import RewardConfig, RunConfig
+from .schema import RunConfig
+from .yes_no import YES_NO
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +39,23 @@ def check_produced(out: Path) -> None:
                      f"every reason in {out / 'skipped.jsonl'})")
 
 
-def merge(cfg: RunConfig, reward: RewardConfig, round: int, out: Path, records, input_skips: list[dict], tau_stats,
-           wall: float, searched: int, world: int) -> None:
-    """Shards -> candidates/pairs/skipped in prompt order, plus stats.json."""
+@dataclass(frozen=True)
+class RunSummary:
+    """What the merge reports beside the shards' lines: the round, the prompts read and the inputs' skips, tau's
+    estimate (None when given), the search's wall time, the prompts this run searched and on how many ranks."""
+
+    round: int
+    records: list
+    input_skips: list[dict]
+    tau_stats: dict | None
+    wall: float
+    searched: int
+    world: int
+
+
+def merge(cfg: RunConfig, out: Path, run: RunSummary) -> None:
+    """Shards -> candidates/pairs/skipped in prompt order, plus stats.json (cfg: the config the search ran with)."""
+    records, input_skips = run.records, run.input_skips
     lines: dict[str, dict] = {}
     for path in sorted((out / "shards").glob("*.jsonl")):
         for line in read_jsonl(path):
@@ -49,7 +65,7 @@ def merge(cfg: RunConfig, reward: RewardConfig, round: int, out: Path, records, 
     skipped = list(input_skips) + [ln["skip"] for ln in ordered if ln["skip"]]
     pairs = [p for ln in ordered for p in ([ln["pair"]] if ln["pair"] else []) + ln.get("sentence_pairs", [])]
     if cfg.curate.balance_yes_no:
-        pairs, dropped = balance_yes_no(pairs)
+        pairs, dropped = balance_yes_no(pairs, {r.id for r in records if r.task == YES_NO})
         skipped += dropped
     write_jsonl(out / "candidates.jsonl", [ln["candidate"] for ln in ordered if ln["candidate"]])
     write_jsonl(out / "pairs.jsonl", pairs)
@@ -57,8 +73,7 @@ def merge(cfg: RunConfig, reward: RewardConfig, round: int, out: Path, records, 
     summary = skip_summary("generate", skipped, len(records) + len(input_skips), out / "skipped.jsonl")
     if summary:
         log.warning(summary)
-    stats = _stats(cfg, reward, round, ordered, input_skips, skipped, pairs, tau_stats, wall, searched, world,
-                   len(records), _engine_stats(out))
+    stats = _stats(cfg, run, ordered, skipped, pairs, _engine_stats(out))
     stats["counts"]["missing"], stats["first_missing"] = len(missing), (missing or [None])[0]
     write_json(out / "stats.json", stats)
 
@@ -76,8 +91,9 @@ def _engine_stats(out: Path) -> dict:
     return total
 
 
-def _stats(cfg, reward, round, ordered, input_skips, skipped, pairs, tau_stats, wall, searched, world,
-           n_valid, engine_stats) -> dict:
+def _stats(cfg: RunConfig, run: RunSummary, ordered: list[dict], skipped: list[dict], pairs: list[dict],
+           engine_stats: dict) -> dict:
+    n_valid, input_skips, wall, searched = len(run.records), run.input_skips, run.wall, run.searched
     tokens, times, events = Counter(), Counter(), Counter()
     for ln in ordered:
         st = ln["stats"]
@@ -90,8 +106,8 @@ def _stats(cfg, reward, round, ordered, input_skips, skipped, pairs, tau_stats, 
                and p.get("level") != "sentence"]
     sentence_margins = [p["margin"] for p in pairs if p.get("level") == "sentence"]
     return {
-        "round": round, "mode": cfg.search.mode, "world_size": world,
-        "tau": reward.tau, "tau_calibration": tau_stats,
+        "round": run.round, "mode": cfg.search.mode, "world_size": run.world,
+        "tau": cfg.reward.tau, "tau_calibration": run.tau_stats,
         "counts": {"inputs": n_valid + len(input_skips), "prompts_valid": n_valid,
                    "prompts_searched": sum(ln["candidate"] is not None for ln in ordered), "pairs": len(pairs),
                    "sentence_pairs": len(sentence_margins), "anchors": sum(bool(p.get("anchor")) for p in pairs),

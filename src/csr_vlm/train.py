@@ -62,16 +62,26 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from . import layout, search_reference
 from .checkpoint import gather_full_weights, model_to_save, verify_checkpoint
 from .config import check_reusable, save_config, to_dict
 from .console import quiet_trainer, reason_kind
 from .data import file_sha256, is_done, load_image, mark_done, read_jsonl, write_json, write_jsonl
-from .distributed import (check_engine, check_wrap_classes, device_args, engine_check_callback, engine_record,
-                          is_main, requested, running, set_up, sharded_parameters)
+from .distributed import (
+    check_engine,
+    check_wrap_classes,
+    device_args,
+    engine_check_callback,
+    engine_record,
+    is_main,
+    requested,
+    running,
+    set_up,
+    sharded_parameters,
+)
 from .errors import InputError
 from .lock import output_lock
 from .pairs import drop_control_tokens, read_pairs, to_dataset
-from . import search_reference
 from .schema import RunConfig
 from .search_reference import ROW
 from .special_tokens import ControlTokens
@@ -87,10 +97,7 @@ READS = ("out", "seed", "overwrite", "model", "train", "data.max_image_pixels")
 
 def pairs_path(cfg: RunConfig) -> Path:
     """train.pairs, else the sibling generate stage's pairs.jsonl, else <out>/pairs.jsonl."""
-    if cfg.train.pairs:
-        return Path(cfg.train.pairs)
-    sibling = Path(cfg.out).parent / "generate" / "pairs.jsonl"
-    return sibling if sibling.is_file() else Path(cfg.out) / "pairs.jsonl"
+    return Path(cfg.train.pairs) if cfg.train.pairs else layout.train_pairs(cfg.out)
 
 
 def load_pairs(path: Path, max_pixels: int = 50_000_000, processor=None) -> tuple[Any, list[dict]]:

@@ -1,4 +1,4 @@
-"""Models: the policy (policy.py), the CLIP scorer (clip.py) and tiny random-weight models for tests (tiny.py).
+"""Models: the policy (policy.py), the CLIP scorer (clip.py) and tiny random-weight models for tests (tiny/).
 
     from csr_vlm.models import load_policy, ClipScorer
 """

@@ -16,7 +16,11 @@ from .policy import check_model_path, one_line, resolve_device, resolve_dtype
 
 
 class ClipScorer:
-    """Image-text relevance as 100 * cosine of CLIP (or SigLIP) embeddings, batched, one image embedding per image."""
+    """Image-text relevance as 100 * cosine of CLIP (or SigLIP) embeddings, batched, one image embedding per image.
+
+    The `clip` kind of scorer.Scorer (reward.scorer=clip, the default)."""
+
+    kind = "clip"
 
     def __init__(self, path: str, device: str = "auto", dtype: str = "auto", batch_size: int = 64):
         self.model, self.processor = load_clip(path, device=device, dtype=dtype)

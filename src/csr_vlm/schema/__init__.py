@@ -1,8 +1,10 @@
 """The configuration schema: one frozen dataclass per section, with every allowed value and every rule.
 
 Each field has a type, a default and a docstring right under it (`csr <command> --help` prints them).
-A field with a fixed set of values says so in its type (`Literal[...]`) or, where a module owns the
-list (filters, POPE parsers and splits, benchmarks), in `field(metadata={"choices": ...})`.
+A field with a fixed set of values says so in its type (`Literal[...]`) or, where a leaf module owns the
+list (filters.py, yes_no.py's POPE parsers and splits), in `field(metadata={"choices": ...})`. The schema
+reads no stage and no benchmark: the rules that need the benchmark registry (task and metric names, the
+annotations a task needs) are checked by `config.validate`, which reads both.
 `RunConfig.validate()` checks every such value and every rule between fields, naming the override
 key and listing the allowed values or the nearest one, so a misspelt value fails when the config is
 loaded, before any stage starts. Every float, wherever it sits, must be finite (`check_finite`): no
@@ -16,13 +18,21 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from ..coerce import build_section, check_choices, check_finite, did_you_mean
+from ..coerce import build_section, check_choices, check_finite
 from ..errors import ConfigError
-from ..eval.registry import TASKS, metric_names
 from ..outdir import check_out
 from .evaluation import EvalConfig, LoopConfig
-from .generation import (DEVICE, NORMALIZE_MODES, TAU_RULES, CurateConfig, DataConfig, ModelConfig, RewardConfig,
-                         SearchConfig, VLLMConfig)
+from .generation import (
+    DEVICE,
+    NORMALIZE_MODES,
+    TAU_RULES,
+    CurateConfig,
+    DataConfig,
+    ModelConfig,
+    RewardConfig,
+    SearchConfig,
+    VLLMConfig,
+)
 from .training import LR_SCHEDULERS, TRL_LOSS_TYPES, TrainConfig
 
 __all__ = ["DEVICE", "LR_SCHEDULERS", "NORMALIZE_MODES", "TAU_RULES", "TRL_LOSS_TYPES", "CurateConfig", "DataConfig",
@@ -69,7 +79,8 @@ class RunConfig:
             raise ConfigError(f"seed must be >= 0, got {self.seed}")
         sentence_pairs = self.curate.pair_level != "response"
         doubters = [name for name, on in (("curate.require_doubt", self.curate.require_doubt),
-                                          (f"curate.rejected={self.curate.rejected}", self.curate.rejected != "lowest"),
+                                          (f"curate.rejected={self.curate.rejected}",
+                                           self.curate.rejected != "lowest"),
                                           (f"curate.pair_level={self.curate.pair_level}", sentence_pairs))
                     if on]
         if sentence_pairs and self.search.mode != "paper":
@@ -92,7 +103,9 @@ class RunConfig:
         dev = self.dev_eval()
         check_choices(dev, "loop.dev.")
         dev.validate("loop.dev")
-        self._validate_selection(dev)
+        for metric, factor in self.loop.relative_guards.items():
+            if factor <= 0:
+                raise ConfigError(f"loop.relative_guards.{metric} must be > 0, got {factor}")
         return self
 
     def validate_loop(self) -> RunConfig:
@@ -101,29 +114,9 @@ class RunConfig:
         if self.loop.rounds > 1 and self.train.use_lora and not self.train.merge:
             raise ConfigError("train.merge=false keeps only the adapter, but round 2 starts from a full checkpoint; "
                               "set train.merge=true or loop.rounds=1")
-        if self.loop.evaluate or self.loop.select_on:
-            needing = [t for t in self.eval.tasks if TASKS[t].needs_annotations(self.eval)]
-            if needing and not self.eval.annotations:
-                raise ConfigError(f"eval.annotations is not set, but loop.evaluate/select_on evaluate "
-                                  f"{', '.join(needing)} (set loop.evaluate=false to train without evaluating)")
         return self
 
     def dev_eval(self) -> EvalConfig:
         """The eval section of the dev evaluation: eval with loop.dev's keys overridden (checked like overrides)."""
         merged = {**dataclasses.asdict(self.eval), **self.loop.dev}
         return build_section(EvalConfig, merged, "loop.dev.")
-
-    def _validate_selection(self, dev: EvalConfig) -> None:
-        """select_on and the guards must name metrics that the dev evaluation's tasks produce."""
-        known = metric_names(dev.tasks)
-        lmms = tuple(f"lmms_{t}_" for t in dev.lmms_tasks)  # lmms-eval's metric names are known once it has run
-        wanted = [("loop.select_on", self.loop.select_on)] if self.loop.select_on else []
-        wanted += [("loop.guards", m) for m in self.loop.guards]
-        wanted += [("loop.relative_guards", m) for m in self.loop.relative_guards]
-        for key, metric in wanted:
-            if metric not in known and not (lmms and metric.startswith(lmms)):
-                raise ConfigError(f"{key}: {metric!r} is not a metric of the dev tasks ({', '.join(dev.tasks)})"
-                                  f"{did_you_mean(metric, known)}")
-        for metric, factor in self.loop.relative_guards.items():
-            if factor <= 0:
-                raise ConfigError(f"loop.relative_guards.{metric} must be > 0, got {factor}")

@@ -9,7 +9,8 @@ from typing import Any, Literal
 
 from ..coerce import check_positive, check_range
 from ..errors import ConfigError
-from ..search.filters import FILTERS
+from ..filters import FILTERS
+from ..yes_no import parse_answer
 
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 Normalize = Literal["none", "center", "zscore", "rank"]
@@ -45,8 +46,10 @@ class ModelConfig:
 class RewardConfig:
     """The calibrated sentence reward R = lam * R_I + (1 - lam) * R_T and how its terms share a scale."""
 
+    scorer: str = "clip"
+    """The kind of image-text scorer that gives R_I (scorer.py's registry; default clip: CLIP or SigLIP)."""
     clip_path: str = ""
-    """CLIP (or SigLIP) scorer: a local directory or hub id (e.g. openai/clip-vit-large-patch14-336)."""
+    """The scorer's checkpoint: a local directory or hub id (e.g. openai/clip-vit-large-patch14-336)."""
     lam: float = 0.9
     """Weight of the image-relevance term: R = lam * R_I + (1 - lam) * R_T (paper: 0.9)."""
     self_score: Literal["sum", "mean"] = "mean"
@@ -197,43 +200,26 @@ class CurateConfig:
     min_margin: float = 0.0
     """Pairs whose chosen-minus-rejected reward is below this are dropped (logged in skipped.jsonl)."""
     balance_yes_no: bool = False
-    """Keep as many pairs of yes/no questions ("Is there a dog in the image?") whose chosen answer is yes as ones
-    whose chosen answer is no: the larger side's surplus, smallest margins first, is dropped (logged in
-    skipped.jsonl). Pairs form only where the model sampled both answers, which is seldom on one side; unbalanced,
-    DPO moves the model's yes/no prior along with its judgement. In the toy world it halves the question pairs
-    and did not keep POPE F1 better than unbalanced pairs (docs/toyworld-results.md), so it is off there."""
+    """Keep as many yes/no-question pairs choosing "yes" as choosing "no": the larger side's smallest margins are
+    dropped (skipped.jsonl), so DPO does not move the model's yes/no prior. Default off (docs/toyworld-results.md)."""
 
     yes_no_answers: dict[str, str] = field(default_factory=dict)
-    """The words of a yes and of a no answer ({"yes": "Yes.", "no": "No."}, keys quoted in YAML), or {} (off).
-    Set, a yes/no question whose sampled answers all give one verdict still yields a pair: the verdict CLIP
-    backs (reward.yes_no_statement against tau, search.mode=paper; with reward.lam=0 the sampled verdict)
-    against the other, the unsampled side in these words. Without it pairs form only where the model hesitates,
-    and DPO on the other pairs is free to move its confident answers."""
+    """The words of a yes and a no answer ({"yes": "Yes.", "no": "No."}, keys quoted in YAML), or {} (off, default).
+    Set, a question whose sampled answers all agree still pairs: the verdict CLIP backs (reward.yes_no_statement
+    against tau) against the other, written in these words."""
     require_doubt: bool = False
-    """Keep a pair only when its rejected answer has a sentence the reward doubts: R_I below tau (CLIP finds it
-    untrue; needs reward.normalize=center) or a repeat. A rejected answer CLIP finds wholly true is mostly a
-    shorter true one, so its pair teaches length, not hallucination (toy world, seed 3, round 2: CLIP doubted
-    no sentence of 291 of the 400 rejected captions, 2 of which named an absent object). Dropped pairs go to
-    skipped.jsonl."""
+    """Keep a pair only when its rejected answer has a sentence the reward doubts: R_I below tau (needs
+    reward.normalize=center) or a repeat; dropped pairs go to skipped.jsonl. Default off."""
 
     yes_no_anchor: bool = False
-    """A yes/no question ("Is there a dog in the image?") gives an anchor row instead of a judged pair: chosen and
-    rejected are both the model's likeliest sampled answer (the highest summed R_T). DPO's term of such a row is
-    zero (the two sides cancel; with dropout on, train.lora_dropout say, only on average), so with "sft" in
-    train.loss_type the row only replays the model's own answer: the rounds keep the yes/no skill instead of
-    letting the caption pairs move it, or a few hundred CLIP-judged question pairs move its threshold (toy world,
-    docs/toyworld-results.md). Needs "sft" in train.loss_type; overrides yes_no_answers and balance_yes_no for
-    those questions."""
+    """A yes/no question gives an anchor row, its likeliest sampled answer as both chosen and rejected: DPO's term is
+    zero, the SFT term replays it, so the rounds keep the yes/no skill. Needs "sft" in train.loss_type; overrides
+    yes_no_answers and balance_yes_no for questions. Default off."""
 
     rejected: RejectedRule = "lowest"
-    """Which answer a pair rejects: lowest (the paper: the lowest cumulative reward), or, among the answers with a
-    sentence the reward doubts (R_I below tau, or a repeat; needs reward.normalize=center), hardest (the highest
-    reward: the mildest mistake, often an object CLIP barely tells from a true one) or likeliest (the highest summed
-    R_T: the mistake the model itself makes most readily). The lowest answer of a sampled search is mostly the
-    sampling tail, a string of objects the model would seldom name, rather than its habitual hallucination (toy
-    world, seed 2: "a green bar. a red circle." where the model says "a green bar. a yellow pole."). In the toy
-    world neither alternative beat lowest over five seeds (docs/toyworld-results.md). With no doubted answer the
-    lowest is kept (and curate.require_doubt drops it)."""
+    """The answer a pair rejects: lowest (default, the paper: lowest cumulative reward), or among answers with a
+    doubted sentence (needs reward.normalize=center) hardest (highest reward) or likeliest (highest summed R_T);
+    with no doubted answer the lowest is kept."""
 
     pair_level: PairLevel = "response"
     """response: one pair of whole answers per prompt (the paper); sentence: pairs of sibling next sentences after
@@ -246,8 +232,6 @@ class CurateConfig:
         check_positive(key, self, ("max_sentence_pairs",))
         if not self.yes_no_answers:
             return
-        from ..eval.pope import parse_answer
-
         if set(self.yes_no_answers) != {"yes", "no"}:
             hint = " (YAML reads a bare yes/no as true/false: quote the keys)" if any(
                 isinstance(k, bool) for k in self.yes_no_answers) else ""
@@ -275,10 +259,8 @@ class DataConfig:
     max_prompts: int | None = None
     """Use only the first N valid prompts (of data.prompts; data.mix_prompts come on top, see max_mix_prompts)."""
     max_mix_prompts: int | None = None
-    """Use only the first N valid prompts of data.mix_prompts: how large a share of every round's pairs the second
-    task takes (toy world: 400 questions beside 400 captions slowed the captions' CHAIR_i fall until
-    curate.require_doubt thinned the caption pairs; as curate.yes_no_anchor rows all 400 are used,
-    docs/toyworld-results.md)."""
+    """Use only the first N valid prompts of data.mix_prompts: the share of every round's pairs the second task
+    takes; None (default) = all of them."""
     max_image_pixels: int = 50_000_000
     """Images with more pixels than this are skipped as extreme."""
     max_prompt_tokens: int | None = None

@@ -5,7 +5,8 @@ candidate next sentences: token ids and their raw log-probs. hf_engine.py runs t
 keys/values (hf_decode.py, kvcache.py; cache_check.py its start-up check), vllm_engine.py runs vLLM.
 Everything else is engine-free: driver.py runs several prompts' searches in lock step, paper.py
 scores candidates with the calibrated reward and prunes (the paper), official.py grows and ranks
-the official code's tree, filters.py drops junk sentences, types.py holds the records they share.
+the official code's tree (both drop junk sentences with ../filters.py), types.py holds the records they share.
+The image-text scorer comes in through ../scorer.py's interface, the engine through engine.py's.
 
     from csr_vlm.search.driver import search_prompts
 """

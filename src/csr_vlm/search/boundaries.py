@@ -41,7 +41,9 @@ SPACED, FULL_WIDTH = "spaced", "full_width"
 CLOSERS = "\"'”’)]}»」』）】》〉›"
 """Characters that close a quotation or a bracket: after a delimiter they belong to the sentence."""
 
-ABBREVIATIONS = frozenset(["mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "mt", "vs", "fig", "figs", "approx", "ca", "cf", "inc", "ltd", "co", "corp", "dept", "est", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec"])
+ABBREVIATIONS = frozenset(["mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "mt", "vs", "fig", "figs", "approx",
+                           "ca", "cf", "inc", "ltd", "co", "corp", "dept", "est", "jan", "feb", "mar", "apr", "jun",
+                           "jul", "aug", "sep", "sept", "oct", "nov", "dec"])
 """Words that a "." follows without ending the sentence (lower case, without the dot). Dotted initials ("e.g.",
 "U.S.", "a.m.") are recognised by their shape instead."""
 

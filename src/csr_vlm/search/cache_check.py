@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..schema import SearchConfig
-from .hf_decode import PER_TOKEN_KEYS, expand, prefill, suppress_bias
+from .hf_decode import PER_TOKEN_KEYS, TokenRules, expand, prefill, suppress_bias
 from .types import TokenCounter
 
 
@@ -26,7 +26,7 @@ def cached_decoding_problem(policy, image, prompt: str, suppress_ids: list[int],
     counter = TokenCounter()
     state = prefill(policy, image, prompt, counter)
     greedy = SearchConfig(sampler="diverse_beam", num_candidates=1, diversity_penalty=0.0, max_new_tokens=tokens)
-    cand = expand(policy, state, greedy, [], eos_ids, suppress_ids, None, counter)[0]
+    cand = expand(policy, state, greedy, TokenRules([], eos_ids, suppress_ids), None, counter)[0]
     batch = policy.encode([image], [prompt])
     extra = torch.tensor([cand.tokens[:-1]], dtype=batch["input_ids"].dtype, device=batch["input_ids"].device)
     full = dict(batch)
@@ -45,5 +45,6 @@ def cached_decoding_problem(policy, image, prompt: str, suppress_ids: list[int],
         if tok != best and float(choice[i, best] - choice[i, tok]) > tol:
             return f"greedy token {i} is {tok} with the cache and {best} without"
         if abs(float(logp[i, tok]) - cand.logprobs[i]) > tol:
-            return f"the log-prob of token {i} is {cand.logprobs[i]:.4f} with the cache and {float(logp[i, tok]):.4f} without"
+            return (f"the log-prob of token {i} is {cand.logprobs[i]:.4f} with the cache and "
+                    f"{float(logp[i, tok]):.4f} without")
     return None

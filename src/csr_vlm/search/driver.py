@@ -1,4 +1,4 @@
-"""Search prompts in lock step: `search_prompts(engine, scorer, images, prompts, search, reward, seeds)`.
+"""Search prompts in lock step: `search_prompts(engine, scorer, queries, search, reward)`.
 
 Each prompt's search is a coroutine (paper.paper_steps for search.mode=paper, official.official_steps
 for official): it receives one depth's candidates and yields the rows to keep. The driver opens all
@@ -14,7 +14,7 @@ The reward section passed in is the resolved one (tau filled in when it was esti
 reads its settings from the arguments it gets, never from a whole run config.
 
     engine = HFEngine(policy, cfg.search)
-    result = search_prompt(engine, scorer, pil_image, "Describe this image.", cfg.search, cfg.reward, seed=1234)
+    result = search_prompt(engine, scorer, Query(pil_image, "Describe this image.", 1234), cfg.search, cfg.reward)
     result.answers[result.chosen].text
 """
 
@@ -24,25 +24,25 @@ import time
 from collections import Counter
 from typing import Any
 
-from ..eval.pope import parse_answer, question_object, with_article
 from ..reward import image_relevance, object_names
 from ..schema import RewardConfig, SearchConfig
+from ..yes_no import parse_answer, with_article
 from .engine import Engine, Group, PromptItem
 from .official import official_steps
 from .paper import paper_steps
-from .types import SearchResult, Steps, TokenCounter
+from .types import Query, SearchResult, Steps, TokenCounter
 
 
 class SearchContext:
     """What one prompt's search needs besides its beams: settings, scorer, decoding, counters and timers, and for
     a yes/no question about an object, that object (paper.py judges its answers by CLIP's view of it)."""
 
-    def __init__(self, engine: Engine, scorer, search: SearchConfig, reward: RewardConfig, prompt: str = ""):
+    def __init__(self, engine: Engine, scorer, search: SearchConfig, reward: RewardConfig, asked: str | None = None):
         self.engine, self.scorer, self.search, self.reward = engine, scorer, search, reward
         self.counter = TokenCounter()
         self.times: Counter = Counter()
         self.events: Counter = Counter()
-        self.question_object = question_object(prompt) if reward.normalize == "center" else None
+        self.question_object = asked if reward.normalize == "center" else None
         self._statement: float | None = None
 
     def verdict(self, text: str) -> str | None:
@@ -75,28 +75,27 @@ class SearchContext:
                 "time": {k: round(v, 4) for k, v in self.times.items()}, "events": dict(self.events)}
 
 
-def search_prompt(engine: Engine, scorer, image, prompt: str, search: SearchConfig, reward: RewardConfig,
-                  seed: int) -> SearchResult:
-    """Search one (image, prompt) in search.mode; deterministic for a given seed."""
-    return search_prompts(engine, scorer, [image], [prompt], search, reward, [seed])[0]
+def search_prompt(engine: Engine, scorer, query: Query, search: SearchConfig, reward: RewardConfig) -> SearchResult:
+    """Search one query in search.mode; deterministic for its seed."""
+    return search_prompts(engine, scorer, [query], search, reward)[0]
 
 
-def search_prompts(engine: Engine, scorer, images: list, prompts: list[str], search: SearchConfig,
-                   reward: RewardConfig, seeds: list[int]) -> list[SearchResult]:
-    """Search several (image, prompt) pairs together, one seed each; result i equals search_prompt on pair i.
+def search_prompts(engine: Engine, scorer, queries: list[Query], search: SearchConfig,
+                   reward: RewardConfig) -> list[SearchResult]:
+    """Search several queries together, each with its own seed; result i equals search_prompt on query i.
 
     Args:
         engine: proposes candidate sentences (hf_engine.HFEngine or any engine.Engine).
-        scorer: the CLIP scorer (image_embedding, score).
+        scorer: the image-text scorer (scorer.Scorer: image_embedding, score).
+        queries: image, prompt, seed and (yes/no questions) the object asked about.
         search, reward: the settings; reward.tau must be set when reward.normalize=center.
     """
-    ctxs = [SearchContext(engine, scorer, search, reward, prompt) for prompt in prompts]
+    ctxs = [SearchContext(engine, scorer, search, reward, q.asked_object) for q in queries]
     t0 = time.perf_counter()
-    state = engine.open([PromptItem(image, prompt, seed, ctx.counter)
-                         for ctx, image, prompt, seed in zip(ctxs, images, prompts, seeds, strict=True)])
+    state = engine.open([PromptItem(q.image, q.prompt, q.seed, ctx.counter) for ctx, q in zip(ctxs, queries)])
     _share(ctxs, range(len(ctxs)), "prefill", t0)
     steps = []
-    for ctx, image in zip(ctxs, images):
+    for ctx, image in zip(ctxs, [q.image for q in queries]):
         t0 = time.perf_counter()
         image_emb = scorer.image_embedding(image)
         ctx.times["score"] += time.perf_counter() - t0

@@ -9,7 +9,8 @@ is not yet in the cache. `expand` feeds the B last tokens once, repeats the cach
 (`batch_repeat_interleave`) and decodes all B*K candidate sentences together with its own token loop,
 so R_T comes from the raw (untempered) logits and stops are exact: a sentence end (boundaries.py: by text, with
 one token of look-ahead; when it confirms the end, the look-ahead token is dropped and the delimiter stays in the
-cache with the logits after it, so the next expand does not feed it again), an EOS, or `max_new_tokens` (with `search.offer_end` the K-th candidate of each row is EOS itself). `select`
+cache with the logits after it, so the next expand does not feed it again), an EOS, or `max_new_tokens` (with
+`search.offer_end` the K-th candidate of each row is EOS itself). `select`
 keeps the surviving rows (`batch_select_indices`) and `crop`s trailing columns no survivor uses.
 Nothing is ever re-encoded. `prefill` installs kvcache.py's layers: new tokens are written in place
 (no `torch.cat` per token) and the image + prompt keys/values are kept once per prompt, not once per
@@ -162,20 +163,30 @@ class RowBlock:
     counter: TokenCounter
 
 
-def expand(policy, state: BeamState, cfg: SearchConfig, stops: SentenceBoundaries | list[int], eos_ids: list[int],
-           suppress_ids: list[int], generator: torch.Generator | None, counter: TokenCounter) -> list[Candidate]:
+@dataclass(frozen=True)
+class TokenRules:
+    """Which tokens do what: `stops` says where a sentence ends (boundaries.py; a plain id list ends it at those
+    tokens), `eos_ids` end the answer, `suppress_ids` are never sampled."""
+
+    stops: SentenceBoundaries | list[int]
+    eos_ids: list[int]
+    suppress_ids: list[int]
+
+
+def expand(policy, state: BeamState, cfg: SearchConfig, rules: TokenRules, generator: torch.Generator | None,
+           counter: TokenCounter) -> list[Candidate]:
     """Propose cfg.num_candidates sentences per row; `state` becomes the B*K candidate rows (parent-major)."""
-    return expand_groups(policy, state, cfg, stops, eos_ids, suppress_ids, [RowBlock(state.rows, generator, counter)])
+    return expand_groups(policy, state, cfg, rules, [RowBlock(state.rows, generator, counter)])
 
 
-def expand_groups(policy, state: BeamState, cfg: SearchConfig, stops: SentenceBoundaries | list[int],
-                  eos_ids: list[int], suppress_ids: list[int], groups: list[RowBlock]) -> list[Candidate]:
+def expand_groups(policy, state: BeamState, cfg: SearchConfig, rules: TokenRules,
+                  groups: list[RowBlock]) -> list[Candidate]:
     """`expand` over the rows of several prompts at once (one forward per token for all of them).
 
-    `stops` says where sentences end (boundaries.py; a plain id list ends them at those tokens). Each block samples
-    its own rows with its own generator, and only while one of its rows still runs, so a prompt draws exactly the
-    random numbers it draws when expanded alone.
+    Each block samples its own rows with its own generator, and only while one of its rows still runs, so a
+    prompt draws exactly the random numbers it draws when expanded alone.
     """
+    stops, eos_ids, suppress_ids = rules.stops, rules.eos_ids, rules.suppress_ids
     bounds = stops if isinstance(stops, SentenceBoundaries) else SentenceBoundaries.fixed(stops, eos_ids)
     if bounds.eos_ids != set(eos_ids):
         bounds = dataclasses.replace(bounds, eos_ids=frozenset(eos_ids))
@@ -203,7 +214,7 @@ def expand_groups(policy, state: BeamState, cfg: SearchConfig, stops: SentenceBo
     for step in range(cfg.max_new_tokens):
         logp = torch.log_softmax(logits, dim=-1)  # raw, untempered: R_T
         blocks = [(a, b, g.generator) for (a, b), g in zip(bounds_of_blocks, groups) if any(live_rows[a:b])]
-        tokens = _choose(logits, logp, cfg, bias, None, k, blocks)
+        tokens = _choose(logits, logp, cfg, bias, k, blocks)
         if step == 0 and cfg.offer_end and eos_ids:
             tokens[k - 1::k] = eos_ids[0]
         tokens = torch.where(running, tokens, last)
@@ -318,13 +329,12 @@ def suppress_bias(suppress_ids: list[int], logits: torch.Tensor) -> torch.Tensor
 
 
 def _choose(logits: torch.Tensor, logp: torch.Tensor, cfg: SearchConfig, suppress_ids: list[int] | torch.Tensor | None,
-            generator: torch.Generator | None, k: int,
-            blocks: list[tuple[int, int, torch.Generator | None]] | None = None) -> torch.Tensor:
+            k: int, blocks: list[tuple[int, int, torch.Generator | None]] | None = None) -> torch.Tensor:
     """Next token per row: tempered nucleus sampling, or Hamming-diverse greedy groups.
 
     `suppress_ids` is a list of ids or a precomputed `suppress_bias` row (added, so no clone is needed).
-    Sampling draws rows [a, b) of each block with that block's generator (default: all rows with
-    `generator`); rows outside every block get token 0, which the caller ignores.
+    Sampling draws rows [a, b) of each block with that block's generator (default: all rows, unseeded);
+    rows outside every block get token 0, which the caller ignores.
     """
     bias = suppress_bias(suppress_ids, logits) if isinstance(suppress_ids, list) else suppress_ids
     if bias is not None:
@@ -348,7 +358,7 @@ def _choose(logits: torch.Tensor, logp: torch.Tensor, cfg: SearchConfig, suppres
         sorted_p = sorted_p.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter(1, order, sorted_p)
     if blocks is None:
-        blocks = [(0, probs.shape[0], generator)]
+        blocks = [(0, probs.shape[0], None)]
     tokens = torch.zeros(probs.shape[0], dtype=torch.long, device=probs.device)
     for a, b, gen in blocks:
         gen_device = gen.device if gen is not None else probs.device

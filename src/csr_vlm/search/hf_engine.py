@@ -15,7 +15,7 @@ from ..errors import InputError
 from ..schema import SearchConfig
 from .cache_check import cached_decoding_problem
 from .engine import Group, PromptItem
-from .hf_decode import BeamState, RowBlock, concat_states, expand_groups, prefill, select
+from .hf_decode import BeamState, RowBlock, TokenRules, concat_states, expand_groups, prefill, select
 from .types import Candidate, TokenCounter
 
 
@@ -81,8 +81,8 @@ class HFEngine:
 
     def propose(self, batch: _Batch, groups: list[Group]) -> list[Candidate]:
         blocks = [RowBlock(g.rows, batch.generators[g.prompt], batch.counters[g.prompt]) for g in groups]
-        return expand_groups(self.policy, batch.state, self.search, self.bounds, self.eos_ids, self.suppress_ids,
-                             blocks)
+        rules = TokenRules(self.bounds, self.eos_ids, self.suppress_ids)
+        return expand_groups(self.policy, batch.state, self.search, rules, blocks)
 
     def keep(self, batch: _Batch, rows: list[int]) -> _Batch:
         batch.state = select(batch.state, rows)

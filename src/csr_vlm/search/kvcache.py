@@ -133,9 +133,9 @@ class SharedPrefixLayer(GrowingLayer):
 SHARED_PREFIX = "csr_shared_prefix"
 
 
-def shared_prefix_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                            attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
-                            **kwargs) -> tuple[torch.Tensor, None]:
+def shared_prefix_attention(  # noqa: PLR0913 - the signature transformers calls an attention function with
+        module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: torch.Tensor | None,
+        dropout: float = 0.0, scaling: float | None = None, **kwargs) -> tuple[torch.Tensor, None]:
     """Attention of each row over [its prompt's shared prefix, its own suffix]; other layers use SDPA.
 
     query (rows, H, q, d); key/value (rows, Hk, S, d) suffixes; mask (rows, 1, q, W + S), bool or additive.

@@ -20,8 +20,8 @@ import time
 from collections.abc import Generator
 from dataclasses import dataclass, field
 
+from ..filters import junk_reason
 from ..reward import path_value, self_score, sibling_ranks, top_bottom
-from .filters import junk_reason
 from .types import Answer, SearchResult, Sentence, Steps
 
 

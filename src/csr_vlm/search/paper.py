@@ -18,9 +18,16 @@ from __future__ import annotations
 import re
 import time
 
-from ..reward import (image_relevance, neutral_image_value, penalize_repeats, self_score, step_rewards, top_bottom,
-                      yes_no_relevance)
-from .filters import junk_reason
+from ..filters import junk_reason
+from ..reward import (
+    image_relevance,
+    neutral_image_value,
+    penalize_repeats,
+    self_score,
+    step_rewards,
+    top_bottom,
+    yes_no_relevance,
+)
 from .types import Answer, Candidate, SearchResult, Sentence, Siblings
 
 _STOPWORDS = set("""a an the and or but of in on at to for with from by is are was were be been being it its this that
@@ -58,8 +65,32 @@ def paper_steps(ctx, image_emb):
 
 
 def score_step(ctx, beams: list[Answer], cands: list[Candidate], image_emb) -> list[Answer]:
-    """Filter and dedupe one step's candidates, score them (R_I, R_T, R) and return the extended answers."""
-    rcfg, scfg = ctx.reward, ctx.search
+    """One step: screen the candidates (junk filters, duplicates), score them (R_I, R_T, R), extend their answers."""
+    rcfg = ctx.reward
+    kept = _screen(ctx, cands)
+    detect = rcfg.repeat_neutral or rcfg.repeat_penalty > 0
+    repeats = [detect and not is_end and is_repeat(text, [s.text for s in beams[c.parent].sentences])
+               for _, c, text, is_end in kept]
+    r_i = _image_values(ctx, beams, kept, repeats, image_emb)
+    r_t = [0.0 if is_end and not rcfg.end_self_score else self_score(cand.logprobs, rcfg.self_score)
+           for _, cand, _, is_end in kept]
+    rewards = penalize_repeats(step_rewards(r_i, r_t, rcfg), repeats, rcfg.repeat_penalty)
+    ctx.events["candidates"] += len(cands)
+    ctx.events["repeats"] += sum(repeats)
+    out = []
+    for k, (row, cand, text, is_end) in enumerate(kept):
+        parent = beams[cand.parent]
+        sent = Sentence(text=text, r_t=r_t[k], r_i=r_i[k], r=rewards[k], end=is_end, repeat=repeats[k])
+        out.append(Answer(sentences=parent.sentences + [sent], tokens=parent.tokens + cand.tokens,
+                          reward=parent.reward + rewards[k], ended=cand.stop == "eos", row=row,
+                          logp=parent.logp + float(sum(cand.logprobs))))
+    return out
+
+
+def _screen(ctx, cands: list[Candidate]) -> list[tuple[int, Candidate, str, bool]]:
+    """(row, candidate, text, is_end) of the candidates no junk filter rejects and no sibling duplicates; the
+    dropped are counted in ctx.events."""
+    scfg = ctx.search
     kept: list[tuple[int, Candidate, str, bool]] = []
     seen = set()
     for row, cand in enumerate(cands):
@@ -72,9 +103,14 @@ def score_step(ctx, beams: list[Answer], cands: list[Candidate], image_emb) -> l
             continue
         seen.add(key)
         kept.append((row, cand, text, is_end))
-    detect = rcfg.repeat_neutral or rcfg.repeat_penalty > 0
-    repeats = [detect and not is_end and is_repeat(text, [s.text for s in beams[c.parent].sentences])
-               for _, c, text, is_end in kept]
+    return kept
+
+
+def _image_values(ctx, beams: list[Answer], kept: list[tuple[int, Candidate, str, bool]], repeats: list[bool],
+                  image_emb) -> list[float]:
+    """R_I of each kept candidate: the scorer's (in one batch), a yes/no verdict's statement value, or the step's
+    neutral value for the end of the answer (reward.end_reward) and for a repeat (reward.repeat_neutral)."""
+    rcfg = ctx.reward
     verdicts = [ctx.verdict(text) if not (is_end or beams[c.parent].sentences) else None
                 for _, c, text, is_end in kept]  # a yes/no question's first sentence
     to_score = [k for k, (_, _, _, is_end) in enumerate(kept)
@@ -88,20 +124,7 @@ def score_step(ctx, beams: list[Answer], cands: list[Candidate], image_emb) -> l
             r_i[k] = yes_no_relevance(verdict, ctx.statement_relevance(image_emb), float(rcfg.tau))
     neutral = neutral_image_value([v for v in r_i if v is not None], rcfg)
     end_value = 0.0 if rcfg.end_reward == "zero" else neutral
-    filled = [v if v is not None else (end_value if kept[k][3] else neutral) for k, v in enumerate(r_i)]
-    r_t = [0.0 if is_end and not rcfg.end_self_score else self_score(cand.logprobs, rcfg.self_score)
-           for _, cand, _, is_end in kept]
-    rewards = penalize_repeats(step_rewards(filled, r_t, rcfg), repeats, rcfg.repeat_penalty)
-    ctx.events["candidates"] += len(cands)
-    ctx.events["repeats"] += sum(repeats)
-    out = []
-    for k, (row, cand, text, is_end) in enumerate(kept):
-        parent = beams[cand.parent]
-        sent = Sentence(text=text, r_t=r_t[k], r_i=filled[k], r=rewards[k], end=is_end, repeat=repeats[k])
-        out.append(Answer(sentences=parent.sentences + [sent], tokens=parent.tokens + cand.tokens,
-                          reward=parent.reward + rewards[k], ended=cand.stop == "eos", row=row,
-                          logp=parent.logp + float(sum(cand.logprobs))))
-    return out
+    return [v if v is not None else (end_value if kept[k][3] else neutral) for k, v in enumerate(r_i)]
 
 
 def _words(text: str) -> list[str]:

@@ -7,6 +7,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+@dataclass(frozen=True)
+class Query:
+    """One prompt to search: its image, prompt text and sampling seed, and the object it asks about when it is a
+    yes/no question (PromptRecord.asked_object; None for a caption)."""
+
+    image: Any
+    prompt: str
+    seed: int
+    asked_object: str | None = None
+
+
 @dataclass
 class Candidate:
     """One proposed sentence of the row `parent`: its tokens, their raw log-probs, and why it stopped."""

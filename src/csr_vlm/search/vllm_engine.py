@@ -4,7 +4,8 @@ vLLM's own beam search cannot stop at a sentence, so the search stays ours (driv
 official.py) and vLLM only samples: at every depth each live answer is one request, its prompt the
 chat-template token ids with ONE unexpanded image placeholder (vLLM expands it) followed by the answer's
 tokens so far, with the image; `n` = search.num_candidates samples that stop at a sentence-end or EOS
-token (a "." that needs the next token to tell is settled by one-token look-ahead requests, `_settle`). Prefix caching makes every depth pay only for what is new (the image is encoded once per
+token (a "." that needs the next token to tell is settled by one-token look-ahead requests, `_settle`). Prefix caching
+makes every depth pay only for what is new (the image is encoded once per
 prompt); the raw log-probs of the sampled tokens (vLLM's default `raw_logprobs`: before temperature,
 biases and masks) are R_T's, as in the transformers engine. Requests are seeded from the prompt's
 seed, the depth and the row (vLLM gives sample i of a request seed + i, so seeds are spaced); greedy

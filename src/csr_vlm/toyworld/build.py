@@ -22,8 +22,19 @@ from ..manifest import versions
 from . import clip as toyclip
 from . import llava as toyllava
 from .lmms_task import write_lmms_task
-from .scenes import CATEGORY_ID_BASE, CLIP_PARAMS, DESCRIBE_PROMPT, PAIRS, POPE_QUESTION, TYPES, WorldParams, \
-    type_name, write_calibration, write_split, write_synonyms
+from .scenes import (
+    CATEGORY_ID_BASE,
+    CLIP_PARAMS,
+    DESCRIBE_PROMPT,
+    PAIRS,
+    POPE_QUESTION,
+    TYPES,
+    WorldParams,
+    type_name,
+    write_calibration,
+    write_split,
+    write_synonyms,
+)
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +114,8 @@ def write_extras(out: Path, seed: int) -> None:
     (prompts_yesno_train.jsonl, as `csr questions` writes them, for data.mix_prompts)."""
     import random
 
-    from ..calibrate import present_and_absent
-    from ..eval.chair import load_ground_truth
+    from ..benchmarks.chair import load_ground_truth
+    from ..calibrate import ObjectSample, present_and_absent
     from ..questions import SUFFIX, yes_no_prompts
 
     write_lmms_task(out, seed)
@@ -112,7 +123,7 @@ def write_extras(out: Path, seed: int) -> None:
     _, instances, gt = load_ground_truth(out / "instances_train.json", out / "captions_train.json",
                                          out / "synonyms.txt")
     rng = random.Random(seed)
-    rows, _ = present_and_absent(instances, gt, str(out), YES_NO_IMAGES, rng, 1, 1)
+    rows, _ = present_and_absent(instances, gt, str(out), ObjectSample(YES_NO_IMAGES, 1, 1), rng)
     prompts = yes_no_prompts(rows, 1, POPE_QUESTION + SUFFIX, rng, prefix="train-yn")
     for p in prompts:  # relative to the world, as prompts_train.jsonl: data.image_root points there
         p["image"] = str(Path(p["image"]).relative_to(out))

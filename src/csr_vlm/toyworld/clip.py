@@ -123,7 +123,7 @@ def train_clip(out: Path, p, batch_size: int = 128, n_junk: int = 32) -> dict:
     start = time.time()
     from tqdm import tqdm
 
-    for step in tqdm(range(p.clip_steps), desc="toy CLIP", mininterval=5):
+    for _step in tqdm(range(p.clip_steps), desc="toy CLIP", mininterval=5):
         images, types, text_types, texts = clip_batch(rng, nrng, p, batch_size)
         img = F.normalize(model.get_image_features(pixel_values=pixels(images)).pooler_output, dim=-1)
         txt = F.normalize(_embed_text(model, tok, texts), dim=-1)

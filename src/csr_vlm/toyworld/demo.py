@@ -24,9 +24,11 @@ import json
 import logging
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
+from .. import layout
 from ..config import load_config
 from ..data import read_json, read_jsonl, write_json
 from ..errors import InputError
@@ -65,7 +67,8 @@ def world_overrides(world: Path, dev: dict, mix: bool = True) -> list[str]:
 def arm_config(config: Path, world: Path, out: Path, seed: int, arm: str):
     """The loop config of one arm: the toy config pointed at the world, the arm's overrides on top."""
     base = load_config(config)
-    return load_config(config, [*world_overrides(world, base.loop.dev, bool(base.data.mix_prompts)), f"out={out / arm}",
+    return load_config(config, [*world_overrides(world, base.loop.dev, bool(base.data.mix_prompts)),
+                                f"out={out / arm}",
                                 f"seed={seed}", *ARMS[arm]])
 
 
@@ -97,13 +100,13 @@ def run_arm(config: str, world: str, out: str, seed: int, arm: str, bars: bool =
 def pair_chair(pairs_path: Path, world: Path) -> tuple[float | None, float | None]:
     """Ground-truth CHAIR_i of the chosen and of the rejected answers of a round's description pairs (the
     yes/no pairs of data.mix_prompts name no objects to count)."""
-    from ..curate import pair_answers, pair_question
-    from ..eval.pope import question_object
+    from ..curate import pair_answers, read_pair_rows
+    from ..yes_no import CAPTION
     from .measure import score_answers
 
     if not pairs_path.is_file():
         return None, None
-    pairs = [p for p in read_jsonl(pairs_path) if question_object(pair_question(p)) is None]
+    pairs = [p for p in read_pair_rows(pairs_path) if p["task"] == CAPTION]
     if not pairs:
         return None, None
     ids = [int(str(p["id"]).rsplit("-", 1)[-1]) for p in pairs]
@@ -118,11 +121,11 @@ def arm_rows(loop_dir: Path, world: Path) -> list[dict]:
 
     rows = []
     k = 0
-    while (loop_dir / f"round_{k}" / "eval" / "metrics.json").is_file():
-        rdir = loop_dir / f"round_{k}"
+    while (layout.stage_dir(loop_dir, k, "eval") / "metrics.json").is_file():
+        rdir = layout.round_dir(loop_dir, k)
         flat = read_json(rdir / "eval" / "metrics.json")["flat"]
         answers = [s["answer"] for s in read_jsonl(rdir / "eval" / "samples.jsonl") if s.get("task") == "chair"]
-        chosen, rejected = pair_chair(rdir / "generate" / "pairs.jsonl", world)
+        chosen, rejected = pair_chair(layout.pairs_file(rdir / "generate"), world)
         rows.append({"round": k, "chair_i": flat.get("chair_i"), "chair_s": flat.get("chair_s"),
                      "recall": flat.get("recall"), "pope_f1": flat.get("pope_f1"), "dup_rate": flat.get("dup_rate"),
                      "wellformed": sum(map(is_wellformed, answers)) / max(1, len(answers)),
@@ -177,7 +180,7 @@ def paired_bootstrap(base: dict, new: dict, n: int = 2000, seed: int = 0) -> dic
 def pope_answers(eval_dir: Path) -> list[tuple[int, str, str, str]]:
     """(image_id, split, label, parsed answer) per POPE question of an eval (its questions and samples files); a
     question without an answer (its image skipped) reads "unknown", as POPE's own scoring counts it."""
-    from ..eval.pope import parse_answer
+    from ..yes_no import parse_answer
 
     metrics = read_json(eval_dir / "metrics.json")
     parser, suffix = metrics["pope"].get("parser", "default"), metrics["protocol"].get("pope_suffix", "")
@@ -223,7 +226,7 @@ def delta_vs_base(out: Path, selected: dict, seed: int, needs: str, read, bootst
     (round 0); an arm whose two evals do not both hold the file `needs` is left out."""
     res = {}
     for arm, k in selected.items():
-        base_dir, sel_dir = out / arm / "round_0" / "eval", out / arm / f"round_{k}" / "eval"
+        base_dir, sel_dir = layout.stage_dir(out / arm, 0, "eval"), layout.stage_dir(out / arm, k, "eval")
         if (base_dir / needs).is_file() and (sel_dir / needs).is_file():
             res[arm] = bootstrap(read(base_dir), read(sel_dir), seed=seed)
     return res
@@ -297,7 +300,8 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--config", help="loop config (default configs/toy.yaml or configs/toy-quick.yaml)")
     parser.add_argument("--jobs", type=int, default=2, help="arms run in parallel (one thread each)")
     parser.add_argument("--verbose", action="store_true", help="also print TRL's per-step log dicts")
-    parser.add_argument("--arms", default=",".join(ARMS), help=f"arms to run, comma-separated (default {','.join(ARMS)})")
+    parser.add_argument("--arms", default=",".join(ARMS),
+                        help=f"arms to run, comma-separated (default {','.join(ARMS)})")
     args = parser.parse_args(argv)
     arms = [a for a in args.arms.split(",") if a]
     if not arms or any(a not in ARMS for a in arms):
@@ -307,7 +311,7 @@ def cli(argv: list[str]) -> int:
         raise InputError(f"--config: {config} not found")
     world = Path(args.world or f"worlds/toy-seed{args.seed}{'-quick' if args.quick else ''}")
     out = Path(args.out)
-    summary = run_demo(config, world, out, args.seed, args.quick, args.jobs, arms)
+    summary = run_demo(DemoPlan(config, world, out, args.seed, args.quick, arms, args.jobs))
     from .build import summary_text
 
     print("\n" + summary_text(read_json(world / "world.json")) + "\n")
@@ -317,12 +321,26 @@ def cli(argv: list[str]) -> int:
     return 0
 
 
-def run_demo(config: Path, world: Path, out: Path, seed: int, quick: bool, jobs: int = 2,
-             arms: list[str] | None = None) -> dict:
-    """Build (or reuse) the world, run the arms (default both), report them, bootstrap the change; returns
-    summary.json's content."""
+@dataclass(frozen=True)
+class DemoPlan:
+    """One `csr demo`: the loop config, the world and output directories, the seed, whether the world is the quick
+    one, the arms (default both) and how many of them run side by side."""
+
+    config: Path
+    world: Path
+    out: Path
+    seed: int
+    quick: bool
+    arms: list[str] | None = None
+    jobs: int = 2
+
+
+def run_demo(plan: DemoPlan) -> dict:
+    """Build (or reuse) the world, run the arms, report them, bootstrap the change; returns summary.json's content."""
     from .build import build
 
+    config, world, out, seed, quick, jobs = plan.config, plan.world, plan.out, plan.seed, plan.quick, plan.jobs
+    arms = plan.arms
     start = time.time()
     build(world, seed=seed, quick=quick)
     out.mkdir(parents=True, exist_ok=True)

@@ -142,9 +142,11 @@ def llava_batch(rng: random.Random, nrng, p, renderer: Renderer, n: int, qa_frac
     return ids, mask, labels, toyclip.pixels(images), torch.tensor(is_qa)
 
 
-def _loss(model, ids, mask, labels, pv, is_qa, qa_weight: float = 1.0):
+def _loss(model, batch: tuple, qa_weight: float = 1.0):
     """Weighted mean over examples of the per-example mean response-token NLL; a yes/no example weighs
-    `qa_weight` (its one informative token shares the mean with the trivial ' .' and `</s>`)."""
+    `qa_weight` (its one informative token shares the mean with the trivial ' .' and `</s>`). `batch`: _batch's
+    (ids, mask, labels, pixel values, is_qa)."""
+    ids, mask, labels, pv, is_qa = batch
     import torch.nn.functional as F
 
     logits = model(input_ids=ids, attention_mask=mask, pixel_values=pv).logits[:, :-1]
@@ -159,8 +161,8 @@ def _loss(model, ids, mask, labels, pv, is_qa, qa_weight: float = 1.0):
 def train_llava(out: Path, p, batch_size: int = 64) -> dict:
     """Train the tiny LLaVA, select the base checkpoint on dev, save OUT/policy; return the measurements."""
     import torch
-    from transformers import CLIPModel
     from tqdm import tqdm
+    from transformers import CLIPModel
 
     torch.manual_seed(p.seed)
     clip = CLIPModel.from_pretrained(out / "clip").eval()
@@ -178,7 +180,7 @@ def train_llava(out: Path, p, batch_size: int = 64) -> dict:
     for step in range(1, p.llava_max_steps + 1):
         model.train()
         batch = llava_batch(rng, nrng, p, renderer, batch_size, p.qa_fraction)
-        loss = _loss(model, *batch, qa_weight=p.qa_weight)
+        loss = _loss(model, batch, qa_weight=p.qa_weight)
         opt.zero_grad()
         loss.backward()
         opt.step()

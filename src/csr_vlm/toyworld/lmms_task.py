@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..benchmarks import pope
 from ..data import read_json, write_jsonl
-from ..eval import pope
 from . import scenes as tw
 
 TASK = "toy_pope"
@@ -56,7 +56,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from csr_vlm.eval.pope import metrics, parse_answer
+from csr_vlm.benchmarks.pope import metrics
+from csr_vlm.yes_no import parse_answer
 
 WORLD = Path(__file__).resolve().parents[2]
 SUFFIX = {suffix!r}

@@ -1,7 +1,7 @@
 """Measurements of a toy LLaVA on a split: CHAIR and well-formedness of its captions, POPE, CLIP on its own sentences.
 
 These are what the build uses to pick the base checkpoint and what `csr demo` reports; CHAIR and POPE
-are the package's own (eval/chair.py, eval/pope.py), so the toy numbers mean what the COCO ones mean.
+are the package's own (benchmarks/chair.py, benchmarks/pope.py), so the toy numbers mean what the COCO ones mean.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def is_wellformed(answer: str) -> bool:
 
 def score_answers(answers: list[str], image_ids: list, world: Path, split: str) -> dict:
     """csr_vlm.chair's CHAIR_i/CHAIR_s/recall/dup against the split's annotations, plus the well-formed rate."""
-    from ..eval import chair
+    from ..benchmarks import chair
 
     vocab, _, gt = chair.load_ground_truth(Path(world) / f"instances_{split}.json", None, Path(world) / "synonyms.txt")
     res = chair.compute_chair([{"image_id": i, "caption": a} for i, a in zip(image_ids, answers)], gt, vocab)
@@ -75,7 +75,7 @@ def pope_metrics(model, processor, world: Path, split: str, seed: int, num_image
     with 3 objects), greedy answers."""
     from PIL import Image
 
-    from ..eval import pope
+    from ..benchmarks import pope
 
     instances = read_json(Path(world) / f"instances_{split}.json")
     n = min(num_images or len(instances["images"]), len(instances["images"]))

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data import read_jsonl, write_json, write_jsonl
+from ..yes_no import SUFFIX, TEMPLATE
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +33,7 @@ COLOURS = {"red": (220, 40, 40), "blue": (50, 90, 235), "green": (40, 190, 60), 
            "white": (235, 235, 235), "purple": (165, 60, 210)}
 TEMPLATES = ["there is a {}.", "i see a {}.", "a {} is here."]
 DESCRIBE_PROMPT = "Describe the image."
-POPE_QUESTION = "Is there a {} in the image?"
-POPE_SUFFIX = " Please answer yes or no."  # appended to POPE_QUESTION in training and evaluation
+POPE_QUESTION, POPE_SUFFIX = TEMPLATE, SUFFIX  # POPE's question and suffix (yes_no.py), in training and evaluation
 CATEGORY_ID_BASE = 101  # category ids 101..110: deliberately not COCO's 1..80
 
 
@@ -63,7 +63,7 @@ class WorldParams:
     LLaVA differs), so the count is pinned, whatever the machine's cores, and is part of the world's digest."""
 
     @classmethod
-    def make(cls, seed: int, quick: bool, threads: int | None = None) -> "WorldParams":
+    def make(cls, seed: int, quick: bool, threads: int | None = None) -> WorldParams:
         threads = cls.threads if threads is None else threads
         if not quick:
             return cls(seed=seed, threads=threads)

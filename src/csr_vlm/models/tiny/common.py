@@ -63,13 +63,13 @@ def set_generation_ids(model, tok, extra_eos: list[int] = ()) -> None:
 
 
 def build_clip(image_size: int = 64, patch_size: int = 8, hidden: int = 64, layers: int = 2, projection_dim: int = 32,
-               corpus: list[str] | None = None, max_text_len: int = 77):
+               max_text_len: int = 77):
     """A CLIPModel + CLIPProcessor whose tokenizer appends an EOS that is not id 2 (CLIP pools on it)."""
     from transformers import CLIPConfig, CLIPModel, CLIPProcessor
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
     special = ["<unk>", "<pad>", "<s>", "<image>", "</s>"]
-    tok = wrap(train_bpe(corpus or CORPUS, special, post="<s> $A </s>"), bos_token="<s>", eos_token="</s>",
+    tok = wrap(train_bpe(CORPUS, special, post="<s> $A </s>"), bos_token="<s>", eos_token="</s>",
                unk_token="<unk>", pad_token="<pad>", model_max_length=max_text_len)
     config = CLIPConfig(
         text_config=dict(vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
@@ -109,8 +109,8 @@ def write_sample_prompts(out: Path, n: int = 8, seed: int = 0) -> Path:
 
 
 def _seed_pillow_noise(seed: int) -> None:
-    """Seed the C library's rand(), which Image.effect_noise draws from: unseeded, the images of a second model built in
-    one process differed from the first's (and so did every result on them: a test's outcome hung on which tests ran
+    """Seed the C library's rand(), which Image.effect_noise draws from: unseeded, the images of a second model built
+    in one process differed from the first's (and so did every result on them: a test's outcome hung on which tests ran
     before it). srand(1 + seed) is the state a fresh process starts in for seed 0, so those images are unchanged."""
     import ctypes
 

@@ -16,14 +16,14 @@ GEMMA3_TEMPLATE = (
 
 
 def build_gemma3(image_size: int = 64, patch_size: int = 8, text_hidden: int = 128, text_layers: int = 2,
-                 vision_hidden: int = 64, vision_layers: int = 2, corpus: list[str] | None = None):
+                 vision_hidden: int = 64, vision_layers: int = 2):
     """A Gemma3-layout model + processor (SigLIP tower, 16 pooled image tokens, turn template)."""
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3Processor
     from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
 
     special = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>",
                "<start_of_image>", "<end_of_image>", "<image_soft_token>"]
-    tok = wrap(train_bpe(corpus or CORPUS, special), bos_token="<bos>", eos_token="<eos>", unk_token="<unk>",
+    tok = wrap(train_bpe(CORPUS, special), bos_token="<bos>", eos_token="<eos>", unk_token="<unk>",
                 pad_token="<pad>", extra_special_tokens={"image_token": "<image_soft_token>",
                                                          "boi_token": "<start_of_image>",
                                                          "eoi_token": "<end_of_image>"})

@@ -13,7 +13,8 @@ LLAVA_TEMPLATE = (
     "{% if message['role'] == 'assistant' %}{{ eos_token }}{% endif %}"
     "{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
 )
-"""llava-1.5's USER: <image>\\n... ASSISTANT: template; string and list content (TRL's plain and conversational rows)."""
+"""llava-1.5's USER: <image>\\n... ASSISTANT: template; string and list content (TRL's plain and conversational
+rows)."""
 
 # llava-v1.6-mistral: '<s>[INST] <image>\nDescribe. [/INST]' (BOS from the tokenizer's post-processor)
 LLAVA_NEXT_TEMPLATE = (
@@ -36,12 +37,12 @@ def _tokenizer(template: str, corpus: list[str] | None = None):
 
 
 def build_llava(image_size: int = 64, patch_size: int = 8, text_hidden: int = 128, text_layers: int = 2,
-                vision_hidden: int = 64, vision_layers: int = 2, corpus: list[str] | None = None):
-    """A LLaVA-1.5-layout model + processor (vision_feature_layer -2, "default" selection, CLS counted then dropped)."""
+                vision_hidden: int = 64, vision_layers: int = 2):
+    """A LLaVA-1.5-layout model + processor (vision_feature_layer -2, "default" selection, CLS counted, dropped)."""
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-    tok = _tokenizer(LLAVA_TEMPLATE, corpus)
+    tok = _tokenizer(LLAVA_TEMPLATE)
     text = {**TEXT, "hidden_size": text_hidden, "num_hidden_layers": text_layers, "intermediate_size": 2 * text_hidden}
     config = LlavaConfig(
         vision_config=CLIPVisionConfig(image_size=image_size, patch_size=patch_size, hidden_size=vision_hidden,
@@ -83,7 +84,8 @@ def build_llava_next():
     )
     model = LlavaNextForConditionalGeneration(config)
     set_generation_ids(model, tok)
-    image_processor = LlavaNextImageProcessorPil(size={"shortest_edge": tile}, crop_size={"height": tile, "width": tile},
+    image_processor = LlavaNextImageProcessorPil(size={"shortest_edge": tile}, crop_size={"height": tile,
+                                                                                          "width": tile},
                                                  image_grid_pinpoints=pinpoints)
     processor = LlavaNextProcessor(image_processor=image_processor, tokenizer=tok, patch_size=patch,
                                    vision_feature_select_strategy="default", num_additional_image_tokens=1,
