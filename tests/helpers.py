@@ -102,3 +102,14 @@ def report_run(root: Path, images: bool = True) -> Path:
                                        "rounds": {"1": {"chair_i": 0.1, "passes_guards": False}}, "best_round": 0})
     write_json(run / "round_1/dev_eval/metrics.json", {"flat": {"chair_i": 0.1}})
     return run
+
+
+def write_annotations(tiny: Path) -> Path:
+    """COCO instances for the fixture's first 3 images (POPE needs images with >= 3 objects and absent ones)."""
+    cats = [{"id": c, "name": n} for c, n in enumerate(["dog", "car", "person", "cat", "chair"], 1)]
+    objs = {0: [1, 2, 3], 1: [2], 2: [1, 3, 4]}
+    anns = [{"id": 10 * i + c, "image_id": i, "category_id": c} for i, cs in objs.items() for c in cs]
+    images = [{"id": i, "file_name": f"images/{i:03d}.png"} for i in objs]
+    path = tiny / "instances_tiny.json"
+    write_json(path, {"images": images, "annotations": anns, "categories": cats})
+    return path

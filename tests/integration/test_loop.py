@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from helpers import TINY_TRAIN as TINY
-from helpers import write_pairs
+from helpers import write_annotations, write_pairs
 
 from csr_vlm import layout, loop
 from csr_vlm.cli import main
@@ -185,17 +185,6 @@ def test_changed_settings_counts_a_missing_key_as_its_default(tmp_path):
 
 
 # ---------------------------------------------------------------------------- real stages
-
-
-def write_annotations(tiny: Path) -> Path:
-    """COCO instances for the fixture's first 3 images (POPE needs images with >= 3 objects and absent ones)."""
-    cats = [{"id": c, "name": n} for c, n in enumerate(["dog", "car", "person", "cat", "chair"], 1)]
-    objs = {0: [1, 2, 3], 1: [2], 2: [1, 3, 4]}
-    anns = [{"id": 10 * i + c, "image_id": i, "category_id": c} for i, cs in objs.items() for c in cs]
-    images = [{"id": i, "file_name": f"images/{i:03d}.png"} for i in objs]
-    path = tiny / "instances_tiny.json"
-    write_json(path, {"images": images, "annotations": anns, "categories": cats})
-    return path
 
 
 def real_args(tiny: Path, out: Path) -> list[str]:

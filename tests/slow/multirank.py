@@ -22,7 +22,7 @@ import os
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY_TRAIN = ["train.lora_r=4", "train.lora_alpha=8", "train.learning_rate=1e-3", "train.max_length=256",
               "train.lora_dropout=0"]  # dropout masks differ between engines: off, so weights can be compared
 

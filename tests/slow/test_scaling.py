@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY_TRAIN, write_pairs
+from helpers import TINY_TRAIN, write_annotations, write_pairs
 
 from csr_vlm import checkpoint, distributed, train
 from csr_vlm.config import load_config
@@ -35,7 +35,6 @@ TOLERANCE = 1e-5
 def multirank(tiny_llava, tmp_path_factory):
     """(work dir, [rank 0's findings, rank 1's], the one-process checkpoint's tensors)."""
     from safetensors.torch import load_file
-    from test_loop import write_annotations
 
     work = tmp_path_factory.mktemp("multirank")
     pairs = write_pairs(work / "pairs.jsonl", tiny_llava / "images", n=4)
