@@ -68,8 +68,9 @@ def pixels(images: list):
     return torch.from_numpy((arr - 0.5) / 0.5).permute(0, 3, 1, 2).contiguous()
 
 
-def build_clip(size: int = 48):
-    """An untrained tiny CLIPModel + CLIPProcessor for the world's image size and words."""
+def build_clip(size: int = 48, patch: int = 6, layers: int = 3):
+    """An untrained tiny CLIPModel + CLIPProcessor for the world's image size and words (vision: `layers` layers
+    over patches of `patch` pixels)."""
     from transformers import CLIPConfig, CLIPModel, CLIPProcessor
 
     tok = make_tokenizer(clip=True)
@@ -77,7 +78,7 @@ def build_clip(size: int = 48):
         text_config=dict(vocab_size=len(tok), hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
                          intermediate_size=256, max_position_embeddings=32, bos_token_id=tok.bos_token_id,
                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
-        vision_config=dict(image_size=size, patch_size=6, hidden_size=128, num_hidden_layers=3,
+        vision_config=dict(image_size=size, patch_size=patch, hidden_size=128, num_hidden_layers=layers,
                            num_attention_heads=4, intermediate_size=256),
         projection_dim=64,
     )
@@ -106,13 +107,13 @@ def clip_batch(rng: random.Random, nrng, p, n: int):
     return images, types, text_types, texts
 
 
-def train_clip(out: Path, p, batch_size: int = 128, n_junk: int = 32) -> dict:
+def train_clip(out: Path, p, n_junk: int = 32) -> dict:
     """Train the tiny CLIP, save OUT/clip (model + CLIPProcessor), return calibration statistics."""
     import torch
     import torch.nn.functional as F
 
     torch.manual_seed(p.seed)
-    model, processor = build_clip(p.image_size)
+    model, processor = build_clip(p.image_size, p.clip_patch, p.clip_layers)
     tok = processor.tokenizer
     rng = random.Random(tw.split_seed(p.seed, "clip-train"))
     nrng = np.random.default_rng(tw.split_seed(p.seed, "clip-train:noise"))
@@ -124,7 +125,7 @@ def train_clip(out: Path, p, batch_size: int = 128, n_junk: int = 32) -> dict:
     from tqdm import tqdm
 
     for _step in tqdm(range(p.clip_steps), desc="toy CLIP", mininterval=5):
-        images, types, text_types, texts = clip_batch(rng, nrng, p, batch_size)
+        images, types, text_types, texts = clip_batch(rng, nrng, p, p.clip_batch)
         img = F.normalize(model.get_image_features(pixel_values=pixels(images)).pooler_output, dim=-1)
         txt = F.normalize(_embed_text(model, tok, texts), dim=-1)
         type_txt = F.normalize(_embed_text(model, tok, [tw.sentence(t, rng) for t in range(n_types)]), dim=-1)

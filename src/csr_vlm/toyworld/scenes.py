@@ -52,6 +52,9 @@ class WorldParams:
     qa_weight: float = 3.0
     splits: dict = field(default_factory=lambda: {"train": 400, "dev": 500, "test": 1000, "calib": 600})
     clip_steps: int = 360
+    clip_batch: int = 128
+    clip_patch: int = 6
+    clip_layers: int = 3
     llava_lr: float = 1e-3
     llava_steps: int = 600
     llava_max_steps: int = 1200
@@ -68,8 +71,8 @@ class WorldParams:
         if not quick:
             return cls(seed=seed, threads=threads)
         return cls(seed=seed, quick=True, threads=threads, splits={"train": 24, "dev": 40, "test": 60, "calib": 40},
-                   clip_steps=30, llava_steps=60, llava_max_steps=60, llava_eval_every=20, llava_eval_from=60,
-                   qa_fraction=0.3, qa_weight=1.0, llava_lr=2e-3)  # 60 steps: more yes/no leaves the captions empty
+                   clip_steps=260, clip_batch=32, clip_patch=8, clip_layers=2, llava_steps=120, llava_max_steps=120,
+                   llava_eval_every=40, llava_eval_from=120, qa_fraction=0.3, qa_weight=1.0, llava_lr=2e-3)
 
     def digest(self, keys: tuple[str, ...] = ()) -> str:
         """Hash of every parameter, or of `keys` only (the CLIP depends on fewer than the world)."""
@@ -77,7 +80,8 @@ class WorldParams:
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 
-CLIP_PARAMS = ("seed", "quick", "image_size", "p_pair", "p_extra", "splits", "clip_steps", "threads")
+CLIP_PARAMS = ("seed", "quick", "image_size", "p_pair", "p_extra", "splits", "clip_steps", "clip_batch", "clip_patch",
+               "clip_layers", "threads")
 
 
 def type_name(t: int) -> str:
