@@ -33,6 +33,7 @@ from ..config import load_config
 from ..data import read_json, read_jsonl, write_json
 from ..errors import InputError
 from ..tables import markdown_table
+from .scenes import WorldParams
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +74,9 @@ def arm_config(config: Path, world: Path, out: Path, seed: int, arm: str):
 
 
 def run_arm(config: str, world: str, out: str, seed: int, arm: str, bars: bool = True) -> str:
-    """One `csr loop` (in its own process, one thread). Its stage lines and warnings carry the arm's name; with
-    bars=False (arms running side by side, whose bars would overwrite each other) it shows no progress bars."""
+    """One `csr loop`. Its stage lines and warnings carry the arm's name. bars=False: arms run side by side, each
+    in its own process on one thread, without progress bars (they would overwrite each other); an arm running alone
+    has the world's pinned thread count (WorldParams.threads: the numbers depend on it) and its bars."""
     import os
 
     import torch
@@ -85,7 +87,7 @@ def run_arm(config: str, world: str, out: str, seed: int, arm: str, bars: bool =
     os.environ[LABEL_ENV] = arm
     if not bars:
         os.environ[NO_BARS_ENV] = "1"
-    torch.set_num_threads(1)
+    torch.set_num_threads(WorldParams.threads if bars else 1)
     logging.basicConfig(level=logging.WARNING, format=f"[{arm}] %(levelname)s %(name)s: %(message)s")
     try:
         return str(loop.run(arm_config(Path(config), Path(world), Path(out), seed, arm)))
@@ -300,10 +302,10 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--config", help="loop config (default configs/toy.yaml or configs/toy-quick.yaml)")
     parser.add_argument("--jobs", type=int, default=2, help="arms run in parallel (one thread each)")
     parser.add_argument("--verbose", action="store_true", help="also print TRL's per-step log dicts")
-    parser.add_argument("--arms", default=",".join(ARMS),
-                        help=f"arms to run, comma-separated (default {','.join(ARMS)})")
+    parser.add_argument("--arms", help=f"arms to run, comma-separated: {', '.join(ARMS)} (default: all; csr with "
+                                       "--quick)")
     args = parser.parse_args(argv)
-    arms = [a for a in args.arms.split(",") if a]
+    arms = [a for a in (args.arms or ("csr" if args.quick else ",".join(ARMS))).split(",") if a]
     if not arms or any(a not in ARMS for a in arms):
         parser.error(f"--arms: choose from {', '.join(ARMS)}, got {args.arms!r}")
     config = Path(args.config) if args.config else CONFIG_DIR / ("toy-quick.yaml" if args.quick else "toy.yaml")

@@ -71,8 +71,8 @@ class WorldParams:
         if not quick:
             return cls(seed=seed, threads=threads)
         return cls(seed=seed, quick=True, threads=threads, splits={"train": 96, "dev": 100, "test": 200, "calib": 60},
-                   clip_steps=360, clip_batch=32, clip_patch=8, clip_layers=2, llava_steps=120, llava_max_steps=120,
-                   llava_eval_every=40, llava_eval_from=120, qa_fraction=0.3, qa_weight=1.0, llava_lr=2e-3)
+                   clip_steps=360, clip_batch=32, clip_patch=8, clip_layers=2, llava_steps=160, llava_max_steps=160,
+                   llava_eval_every=40, llava_eval_from=160, qa_fraction=0.3, qa_weight=1.0, llava_lr=2e-3)
 
     def digest(self, keys: tuple[str, ...] = ()) -> str:
         """Hash of every parameter, or of `keys` only (the CLIP depends on fewer than the world)."""
