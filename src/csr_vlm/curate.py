@@ -130,21 +130,24 @@ def anchor_record(rec: PromptRecord, round: int, result: SearchResult) -> dict[s
     if not said:
         return None
     likeliest = max(said, key=lambda a: sum(s.r_t for s in a.sentences if not s.end))
-    return {**without_reference(pair_record(rec, round, likeliest, likeliest)), "anchor": True}
+    return {**pair_record(rec, round, likeliest, likeliest), "anchor": True}
 
 
 def shard_line(rec: PromptRecord, round: int, result: SearchResult, curate: CurateConfig, reward: RewardConfig,
                text: ChatText | None = None) -> dict[str, Any]:
     """One prompt's shard line {id, candidate, pair, sentence_pairs, skip, stats}: its pairs, or a skip with its
-    reason. `reward` is the one the search ran with (its tau, its lam). With curate.pair_level sentence or both,
-    `text` (the policy's chat template) renders every row."""
+    reason. `reward` is the one the search ran with (its tau, its lam). With curate.pair_tokens searched, or
+    curate.pair_level sentence or both, `text` (the policy's tokenizer and chat template) renders every row."""
     tau = reward.tau
     line = _response_line(rec, round, result, curate, tau, reward.lam)
+    render = text.searched if curate.pair_tokens == "searched" else text.standard if text else None
     if curate.pair_level == "response":
+        if line["pair"] is not None and render is not None:
+            line["pair"] = render(line["pair"])
         return line
     question = rec.task == YES_NO
     if line["pair"] is not None:
-        line["pair"] = None if curate.pair_level == "sentence" and not question else text.standard(line["pair"])
+        line["pair"] = None if curate.pair_level == "sentence" and not question else render(line["pair"])
     line["sentence_pairs"] = [] if question else sentence_pairs(rec, round, result, curate, tau, text)
     if line["pair"] or line["sentence_pairs"]:
         line["skip"] = None

@@ -312,7 +312,8 @@ def _process_chunk(job: Job, chunk: list) -> list[dict[str, Any]]:
     """Up to search.prompt_batch_size prompts -> their shard lines {id, candidate, pair, skip, stats}, in order:
     screened (`_screen`), searched (`_search_all`), then curated into pairs (curate.shard_line)."""
     lines, todo = _screen(job, chunk)
-    text = ChatText(job.engine.processor) if job.cfg.curate.pair_level != "response" else None
+    curate = job.cfg.curate
+    text = ChatText(job.engine.processor) if curate.pair_level != "response" or curate.pair_tokens == "searched" else None
     for (line, rec, _), result in zip(todo, _search_all(job, todo)):
         if isinstance(result, str):
             line["skip"] = {"id": rec.id, "reason": result}

@@ -77,8 +77,8 @@ def searched_ids(record: dict[str, Any], side: str, processor) -> list[int]:
 
 def why_not_exact(row: dict[str, Any], record: Any, processor) -> str | None:
     """Why a pair's searched reference is not TRL's (None: it is, token for token)."""
-    if not isinstance(record, dict) or record.get("anchor"):
-        return "yes/no anchor row" if isinstance(record, dict) else "no searched log-probs"
+    if not isinstance(record, dict):
+        return "no searched log-probs"
     values = [record.get(k) for k in FIELDS]
     if any(v is None for v in values) or not isinstance(values[2], dict):
         return "no searched log-probs"

@@ -63,12 +63,36 @@ class ChatText:
         return text
 
     def continuation(self, prefix: list[int], tokens: list[int]) -> str:
-        """The text of `tokens` after `prefix`: prompt(q, prefix) + continuation = the answer's text so far. The end
-        of the answer (EOS alone) is the EOS token's own text ("</s>", "<|im_end|>"), which TRL tokenizes back."""
-        if tokens and all(t in self.tokenizer.all_special_ids for t in tokens):
-            return self.tokenizer.decode(tokens, skip_special_tokens=False)
-        head, full = self.decode(prefix), self.decode(prefix + tokens)
-        return full[len(head):] if full.startswith(head) else self.decode(tokens)
+        """The text of `tokens` after `prefix`: prompt(q, prefix) + continuation = the answer's text so far. Trailing
+        tokens a plain decode drops (the end of the answer: "</s>", "<|im_end|>") are written out as their own
+        text, which TRL tokenizes back."""
+        n = len(tokens)
+        while n and self._hidden(tokens[n - 1]):
+            n -= 1
+        end = self.tokenizer.decode(tokens[n:], skip_special_tokens=False) if n < len(tokens) else ""
+        if not n:
+            return end
+        head, full = self.decode(prefix), self.decode(prefix + tokens[:n])
+        return (full[len(head):] if full.startswith(head) else self.decode(tokens[:n])) + end
+
+    def _hidden(self, token: int) -> bool:
+        """Whether a decode that skips special tokens drops this token (an end of turn, EOS)."""
+        decode = self.tokenizer.decode
+        return decode([token], skip_special_tokens=True) == "" and decode([token], skip_special_tokens=False) != ""
+
+    def searched(self, pair: dict[str, Any]) -> dict[str, Any]:
+        """A whole-answer pair row as the search wrote it: the prompt as the search encoded it, each side its
+        searched tokens' text with the end token's own text ("</s>", "<|im_end|>") where the answer ended, so TRL
+        forwards the very tokens the search scored. Rows without searched tokens (a written verdict) are
+        rendered by the chat template (`standard`)."""
+        tokens = pair.get("ref_tokens")
+        if not tokens:
+            return self.standard(pair)
+        question = " ".join(c.get("text", "") for c in pair["prompt"][0]["content"] if c.get("type") == "text")
+        prefix = tokens["prefix"]
+        rendered = {"prompt": self.prompt(question, prefix),
+                    **{side: self.continuation(prefix, tokens[side]) for side in ("chosen", "rejected")}}
+        return {**pair, **rendered, "question": question, "level": "response"}
 
     def standard(self, pair: dict[str, Any]) -> dict[str, Any]:
         """A conversational pair row rendered the way TRL renders it (prompt with the generation prompt, chosen

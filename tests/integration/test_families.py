@@ -342,9 +342,12 @@ def _clean_words_only(monkeypatch, processor) -> None:
 def test_search_reference_equals_trls_reference_pass(family_dir, family, tmp_path, monkeypatch):
     """train.reference=search: every pair's searched reference log-probs (csr generate, response and sentence
     pairs) that csr train takes as exact equal TRL's own reference pass (compute_ref_log_probs, float32) within
-    1e-4; the others are those whose TRL tokens differ from the searched ones."""
+    1e-4; the others are those whose TRL tokens differ from the searched ones; whole-answer rows are among the
+    exact ones on every family (their text is the searched tokens': the prompt with the BOS the search encoded,
+    the answer's end token written out)."""
     from csr_vlm import search_reference, train
     from csr_vlm.config import load_config
+    from csr_vlm.data import read_entries
     from csr_vlm.pairs import read_pairs, to_dataset
 
     d = family_dir(family)
@@ -369,4 +372,6 @@ def test_search_reference_equals_trls_reference_pass(family_dir, family, tmp_pat
     print(f"{family}: {len(exact)}/{len(rows)} pairs exact, max |search - TRL| {worst:.2e}, fallback {dict(reasons)}")
     assert worst < 1e-4
     assert set(reasons) <= {"TRL's tokenization differs from the searched tokens"}
-    assert exact or family.startswith("qwen")  # here the Qwen searches give whole-answer pairs only (never exact)
+    level = {e.line: e.value.get("level") for e in read_entries(pairs, "pairs")}
+    levels = {level[row["line"]] for row, v in zip(rows, values) if v is not None}
+    assert "response" in levels  # whole answers as searched (curate.pair_tokens=searched): BOS and end token kept

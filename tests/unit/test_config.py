@@ -160,7 +160,7 @@ def test_the_enumerated_keys_are_the_ones_we_expect():
     keys = {k for k, _, _ in ENUMERATED}
     assert keys == {"model.dtype", "reward.self_score", "reward.normalize", "reward.tau_rule", "reward.end_reward",
                     "search.engine", "search.mode", "search.sampler", "search.filters", "search.boundary",
-                    "curate.rejected", "curate.pair_level",
+                    "curate.rejected", "curate.pair_level", "curate.pair_tokens",
                     "train.loss_type", "train.reference",
                     "train.lr_scheduler_type",
                     "eval.pope_splits", "eval.pope_parser"}  # eval.tasks: registry names, checked by validate

@@ -17,6 +17,7 @@ Normalize = Literal["none", "center", "zscore", "rank"]
 TauRule = Literal["true_sd", "youden"]
 RejectedRule = Literal["lowest", "hardest", "likeliest"]
 PairLevel = Literal["response", "sentence", "both"]
+PairTokens = Literal["searched", "template"]
 NORMALIZE_MODES: tuple[str, ...] = typing.get_args(Normalize)
 TAU_RULES: tuple[str, ...] = typing.get_args(TauRule)
 
@@ -226,6 +227,9 @@ class CurateConfig:
     a prefix CLIP trusts (docs/sentences.md; needs reward.normalize=center); both: the two kinds together."""
     max_sentence_pairs: int = 2
     """Sentence pairs one prompt gives at most, earliest depths first (curate.pair_level sentence or both)."""
+    pair_tokens: PairTokens = "searched"
+    """searched: each row is the searched tokens (prompt as encoded, BOS included; each answer's end token), so
+    train.reference=search is exact; template: TRL renders conversational rows with the chat template (docs/formats.md)."""
 
     def validate(self, key: str = "curate") -> None:
         """Any margin, negative included, is a valid threshold; yes_no_answers has a yes and a no that read so."""
