@@ -9,9 +9,11 @@ writes it into the pair (docs/formats.md): `chosen_ref_logp`, `rejected_ref_logp
 The sum equals TRL's reference only where TRL forwards those very tokens. `csr train` checks that per pair,
 tokenizing as TRL's vision collator will (the prompt as rendered, then each completion on its own, no special
 tokens added), against the search's own (the chat prompt with the tokenizer's special tokens, then the
-searched ids). A pair that differs (a re-tokenized word, a chat template that writes a token after the end
-of turn, an answer cut by search.max_sentences that TRL closes with an end of turn), a pair without searched
-log-probs (a yes/no anchor row, a written verdict, a pairs file from elsewhere), or a run that cannot use them
+searched ids). With curate.pair_tokens=searched (the default) the rows are the searched tokens' text, so they
+match unless a decoded text re-tokenizes differently. A pair that differs (that, or a row the chat template
+rendered, curate.pair_tokens=template: TRL's conversational prompt has no BOS, templates write a space or a
+newline around the end of turn), a pair without searched log-probs (a written verdict, a pairs file from
+elsewhere), or a run that cannot use them
 (train.max_length set, LD-DPO's ld_alpha) falls back to TRL's own reference. TRL reads precomputed
 reference log-probs for a whole run or not at all (and refuses `precompute_ref_log_probs` for vision data),
 so the fallback pairs get theirs from TRL's own `compute_ref_log_probs`, one forward each before training,

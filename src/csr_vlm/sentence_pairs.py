@@ -16,9 +16,10 @@ first.
 Format: TRL's standard prompt / chosen / rejected with `images`: the prompt is the model's own chat-template text
 (image placeholder included) with the assistant turn left open and the prefix written in it, chosen and
 rejected are plain text continuing it. The unpatched DPOTrainer then scores exactly prompt + prefix + sentence
-(its conversational path would close the prefix's turn and open a new one). With sentence pairs in a file, the
-response pairs beside them are rendered the same way (`ChatText.standard`, TRL's own template code), so one
-file holds one format.
+(its conversational path would close the prefix's turn and open a new one). The whole-answer pairs beside them,
+and every pair under curate.pair_tokens=searched, are standard rows too, so one file holds one format: the
+searched tokens' text (`ChatText.searched`) or, with curate.pair_tokens=template, TRL's own template rendering
+(`ChatText.standard`).
 """
 
 from __future__ import annotations
