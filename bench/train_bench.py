@@ -5,7 +5,8 @@ batch 1, one epoch, activation checkpointing off, fp32 on CPU, on the same pairs
 llava. pairs/s is the Trainer's own `train_samples_per_second` (one sample = one pair; model loading and saving
 are not included; `csr train`'s whole-stage wall time is reported beside it). A third arm is `csr train` with
 `train.reference: search` reading each pair's reference log-probs from the pairs (see `with_reference`), so no
-reference forward runs. Runs alternate ours / ours with the searched reference / plain.
+reference forward runs; the others use train.reference=model. Every arm trains on the rows csr generate writes
+(curate.pair_tokens=searched). Runs alternate ours / ours with the searched reference / plain.
 
     .venv/bin/python bench/train_bench.py            # LM 4x256, 256 image tokens, 16 pairs, 2 repeats
     .venv/bin/python bench/train_bench.py --quick
@@ -54,54 +55,55 @@ def write_pairs(root: Path, n: int, image_size: int) -> Path:
     return path
 
 
-def run_ours(root: Path, pairs: Path, out: Path) -> dict:
+def run_ours(root: Path, pairs: Path, out: Path, reference: str = "model") -> dict:
+    """csr train on the pairs; reference: train.reference (model: TRL's reference pass; search: the pairs')."""
     from csr_vlm import train
     from csr_vlm.config import load_config
 
     cfg = load_config(None, [f"model.path={root / 'policy'}", f"out={out}", f"train.pairs={pairs}",
                              f"train.lora_r={LORA['r']}", f"train.lora_alpha={LORA['alpha']}",
-                             f"train.lora_dropout={LORA['dropout']}", "train.learning_rate=1e-5"])
+                             f"train.lora_dropout={LORA['dropout']}", "train.learning_rate=1e-5",
+                             f"train.reference={reference}"])
     t0 = time.perf_counter()
     train.run(cfg)
     wall = time.perf_counter() - t0
     logs = [json.loads(line) for line in (out / "train_metrics.jsonl").read_text().splitlines()]
     final = next(r for r in reversed(logs) if "train_samples_per_second" in r)
+    done = json.loads((out / "DONE").read_text())
     return {"pairs_per_s": final["train_samples_per_second"], "train_runtime_s": final["train_runtime"],
-            "stage_wall_s": wall, "steps": json.loads((out / "DONE").read_text())["steps"],
+            "stage_wall_s": wall, "steps": done["steps"], "reference": done.get("reference"),
             "losses": [r["loss"] for r in logs if "loss" in r]}
 
 
 def with_reference(root: Path, pairs: Path) -> Path:
-    """The pairs with the reference fields csr generate writes (search_reference.py), their values TRL's own
-    reference (computed here once): the checked path needs the search's tokens to be TRL's, which this LLaVA
-    template never gives (the processor adds BOS, TRL's prompt has none), so `run_ours(..., reference=True)`
-    takes every pair as exact: it times the training loop with no reference forward."""
+    """The pairs as csr generate writes them (curate.pair_tokens=searched): each side is token ids (the answer's
+    words, then EOS) written as text after the prompt the search encodes, with `ref_tokens` and reference
+    log-probs. The bench runs no search, so the values are TRL's own reference of those rows (computed here
+    once); `csr train` checks every row's tokens against TRL's as it checks a search's."""
+    from transformers import AutoProcessor
+
     from csr_vlm import search_reference, train
     from csr_vlm.config import load_config
+    from csr_vlm.curate import message_text
+    from csr_vlm.sentence_pairs import ChatText
 
-    cfg = load_config(None, [f"model.path={root / 'policy'}", f"out={root / 'ref'}", f"train.pairs={pairs}",
+    processor = AutoProcessor.from_pretrained(root / "policy")
+    tok, text = processor.tokenizer, ChatText(processor)
+    rows = []
+    for row in map(json.loads, pairs.read_text().splitlines()):
+        ids = [tok(" " + message_text(row[side]), add_special_tokens=False).input_ids + [tok.eos_token_id]
+               for side in ("chosen", "rejected")]
+        rows.append(text.searched({**row, **search_reference.reference_fields([], (ids[0], 0.0), (ids[1], 0.0))}))
+    out = pairs.with_name("pairs_searched.jsonl")
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = load_config(None, [f"model.path={root / 'policy'}", f"out={root / 'ref'}", f"train.pairs={out}",
                              f"train.lora_r={LORA['r']}", f"train.lora_alpha={LORA['alpha']}"])
-    dataset, _ = train.load_pairs(pairs)
+    dataset, _ = train.load_pairs(out)
     trainer = train.build_trainer(cfg, train.load_model(cfg), dataset, root / "ref.jsonl")
-    values = search_reference._trl_reference(trainer, list(range(len(dataset))))
-    rows = [json.loads(line) for line in pairs.read_text().splitlines()]
-    for row, (c, r) in zip(rows, values):
-        row.update(search_reference.reference_fields([], ([], c), ([], r)))
-    out = pairs.with_name("pairs_ref.jsonl")
+    for row, (c, r) in zip(rows, search_reference._trl_reference(trainer, list(range(len(dataset))))):
+        row["chosen_ref_logp"], row["rejected_ref_logp"] = c, r
     out.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return out
-
-
-def run_ours_reference(root: Path, pairs: Path, out: Path) -> dict:
-    """csr train with train.reference=search, every pair taken as exact (see with_reference)."""
-    from csr_vlm import search_reference
-
-    original = search_reference.why_not_exact
-    search_reference.why_not_exact = lambda row, record, processor: None
-    try:
-        return run_ours(root, pairs, out)
-    finally:
-        search_reference.why_not_exact = original
 
 
 def run_plain(root: Path, pairs: Path, out: Path) -> dict:
@@ -145,10 +147,12 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         root = build_models(Path(tmp), geometry)
         pairs = write_pairs(Path(tmp), n, geometry["image_size"])
-        pairs_ref = with_reference(root, pairs)
+        pairs = with_reference(root, pairs)  # every arm trains on the rows csr generate would write
         for i in range(repeats):
             ours.append(run_ours(root, pairs, Path(tmp) / f"ours{i}"))
-            searched.append(run_ours_reference(root, pairs_ref, Path(tmp) / f"searched{i}"))
+            searched.append(run_ours(root, pairs, Path(tmp) / f"searched{i}", reference="search"))
+            if searched[-1]["reference"]["from_search"] != n:
+                raise SystemExit(f"train bench: not every pair's searched reference was exact: {searched[-1]}")
             plain.append(run_plain(root, pairs, Path(tmp) / f"plain{i}"))
     med = statistics.median
     result = {"geometry": geometry, "pairs": n, "repeats": repeats, "lora": LORA,

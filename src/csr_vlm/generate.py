@@ -313,7 +313,8 @@ def _process_chunk(job: Job, chunk: list) -> list[dict[str, Any]]:
     screened (`_screen`), searched (`_search_all`), then curated into pairs (curate.shard_line)."""
     lines, todo = _screen(job, chunk)
     curate = job.cfg.curate
-    text = ChatText(job.engine.processor) if curate.pair_level != "response" or curate.pair_tokens == "searched" else None
+    rendered = curate.pair_level != "response" or curate.pair_tokens == "searched"
+    text = ChatText(job.engine.processor) if rendered else None
     for (line, rec, _), result in zip(todo, _search_all(job, todo)):
         if isinstance(result, str):
             line["skip"] = {"id": rec.id, "reason": result}

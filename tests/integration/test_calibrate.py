@@ -78,7 +78,7 @@ def test_calibrate_on_the_toy_world_agrees_with_its_own_calibration(quick_world,
     out = tmp_path / "calib.jsonl"
     assert main(["calibrate", "--annotations", str(w / "instances_calib.json"), "--captions",
                  str(w / "captions_calib.json"), "--synonyms", str(w / "synonyms.txt"), "--image-root", str(w),
-                 "--clip", str(w / "clip"), "--out", str(out), "--n-images", "40", "--names",
+                 "--clip", str(w / "clip"), "--out", str(out), "--n-images", "60", "--names",
                  str(w / "object_names.json"), "--templates", "there is a {}.", "i see a {}.", "a {} is here."]) == 0
     ours = json.loads(out.with_suffix(".summary.json").read_text())
     assert "AUC present vs absent" in capsys.readouterr().out

@@ -194,12 +194,12 @@ def test_quick_world_builds_caches_and_loads(quick_world):
     from csr_vlm.models import load_clip, load_policy
 
     info = json.loads((quick_world / "world.json").read_text())
-    assert info["split_sizes"] == {"train": 24, "dev": 40, "test": 60, "calib": 40}
+    assert info["split_sizes"] == {"train": 96, "dev": 100, "test": 200, "calib": 60}
     selected = next(m for m in info["llava"]["checkpoints"] if m["step"] == info["llava"]["selected_step"])
     assert info["llava"]["dev"] == selected  # the saved base is the checkpoint the rule picked
     assert "tau" in info["clip"] and "auc" in info["llava"]["clip_on_hallucinations"]
     assert (quick_world / "synonyms.txt").read_text().split() == [n for _, n in tw.TYPES]
-    assert len(quick_world.joinpath("prompts_train.jsonl").read_text().splitlines()) == 24
+    assert len(quick_world.joinpath("prompts_train.jsonl").read_text().splitlines()) == 96
     calib = [json.loads(x) for x in (quick_world / "tau_calibration.jsonl").read_text().splitlines()]
     assert all(r["image"].startswith("images/calib/") and (quick_world / r["image"]).is_file() for r in calib)
     assert {"python", "torch", "transformers", "trl"} <= set(info["versions"])

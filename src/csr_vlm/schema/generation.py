@@ -228,8 +228,8 @@ class CurateConfig:
     max_sentence_pairs: int = 2
     """Sentence pairs one prompt gives at most, earliest depths first (curate.pair_level sentence or both)."""
     pair_tokens: PairTokens = "searched"
-    """searched: each row is the searched tokens (prompt as encoded, BOS included; each answer's end token), so
-    train.reference=search is exact; template: TRL renders conversational rows with the chat template (docs/formats.md)."""
+    """searched: a row is the searched tokens (the prompt as encoded, BOS included; each answer's end token), so
+    train.reference=search is exact; template: conversational rows TRL renders with the chat template."""
 
     def validate(self, key: str = "curate") -> None:
         """Any margin, negative included, is a valid threshold; yes_no_answers has a yes and a no that read so."""

@@ -2,9 +2,9 @@
 
 The tokenizer is word-level over the world's words (lower-cased, '.' and '?' single tokens), so
 the text a stage decodes re-tokenizes to the same ids whatever its spacing; the CLIP variant
-appends `</s>` (id 4, not 2) for EOS pooling. The CLIP (~0.7M parameters, 48 px, patch 6) is
-trained with a sigmoid (SigLIP-style) loss over in-batch (image, sentence) pairs plus 2x the same
-loss of each image against the 10 type sentences, plus 1x against 32 sentences naming no object
+appends `</s>` (id 4, not 2) for EOS pooling. The CLIP (~0.7M parameters, 48 px, patch 6; the quick
+world's: 2 layers, patch 8) is trained with a sigmoid (SigLIP-style) loss over in-batch (image, sentence)
+pairs plus 2x the same loss of each image against the 10 type sentences, plus 1x against 32 sentences naming no object
 (toyworld.garbled_sentence: the malformed "i see a is here ." kind DPO rounds drift into, which an
 untrained-on CLIP scored arbitrarily), on scenes drawn on the fly from the world seed.
 (The prototype's multi-positive softmax lets an image match ONE of its objects and ignore the

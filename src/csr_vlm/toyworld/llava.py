@@ -1,8 +1,8 @@
 """The toy world's tiny LLaVA: build it on the toy CLIP's vision encoder, train it, pick the base checkpoint.
 
 The LlavaForConditionalGeneration has the toy CLIP's vision encoder (weights copied, frozen; feature
-layer -2, CLS dropped, 64 image tokens), a 2-layer MLP projector and a 2-layer, 128-wide Llama. It
-learns from scenes drawn on the fly: noisy captions (absent partners named, see toyworld) for the
+layer -2, CLS dropped: 64 image tokens, 36 in the quick world), a 2-layer MLP projector and a 2-layer,
+128-wide Llama. It learns from scenes drawn on the fly: noisy captions (absent partners named, see toyworld) for the
 describe prompt, and POPE's exact question + eval suffix answered "yes."/"no." for a `qa_fraction` of
 examples. Prompts and completions are rendered with the processor's chat template exactly as TRL renders
 DPO pairs. Checkpoints are scored on the first `llava_eval_images` dev images; the base is the one with

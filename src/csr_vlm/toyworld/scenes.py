@@ -53,8 +53,11 @@ class WorldParams:
     splits: dict = field(default_factory=lambda: {"train": 400, "dev": 500, "test": 1000, "calib": 600})
     clip_steps: int = 360
     clip_batch: int = 128
+    """Scenes per CLIP step."""
     clip_patch: int = 6
+    """The CLIP's patch size in pixels (the LLaVA's tower is this CLIP's: (image_size / patch)^2 image tokens)."""
     clip_layers: int = 3
+    """The CLIP vision encoder's layers."""
     llava_lr: float = 1e-3
     llava_steps: int = 600
     llava_max_steps: int = 1200
@@ -70,6 +73,9 @@ class WorldParams:
         threads = cls.threads if threads is None else threads
         if not quick:
             return cls(seed=seed, threads=threads)
+        # quick: a CLIP of 2 layers over 8-px patches (36 image tokens), 360 steps of 32 scenes (AUC 0.97 on seed 0
+        # in 45 s; 260 steps: 0.94, and its Youden tau left 22% of true sentences below it); a LLaVA of 160 steps
+        # (120: dup 0.09 on test); 96 training prompts; dev 100 and test 200 images (40/60 gave CIs of +-25%)
         return cls(seed=seed, quick=True, threads=threads, splits={"train": 96, "dev": 100, "test": 200, "calib": 60},
                    clip_steps=360, clip_batch=32, clip_patch=8, clip_layers=2, llava_steps=160, llava_max_steps=160,
                    llava_eval_every=40, llava_eval_from=160, qa_fraction=0.3, qa_weight=1.0, llava_lr=2e-3)
