@@ -136,11 +136,12 @@ def anchor_record(rec: PromptRecord, round: int, result: SearchResult) -> dict[s
 def shard_line(rec: PromptRecord, round: int, result: SearchResult, curate: CurateConfig, reward: RewardConfig,
                text: ChatText | None = None) -> dict[str, Any]:
     """One prompt's shard line {id, candidate, pair, sentence_pairs, skip, stats}: its pairs, or a skip with its
-    reason. `reward` is the one the search ran with (its tau, its lam). With curate.pair_tokens searched, or
-    curate.pair_level sentence or both, `text` (the policy's tokenizer and chat template) renders every row."""
+    reason. `reward` is the one the search ran with (its tau, its lam). `text` (the policy's tokenizer and chat
+    template; csr generate passes it with curate.pair_tokens searched, or curate.pair_level sentence or both)
+    renders every row; without it a whole-answer row stays conversational."""
     tau = reward.tau
     line = _response_line(rec, round, result, curate, tau, reward.lam)
-    render = text.searched if curate.pair_tokens == "searched" else text.standard if text else None
+    render = None if text is None else text.searched if curate.pair_tokens == "searched" else text.standard
     if curate.pair_level == "response":
         if line["pair"] is not None and render is not None:
             line["pair"] = render(line["pair"])

@@ -18,6 +18,7 @@ from helpers import assert_close
 from PIL import Image
 
 from csr_vlm.cli import main
+from csr_vlm.sentence_pairs import ChatText
 
 SEARCH = ["search.num_candidates=3", "search.keep_top=1", "search.keep_bottom=1", "search.max_sentences=2",
           "search.max_new_tokens=4", "search.filters=[]"]
@@ -63,6 +64,9 @@ def test_generate_writes_every_output(tiny_family, tmp_path, mode):
         assert all(set(a) >= {"text", "reward", "ended", "sentences"} for a in c["answers"])
         assert ("tree" in c) == (mode == "official")
     stats = json.loads((out / "stats.json").read_text())
+    from transformers import AutoProcessor
+
+    text = ChatText(AutoProcessor.from_pretrained(tiny_family / "policy"))
     assert stats["counts"]["prompts_searched"] == 2
     tokens = stats["tokens"]
     assert tokens["minimal"] == tokens["prompt"] + tokens["generated"]
@@ -70,7 +74,9 @@ def test_generate_writes_every_output(tiny_family, tmp_path, mode):
     pairs = _lines(out / "pairs.jsonl")
     assert len(pairs) + len(_lines(out / "skipped.jsonl")) == 2
     for p in pairs:
-        assert p["prompt"][0]["content"][0] == {"type": "image"} and p["chosen"][0]["role"] == "assistant"
+        assert isinstance(p["prompt"], str) and p["level"] == "response" and p["question"]  # curate.pair_tokens:
+        for side in ("chosen", "rejected"):  # searched, the rows are the searched tokens' text
+            assert p[side] == text.continuation([], p["ref_tokens"][side])
         assert p["margin"] == pytest.approx(p["chosen_reward"] - p["rejected_reward"]) and p["margin"] >= 0
         assert Path(p["images"][0]).is_file() and p["round"] == 1
 

@@ -90,9 +90,9 @@ def test_at_most_max_sentence_pairs_earliest_first_and_none_for_yes_no_questions
 
 
 def test_shard_line_per_pair_level(chat):
-    """response: the whole-answer pair only (conversational rows, as before); sentence: the sentence pairs only;
-    both: the whole-answer pair rendered to TRL's standard format (the chat template's prompt, the reply with its
-    end of turn) beside the sentence pairs."""
+    """response without the chat text: the whole-answer pair only, conversational; sentence: the sentence pairs
+    only; both: the whole-answer pair as a standard row beside the sentence pairs, its sides the searched tokens'
+    text (curate.pair_tokens=searched) or the chat template's reply with its end of turn (template)."""
     result = _tree(chat)
     good = _grow(chat, Answer(), "a red circle.", 70, 1.0)
     bad = _grow(chat, Answer(), "a dog.", 40, -2.0)
@@ -106,8 +106,11 @@ def test_shard_line_per_pair_level(chat):
     assert sentence["pair"] is None and len(sentence["sentence_pairs"]) == 2
     both = shard_line(RECORD, 1, result, CurateConfig(pair_level="both"), RewardConfig(tau=TAU), text=chat)
     assert both["pair"]["level"] == "response" and both["pair"]["prompt"] == sentence["sentence_pairs"][0]["prompt"]
-    assert both["pair"]["chosen"].strip().startswith("a red circle.") and both["pair"]["chosen"] != "a red circle."
+    assert both["pair"]["chosen"] == chat.continuation([], good.tokens)  # pair_tokens=searched: the searched tokens
     assert len(both["sentence_pairs"]) == 2 and both["skip"] is None
+    template = shard_line(RECORD, 1, result, CurateConfig(pair_level="both", pair_tokens="template"),
+                          RewardConfig(tau=TAU), text=chat)["pair"]  # TRL's template: the reply and its end of turn
+    assert template["chosen"].strip().startswith("a red circle.") and template["chosen"] != "a red circle."
 
 
 def test_generate_then_train_on_sentence_pairs(tiny_llava, tmp_path):

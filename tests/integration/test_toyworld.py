@@ -144,8 +144,8 @@ def test_select_checkpoint_fallback_skips_mute_and_prefers_pope():
 
 
 def test_clip_is_reused_only_when_its_parameters_match(tmp_path, monkeypatch):
-    """_clip trains once, reuses the CLIP when only LLaVA parameters change, retrains when clip_steps or the
-    thread count (a build is deterministic per thread count) does."""
+    """_clip trains once, reuses the CLIP when only LLaVA parameters change, retrains when clip_steps, its
+    geometry or the thread count (a build is deterministic per thread count) does."""
     trained = []
 
     def fake_train(out, p):
@@ -154,12 +154,14 @@ def test_clip_is_reused_only_when_its_parameters_match(tmp_path, monkeypatch):
         return {"tau": float(p.clip_steps)}
 
     monkeypatch.setattr(toyclip, "train_clip", fake_train)
-    p = tw.WorldParams.make(0, True)
+    p = replace(tw.WorldParams.make(0, True), clip_steps=30)
     assert build._clip(tmp_path, p) == {"tau": 30.0}
     assert build._clip(tmp_path, replace(p, llava_steps=99, qa_fraction=0.1)) == {"tau": 30.0}
     assert trained == [30]
     assert build._clip(tmp_path, replace(p, clip_steps=31)) == {"tau": 31.0} and trained == [30, 31]
     assert build._clip(tmp_path, replace(p, clip_steps=31, threads=1)) == {"tau": 31.0} and trained == [30, 31, 31]
+    assert build._clip(tmp_path, replace(p, clip_steps=31, threads=1, clip_patch=6)) == {"tau": 31.0}
+    assert trained == [30, 31, 31, 31]
     assert p.digest() != replace(p, llava_steps=99).digest()
     assert tw.WorldParams.make(0, False).threads == 2, "the build's thread count is pinned, whatever the cores"
 
@@ -219,5 +221,5 @@ def test_quick_world_builds_caches_and_loads(quick_world):
     image = Image.open(quick_world / "images/dev/200000.png").convert("RGB")
     assert torch.allclose(processor(images=[image], return_tensors="pt").pixel_values, toyclip.pixels([image]))
     ids = policy.encode([image], [tw.DESCRIBE_PROMPT])["input_ids"][0].tolist()
-    assert ids.count(policy.model.config.image_token_index) == 64  # (48 / 6)^2 patches, CLS dropped
+    assert ids.count(policy.model.config.image_token_index) == 36  # the quick CLIP's (48 / 8)^2 patches, CLS dropped
 

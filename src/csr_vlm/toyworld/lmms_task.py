@@ -87,13 +87,18 @@ def aggregate_yes_ratio(items):
 '''
 
 
+LMMS_IMAGES = 60
+"""Test images the task asks about (seeded sample): it checks the hand-off, csr's own POPE is the benchmark."""
+
+
 def write_lmms_task(world: str | Path, seed: int = 0) -> Path:
     """Write <world>/lmms_tasks/toy_pope/ (YAML, utils.py, questions.jsonl); returns <world>/lmms_tasks."""
     world = Path(world).resolve()
     folder = world / "lmms_tasks" / TASK
     folder.mkdir(parents=True, exist_ok=True)
     instances = read_json(world / "instances_test.json", "test annotations")
-    questions = pope.build_questions(instances, len(instances["images"]), seed, [SPLIT])[SPLIT]
+    n_images = min(len(instances["images"]), LMMS_IMAGES)
+    questions = pope.build_questions(instances, n_images, seed, [SPLIT])[SPLIT]
     write_jsonl(folder / "questions.jsonl", questions)
     (folder / f"{TASK}.yaml").write_text(YAML.format(task=TASK, questions=folder / "questions.jsonl"))
     (folder / "utils.py").write_text(UTILS.format(suffix=tw.POPE_SUFFIX))
