@@ -186,10 +186,11 @@ def images(run_dir: Path, ks: list[int], vocab, notes: list[str], thumbs: bool =
 
 def _side(text: str, answers: list[dict]) -> dict:
     """One side of a pair: its sentences [text, R_T, R_I, R, repeat] from the candidates' answer with that text,
-    else its text alone. A row in TRL's standard format carries the chat template's end of turn after the answer
-    ("...</s>", "...<|im_end|>"), so an answer matches when the side's text starts with it and only such a marker
-    (or white space) follows."""
-    best = None
+    else its text alone. A row in TRL's standard format carries the end of turn after the answer ("...</s>",
+    "...<|im_end|>") and, written as the searched tokens, the space the first word's token holds, so an answer
+    matches when the side's text, leading white space aside, starts with it and only such a marker (or white
+    space) follows."""
+    text, best = text.lstrip(), None
     for a in answers:
         if not (isinstance(a, dict) and isinstance(a.get("text"), str) and isinstance(a.get("sentences"), list)):
             continue

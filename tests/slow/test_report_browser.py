@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -155,7 +156,8 @@ def _doubted_in_sample(run: Path, page) -> int:
         by_id = {p["id"]: p for p in read_jsonl(gen / "pairs.jsonl")}
         for pid in section.locator(".pair").evaluate_all("ps => ps.map(p => p.dataset.pair)"):
             p = by_id[pid]
-            for text in pair_answers(p):
+            for text in pair_answers(p):  # a searched row: " " + the answer + its end token ("</s>")
+                text = re.sub(r"<[^>]*>$", "", text).strip()
                 answer = next((a for a in answers.get(pid, []) if a["text"] == text), None)
                 n += sum(bool(s.get("repeat")) or (tau is not None and s.get("r_i") is not None and s["r_i"] < tau)
                          for s in (answer or {}).get("sentences", []))

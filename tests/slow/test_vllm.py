@@ -121,7 +121,8 @@ def test_the_round_1_checkpoint_is_served_by_vllm(runs):
 
 
 def test_engine_bench_quick_builds_the_same_greedy_tree_on_both_engines(quick_world, tmp_path):
-    """bench/engine_bench.py --quick: in greedy mode the two engines generate the same tokens (the same tree)."""
+    """bench/engine_bench.py --quick (greedy only): the two engines generate the same tokens (the same tree), and
+    vLLM's later depths reuse the prompt's cached blocks."""
     import sys
 
     out = tmp_path / "engine_bench.json"
@@ -132,5 +133,5 @@ def test_engine_bench_quick_builds_the_same_greedy_tree_on_both_engines(quick_wo
     rows = {(r["mode"], r["engine"]): r for r in json.loads(out.read_text())["rows"]}
     assert rows[("greedy", "hf")]["tokens_generated"] == rows[("greedy", "vllm")]["tokens_generated"] > 0
     assert rows[("greedy", "hf")]["pairs"] == rows[("greedy", "vllm")]["pairs"]
-    assert rows[("sampled", "vllm")]["prefix_cache_hit_rate"] > 0.5
+    assert rows[("greedy", "vllm")]["prefix_cache_hit_rate"] > 0.5
     assert "| greedy   | vllm" in proc.stdout
