@@ -89,7 +89,7 @@ class ChatText:
         tokens = pair.get("ref_tokens")
         if not tokens:
             return self.standard(pair)
-        question = " ".join(c.get("text", "") for c in pair["prompt"][0]["content"] if c.get("type") == "text")
+        question = _question(pair)
         prefix = tokens["prefix"]
         rendered = {"prompt": self.prompt(question, prefix),
                     **{side: self.continuation(prefix, tokens[side]) for side in ("chosen", "rejected")}}
@@ -101,9 +101,14 @@ class ChatText:
         from trl.data_utils import apply_chat_template
 
         rendered = apply_chat_template({k: pair[k] for k in ("prompt", "chosen", "rejected")}, self.processor)
-        question = " ".join(c.get("text", "") for c in pair["prompt"][0]["content"] if c.get("type") == "text")
+        question = _question(pair)
         rendered["prompt"] = self.with_bos(rendered["prompt"])
         return {**pair, **rendered, "question": question, "level": "response"}
+
+
+def _question(pair: dict[str, Any]) -> str:
+    """The question of a conversational pair row: the text parts of its user message."""
+    return " ".join(c.get("text", "") for c in pair["prompt"][0]["content"] if c.get("type") == "text")
 
 
 def trusted(sentence: Sentence, tau: float) -> bool:
